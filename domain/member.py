@@ -1,0 +1,313 @@
+"""The Member aggregate: one member's identities, lots, balance and tier."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from uuid import UUID
+
+from eventsourcing.domain import event
+
+from domain import member_events as events
+from domain.errors import (
+    BelowRedemptionMinimum,
+    CurrencyMismatch,
+    DuplicateOrder,
+    InsufficientPoints,
+    InvalidAmount,
+    InvalidIdentity,
+    MemberNotActive,
+)
+from domain.events import LedgerAggregate
+from domain.identities import Identity
+from domain.lots import Lot, LotDraw, add_months, apply_draws, draw_oldest_first, is_expired
+from domain.member_values import (
+    Accrual,
+    Balance,
+    EarnResult,
+    MemberStatus,
+    OrderRecord,
+    Profile,
+    PurchaseItem,
+    RedeemResult,
+)
+from domain.money import check_amount
+from domain.rules import BreakdownPart, EarnQuote, Rules, quote_purchase, tier_for, tier_named
+
+__all__ = [
+    "Accrual",
+    "Balance",
+    "EarnResult",
+    "Member",
+    "MemberStatus",
+    "OrderRecord",
+    "Profile",
+    "PurchaseItem",
+    "RedeemResult",
+]
+
+# One award or redemption beyond this is a typo, not a business decision.
+MAX_POINTS = 10**9
+
+
+class Member(LedgerAggregate):
+    """A member of the program: commands decide, `@event` methods only record."""
+
+    # Snapshot state attributes holding personal data; the store encrypts exactly these.
+    personal_fields = ("identities", "profile")
+
+    MemberEnrolled = events.MemberEnrolled
+    IdentityLinked = events.IdentityLinked
+    PointsEarned = events.PointsEarned
+    PointsRedeemed = events.PointsRedeemed
+    TierChanged = events.TierChanged
+
+    def __init__(
+        self, *, identities: list[Identity], profile: Profile | None, tier: str, at: datetime,
+        channel: str,
+    ) -> None:  # fmt: skip
+        # Applies MemberEnrolled; copies lists so later appends never alter the event.
+        # Personal fields read as None once the member is forgotten (key shredded).
+        self._status: str = MemberStatus.ACTIVE.value
+        self.merged_into: UUID | None = None
+        self.identities: list[Identity] = list(identities or [])
+        self.profile: Profile | None = profile
+        self.tier: str = tier
+        self.channels: list[str] = [channel]
+        self.enrolled_at: datetime = at
+        self.first_activity_at: datetime = at
+        self.last_activity_at: datetime = at
+        self.lots: list[Lot] = []
+        self.accruals: list[Accrual] = []
+        self.orders: dict[str, OrderRecord] = {}
+        self.lifetime_earned = 0
+        self.lifetime_redeemed = 0
+        self.expired = 0
+        # Reserved by open holds (holds come later).
+        self.held = 0
+        # Points owed after a reversal took back points already spent; subtracted from
+        # available, so a negative balance is shown, not hidden (reversals come later).
+        self.debt = 0
+
+    @property
+    def status(self) -> MemberStatus:
+        """Whether the member is active, merged or forgotten."""
+        return MemberStatus(self._status)
+
+    # -- commands: decide, then record ---------------------------------------------------
+
+    @classmethod
+    def enrol(
+        cls, *, member_id: UUID, identities: list[Identity], profile: Profile | None,
+        channel: str, at: datetime, rules: Rules,
+    ) -> Member:  # fmt: skip
+        """Enrol a member with normalised identities, starting in the lowest tier."""
+        unique = list(dict.fromkeys((i.kind, i.value) for i in identities))
+        if not unique:
+            raise InvalidIdentity("a member needs at least one identity", field="identities")
+        return cls._create(
+            cls.MemberEnrolled,
+            id=member_id,
+            identities=[Identity(kind=kind, value=value) for kind, value in unique],
+            profile=profile,
+            tier=tier_for(rules, 0).name,
+            at=at,
+            channel=channel,
+            timestamp=at,
+        )
+
+    def link_identity(self, *, identity: Identity, channel: str, at: datetime) -> bool:
+        """Link another identity; False (and no event) when it is already this member's."""
+        self._check_active()
+        if identity in self.identities:
+            return False
+        self._identity_linked(identity=identity, at=at, channel=channel)
+        return True
+
+    def earn_purchase(
+        self, *, order_ref: str, amount: Decimal, currency: str, items: list[PurchaseItem],
+        occurred_at: datetime, at: datetime, channel: str, rules: Rules, rules_version: int,
+    ) -> EarnResult:  # fmt: skip
+        """Earn points for a purchase at the member's current tier, then re-evaluate tier."""
+        self._check_active()
+        _check_purchase(amount, currency, items, rules)
+        if order_ref in self.orders:
+            raise DuplicateOrder(f"order {order_ref!r} already earned", order_ref=order_ref)
+        quote = quote_purchase(rules, rules_version, self.tier, amount)
+        available_at = occurred_at + timedelta(days=rules.earn.pending_days)
+        expires_at = _expiry(rules, occurred_at)
+        self._points_earned(
+            source="purchase", order_ref=order_ref, amount=amount, currency=currency,
+            items=list(items), points=quote.points, breakdown=quote.breakdown,
+            rules_version=rules_version, tier=quote.tier, available_at=available_at,
+            expires_at=expires_at, occurred_at=occurred_at, reason=None, at=at, channel=channel,
+        )  # fmt: skip
+        return self._after_earn(quote, available_at, expires_at, rules=rules, at=at, channel=channel)
+
+    def award(
+        self, *, points: int, reason: str, at: datetime, channel: str, rules: Rules,
+        rules_version: int,
+    ) -> EarnResult:  # fmt: skip
+        """Award points outside a purchase; available at once, and qualifying too."""
+        self._check_active()
+        _check_points(points)
+        breakdown = [BreakdownPart("award", points)]
+        quote = EarnQuote(points=points, breakdown=breakdown, rules_version=rules_version,
+                          tier=self.tier)  # fmt: skip
+        expires_at = _expiry(rules, at)
+        # No pending period: that protects purchases against returns; awards have none.
+        self._points_earned(
+            source="award", order_ref=None, amount=None, currency=None, items=[],
+            points=points, breakdown=breakdown, rules_version=rules_version, tier=self.tier,
+            available_at=at, expires_at=expires_at, occurred_at=at, reason=reason, at=at,
+            channel=channel,
+        )  # fmt: skip
+        return self._after_earn(quote, at, expires_at, rules=rules, at=at, channel=channel)
+
+    def redeem(
+        self, *, points: int, reward_ref: str | None, order_ref: str | None, at: datetime,
+        channel: str, rules: Rules,
+    ) -> RedeemResult:  # fmt: skip
+        """Spend points from the lots that expire soonest."""
+        self._check_active()
+        _check_points(points)
+        minimum = rules.redemption.min_points
+        if points < minimum:
+            raise BelowRedemptionMinimum(f"redemptions start at {minimum} points",
+                                         min_points=minimum)  # fmt: skip
+        available = self.balance(now=at, rules=rules).available
+        if points > available:
+            raise InsufficientPoints(f"{points} points requested, {available} available",
+                                     available=available)  # fmt: skip
+        draws = draw_oldest_first(self.lots, points, at)
+        self._points_redeemed(points=points, draws=draws, reward_ref=reward_ref,
+                              order_ref=order_ref, at=at, channel=channel)  # fmt: skip
+        return RedeemResult(redemption_id=self.version, points=points)
+
+    # -- queries -------------------------------------------------------------------------
+
+    def balance(self, *, now: datetime, rules: Rules) -> Balance:
+        """The balance at `now`: locked lots are pending, lots past expiry are expired."""
+        spendable = pending = lapsed = 0
+        for lot in self.lots:
+            if is_expired(lot, now):
+                lapsed += lot.points
+            elif lot.available_at > now:
+                pending += lot.points
+            else:
+                spendable += lot.points
+        return Balance(
+            available=spendable - self.held - self.debt,
+            pending=pending,
+            held=self.held,
+            lifetime_earned=self.lifetime_earned,
+            lifetime_redeemed=self.lifetime_redeemed,
+            # A lot past its expiry is expired even before the expiry event is recorded.
+            expired=self.expired + lapsed,
+            qualifying=self.qualifying(now=now, window_days=rules.tier_window_days),
+            tier=self.tier,
+        )
+
+    def qualifying(self, *, now: datetime, window_days: int) -> int:
+        """Points earned with a business time inside the rolling tier window before `now`."""
+        since = now - timedelta(days=window_days)
+        return sum(a.points for a in self.accruals if a.occurred_at > since)
+
+    # -- helpers of the commands ---------------------------------------------------------
+
+    def _check_active(self) -> None:
+        if self._status == MemberStatus.ACTIVE:
+            return
+        extra: dict[str, object] = {"member_id": str(self.id), "status": self._status}
+        if self.merged_into is not None:
+            extra["merged_into"] = str(self.merged_into)
+        raise MemberNotActive(f"member {self.id} is {self._status}", **extra)
+
+    def _after_earn(
+        self, quote: EarnQuote, available_at: datetime, expires_at: datetime | None, *,
+        rules: Rules, at: datetime, channel: str,
+    ) -> EarnResult:  # fmt: skip
+        lot_id = self.version  # the PointsEarned just recorded
+        # Upgrades happen at once; downgrades wait for the grace period (a later issue).
+        qualifying = self.qualifying(now=at, window_days=rules.tier_window_days)
+        target = tier_for(rules, qualifying)
+        if target.threshold > tier_named(rules, self.tier).threshold:
+            self._tier_changed(from_tier=self.tier, to_tier=target.name,
+                               qualifying=qualifying, at=at, channel=channel)  # fmt: skip
+        return EarnResult(points=quote.points, breakdown=quote.breakdown,
+                          rules_version=quote.rules_version, available_at=available_at,
+                          expires_at=expires_at, lot_id=lot_id)  # fmt: skip
+
+    def _touch(self, *, when: datetime, channel: str) -> None:
+        if channel not in self.channels:
+            self.channels.append(channel)
+        self.first_activity_at = min(self.first_activity_at, when)
+        self.last_activity_at = max(self.last_activity_at, when)
+
+    # -- events: record only (these bodies run again on every replay) -------------------
+
+    @event(events.IdentityLinked)
+    def _identity_linked(self, *, identity: Identity | None, at: datetime, channel: str) -> None:
+        if identity is not None:  # None once the member is forgotten
+            self.identities.append(identity)
+        self._touch(when=at, channel=channel)
+
+    @event(events.PointsEarned)
+    def _points_earned(
+        self, *, source: str, order_ref: str | None, amount: Decimal | None,
+        currency: str | None, items: list[PurchaseItem], points: int,
+        breakdown: list[BreakdownPart], rules_version: int, tier: str, available_at: datetime,
+        expires_at: datetime | None, occurred_at: datetime, reason: str | None, at: datetime,
+        channel: str,
+    ) -> None:  # fmt: skip
+        # Runs before the library bumps the version: this event's version is version + 1.
+        lot_id = self.version + 1
+        if points > 0:
+            self.lots.append(Lot(lot_id=lot_id, points=points, available_at=available_at,
+                                 expires_at=expires_at))  # fmt: skip
+            self.accruals.append(Accrual(occurred_at=occurred_at, points=points))
+        self.lifetime_earned += points
+        if order_ref is not None and amount is not None and currency is not None:
+            self.orders[order_ref] = OrderRecord(amount=amount, currency=currency, points=points,
+                                                 lot_id=lot_id, occurred_at=occurred_at)  # fmt: skip
+        # A purchase is the member's own activity (at its business time); an award is not.
+        if source == "purchase":
+            self._touch(when=occurred_at, channel=channel)
+
+    @event(events.PointsRedeemed)
+    def _points_redeemed(
+        self, *, points: int, draws: list[LotDraw], reward_ref: str | None,
+        order_ref: str | None, at: datetime, channel: str,
+    ) -> None:  # fmt: skip
+        self.lots = apply_draws(self.lots, draws)
+        self.lifetime_redeemed += points
+        self._touch(when=at, channel=channel)
+
+    @event(events.TierChanged)
+    def _tier_changed(
+        self, *, from_tier: str, to_tier: str, qualifying: int, at: datetime, channel: str
+    ) -> None:
+        self.tier = to_tier
+
+
+def _check_purchase(
+    amount: Decimal, currency: str, items: list[PurchaseItem], rules: Rules
+) -> None:
+    check_amount(amount, currency)
+    for i, item in enumerate(items):
+        check_amount(item.amount, currency, field=f"items[{i}].amount")
+        if item.quantity < 1:
+            raise InvalidAmount("quantity must be at least 1", field=f"items[{i}].quantity")
+    if currency != rules.currency:
+        raise CurrencyMismatch(f"the program earns in {rules.currency}, not {currency}",
+                               expected=rules.currency)  # fmt: skip
+
+
+def _check_points(points: int) -> None:
+    if not 0 < points <= MAX_POINTS:
+        raise InvalidAmount(f"points must be between 1 and {MAX_POINTS}", field="points")
+
+
+def _expiry(rules: Rules, start: datetime) -> datetime | None:
+    months = rules.earn.expiry_months
+    return add_months(start, months) if months else None

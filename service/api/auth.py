@@ -1,0 +1,88 @@
+"""Bearer API keys: the middleware that finds the caller, guards that check scopes, and the
+CommandContext every state-changing request is turned into."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.middleware.base import DefineMiddleware
+from litestar import Request
+
+from service.handlers.context import CommandContext
+from service.handlers.errors import InvalidInput
+from service.services import Services
+from service.store.access import Principal
+
+PUBLIC_PATHS = ["^/health", "^/schema", "^/metrics", "^/asyncapi.json"]
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+
+class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
+    """`Authorization: Bearer <key>` → the key's Principal, or 401."""
+
+    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+        header = connection.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise NotAuthorizedException("an API key is required: Authorization: Bearer <key>")
+        services: Services = connection.app.state.services
+        principal = await services.access.authenticate(key.strip())
+        if principal is None:
+            raise NotAuthorizedException("the API key is not valid")
+        return AuthenticationResult(user=principal, auth=key)
+
+
+authentication = DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS)
+
+
+def requires(scope: str) -> Any:
+    """A guard letting through only keys that carry `scope`."""
+
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        principal: Principal = connection.user
+        if scope not in principal.scopes:
+            raise PermissionDeniedException(f"this API key lacks the {scope!r} scope")
+
+    guard.__name__ = f"requires_{scope}"
+    return guard
+
+
+def _valid_idempotency_key(key: str) -> bool:
+    return 1 <= len(key) <= 200 and all(0x20 <= ord(c) <= 0x7E for c in key)
+
+
+async def command_context(request: Request[Principal, Any, Any]) -> CommandContext:
+    """The caller, the clock and the idempotency key of a state-changing request.
+
+    POSTs must carry an Idempotency-Key; the request hash covers method, path and body, so the
+    same key with any other request is refused.
+    """
+    principal = request.user
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if request.method == "POST":
+        if key is None:
+            raise InvalidInput([("Idempotency-Key", "header is required on every POST that changes state")])
+        if not _valid_idempotency_key(key):
+            raise InvalidInput([("Idempotency-Key", "must be 1-200 printable ASCII characters")])
+    body = await request.body()
+    digest = hashlib.sha256()
+    for part in (request.method.encode(), request.url.path.encode(), body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    return CommandContext(
+        channel=principal.channel,
+        api_key_id=str(principal.key_id),
+        scopes=principal.scopes,
+        now=datetime.now(UTC),
+        request_id=request_id[:100],
+        idempotency_key=key,
+        request_hash=digest.digest(),
+    )

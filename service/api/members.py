@@ -1,0 +1,55 @@
+"""/v1/members: enrolment, identities, lookup, the member view."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from litestar import Controller, Request, Response, get, post
+from litestar.di import Provide
+from litestar.params import Parameter
+
+from service.handlers import members
+from service.handlers.context import CommandContext
+from service.services import Services
+
+from .auth import command_context, requires
+from .responses import reply
+from .schemas import EnrolIn, IdentityIn, MemberOut
+
+
+class MembersController(Controller):
+    path = "/v1/members"
+    tags = ["members"]
+    dependencies = {"ctx": Provide(command_context)}
+
+    @post("/", guards=[requires("members")], status_code=201, summary="Enrol a member")
+    async def enrol(self, data: EnrolIn, services: Services, ctx: CommandContext) -> Response[MemberOut]:
+        return reply(await members.enrol(services, ctx, data))
+
+    @get("/lookup", guards=[requires("read")], summary="Find the member owning an identity")
+    async def lookup(
+        self,
+        request: Request[Any, Any, Any],
+        services: Services,
+        kind: Annotated[str, Parameter(query="kind", max_length=20)],
+        value: Annotated[str, Parameter(query="value", max_length=320)],
+    ) -> MemberOut:
+        member_id = await members.lookup(services, IdentityIn(kind=kind, value=value))
+        return await members.get_member(
+            services, member_id, reveal="privacy" in request.user.scopes, now=datetime.now(UTC)
+        )
+
+    @get("/{member_id:uuid}", guards=[requires("read")], summary="The member view")
+    async def get_member(self, request: Request[Any, Any, Any], services: Services, member_id: UUID) -> MemberOut:
+        return await members.get_member(
+            services, member_id, reveal="privacy" in request.user.scopes, now=datetime.now(UTC)
+        )
+
+    @post("/{member_id:uuid}/identities", guards=[requires("members")], status_code=201,
+          summary="Link an identity to a member")
+    async def link_identity(
+        self, member_id: UUID, data: IdentityIn, services: Services, ctx: CommandContext
+    ) -> Response[MemberOut]:
+        return reply(await members.link_identity(services, ctx, member_id, data))

@@ -1,0 +1,32 @@
+"""/v1/program: the rules, versioned."""
+
+from __future__ import annotations
+
+from litestar import Controller, Response, get, put
+from litestar.di import Provide
+
+from service.handlers import program
+from service.handlers.context import CommandContext
+from service.services import Services
+
+from .auth import command_context, requires
+from .responses import reply
+from .schemas import ProgramOut, RulesIn, RulesVersionOut
+
+
+class ProgramController(Controller):
+    path = "/v1/program"
+    tags = ["program"]
+    dependencies = {"ctx": Provide(command_context)}
+
+    @get("/", guards=[requires("read")], summary="The program and its current rules")
+    async def get_program(self, services: Services) -> ProgramOut:
+        return await program.program_view(services)
+
+    @put("/rules", guards=[requires("rules")], summary="Publish a new version of the rules")
+    async def put_rules(self, data: RulesIn, services: Services, ctx: CommandContext) -> Response[ProgramOut]:
+        return reply(await program.publish_rules(services, ctx, data))
+
+    @get("/rules/{version:int}", guards=[requires("read")], summary="One published version of the rules")
+    async def get_rules(self, version: int, services: Services) -> RulesVersionOut:
+        return await program.rules_version(services, version)

@@ -1,0 +1,196 @@
+"""The `loyalty` command: serve, migrate, keys, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from service.config import Settings, settings_from_env
+from service.logs import configure_logging
+
+log = logging.getLogger("service.cli")
+
+
+def _running_embedded(settings: Settings) -> Settings | None:
+    """The embedded servers of a `loyalty serve` already running on this data dir, if any."""
+    import json
+    import socket
+    from urllib.parse import urlsplit
+
+    path = settings.data_dir / "servers.json"
+    try:
+        urls = json.loads(path.read_text())
+        for url in (urls["database_url"], urls["nats_url"]):
+            parts = urlsplit(url)
+            with socket.create_connection((parts.hostname, parts.port), timeout=0.5):
+                pass
+    except (OSError, ValueError, KeyError):
+        return None
+    return settings.with_overrides(
+        database_url=urls["database_url"], nats_url=urls["nats_url"], master_key=_embedded_master_key(settings)
+    )
+
+
+def _embedded_master_key(settings: Settings) -> str | None:
+    """In embedded mode the master key, unless given, lives in the data dir (created once)."""
+    if settings.master_key:
+        return settings.master_key
+    from service.store.keys import load_or_create_master_key
+
+    return load_or_create_master_key(settings.data_dir / "master.key")
+
+
+@contextlib.contextmanager
+def servers(settings: Settings, *, reuse_running: bool = False) -> Iterator[Settings]:
+    """The settings with server URLs: the configured ones, those of a running embedded
+    `serve` (when `reuse_running`), or embedded servers started now."""
+    if settings.embedded and reuse_running:
+        running = _running_embedded(settings)
+        if running is not None:
+            yield running
+            return
+    if not settings.embedded:
+        if settings.database_url is None or settings.nats_url is None:
+            raise SystemExit("set both LOYALTY_DATABASE_URL and LOYALTY_NATS_URL, or neither (embedded)")
+        yield settings
+        return
+    from service.embedded import EmbeddedServers
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with EmbeddedServers(settings.data_dir) as urls:
+        log.info("embedded servers started", extra={"database_url": urls.database_url, "nats_url": urls.nats_url})
+        print(f"database: {urls.database_url}\nnats:     {urls.nats_url}\n"
+              f"(also in {settings.data_dir / 'servers.json'})", flush=True)
+        yield settings.with_overrides(
+            database_url=urls.database_url, nats_url=urls.nats_url, master_key=_embedded_master_key(settings)
+        )
+
+
+def cmd_serve(settings: Settings) -> int:
+    import uvicorn
+
+    from service.app import create_app
+
+    with servers(settings) as resolved:
+        config = uvicorn.Config(
+            create_app(resolved), host=resolved.host, port=resolved.port, loop="uvloop", http="httptools",
+            lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=20,
+        )
+        # uvicorn handles SIGTERM/SIGINT: stop accepting, finish in-flight requests, run the
+        # lifespan shutdown (appender drains its queue), then we stop the embedded servers.
+        uvicorn.Server(config).run()
+    return 0
+
+
+def cmd_migrate(settings: Settings) -> int:
+    import asyncpg
+
+    from service.store.migrate import migrate
+
+    async def run(url: str) -> list[str]:
+        conn = await asyncpg.connect(url)
+        try:
+            return await migrate(conn)
+        finally:
+            await conn.close()
+
+    with servers(settings, reuse_running=True) as resolved:
+        assert resolved.database_url is not None
+        applied = asyncio.run(run(resolved.database_url))
+    print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    return 0
+
+
+def cmd_keys_create(settings: Settings, channel: str, scopes: list[str], name: str | None) -> int:
+    import asyncpg
+
+    from service.store.access import ADMIN_CHANNEL, SCOPES, Access, Channel, ChannelExists
+    from service.store.migrate import migrate
+
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if unknown:
+        raise SystemExit(f"unknown scopes: {', '.join(unknown)} (known: {', '.join(SCOPES)})")
+
+    async def run(url: str) -> str:
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            access = Access(pool)
+            if channel == ADMIN_CHANNEL:
+                with contextlib.suppress(ChannelExists):
+                    await access.create_channel(Channel(ADMIN_CHANNEL, "Administration", "internal"))
+            _, key = await access.create_key(channel=channel, scopes=scopes, name=name)
+            return key
+        finally:
+            await pool.close()
+
+    with servers(settings, reuse_running=True) as resolved:
+        assert resolved.database_url is not None
+        key = asyncio.run(run(resolved.database_url))
+    print(f"created a key for channel {channel!r} with scopes {', '.join(sorted(set(scopes)))}")
+    print(key)  # the last line is the key itself, for scripts
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loyalty", description="The loyalty ledger service.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the HTTP API (embedded servers unless configured)")
+    serve.add_argument("--database-url")
+    serve.add_argument("--nats-url")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--data-dir", type=Path)
+
+    migrate = sub.add_parser("migrate", help="apply pending database migrations")
+    migrate.add_argument("--database-url")
+    migrate.add_argument("--data-dir", type=Path)
+
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create an API key; prints it on the last line")
+    create.add_argument("--channel", default="admin")
+    create.add_argument("--scopes", default="all", help="comma-separated scopes, or 'all'")
+    create.add_argument("--name")
+    create.add_argument("--database-url")
+    create.add_argument("--data-dir", type=Path)
+
+    from service.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(sub.add_parser("bench", help="load-test a running service"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = settings_from_env().with_overrides(
+        database_url=getattr(args, "database_url", None), nats_url=getattr(args, "nats_url", None),
+        host=getattr(args, "host", None), port=getattr(args, "port", None),
+        data_dir=getattr(args, "data_dir", None),
+    )
+    configure_logging(settings.log_format)
+    if args.command == "serve":
+        return cmd_serve(settings)
+    if args.command == "migrate":
+        return cmd_migrate(settings)
+    if args.command == "keys":
+        from service.store.access import SCOPES
+
+        scopes = list(SCOPES) if args.scopes == "all" else [s.strip() for s in args.scopes.split(",") if s.strip()]
+        return cmd_keys_create(settings, args.channel, scopes, args.name)
+    if args.command == "bench":
+        from service.bench import run
+
+        return run(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Settings from the environment (twelve-factor); `loyalty serve` flags mirror them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything the running service is configured by."""
+
+    database_url: str | None = None
+    nats_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path(".loyalty")
+    admin_key: str | None = None
+    master_key: str | None = None
+    default_region: str = "CN"
+    db_pool_size: int = 16
+    log_format: str = "auto"  # auto | json | console
+    stream_name: str = "LOYALTY"
+    stream_replicas: int = 1
+    stream_max_age_days: int = 0  # 0 = keep forever
+
+    @property
+    def embedded(self) -> bool:
+        """True when no servers are configured and `serve` starts its own."""
+        return self.database_url is None and self.nats_url is None
+
+    def with_overrides(self, **changes: object) -> Settings:
+        """A copy with the given (non-None) fields replaced."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
+    """Read LOYALTY_* variables; unset ones take their defaults."""
+    env = os.environ if environ is None else environ
+
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        return value if value else None
+
+    return Settings(
+        database_url=get("LOYALTY_DATABASE_URL"),
+        nats_url=get("LOYALTY_NATS_URL"),
+        host=get("LOYALTY_HOST") or "127.0.0.1",
+        port=_int("LOYALTY_PORT", 8080),
+        data_dir=Path(get("LOYALTY_DATA_DIR") or ".loyalty"),
+        admin_key=get("LOYALTY_ADMIN_KEY"),
+        master_key=get("LOYALTY_MASTER_KEY"),
+        default_region=get("LOYALTY_DEFAULT_REGION") or "CN",
+        db_pool_size=_int("LOYALTY_DB_POOL_SIZE", 16),
+        log_format=get("LOYALTY_LOG_FORMAT") or "auto",
+        stream_name=get("LOYALTY_STREAM_NAME") or "LOYALTY",
+        stream_replicas=_int("LOYALTY_STREAM_REPLICAS", 1),
+        stream_max_age_days=_int("LOYALTY_STREAM_MAX_AGE_DAYS", 0),
+    )

@@ -1,0 +1,90 @@
+"""Members and their identities: enrol, link, look up, read."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID, uuid4
+
+from domain.errors import InvalidIdentity
+from domain.identities import Identity, normalise_identity
+from domain.member import Member, Profile
+from service.api.schemas import EnrolIn, IdentityIn, MemberOut
+from service.services import Services
+
+from .context import CommandContext, Reply
+from .errors import InvalidInput, NoSuchIdentity, UnknownMember
+from .unit_of_work import Render, UnitOfWork, execute
+from .views import member_out
+
+
+def normalise(services: Services, identity: IdentityIn, *, field: str) -> Identity:
+    """Normalise one identity, naming the field that is wrong."""
+    try:
+        return normalise_identity(identity.kind, identity.value, default_region=services.settings.default_region)
+    except InvalidIdentity as exc:
+        inner = str(exc.extra.get("field", "value"))
+        name = f"{field}.{inner}" if field else inner
+        raise InvalidInput([(name, exc.detail)]) from None
+
+
+async def enrol(services: Services, ctx: CommandContext, body: EnrolIn) -> Reply:
+    """Enrol a new member with one or more identities (each must be free)."""
+    identities: list[Identity] = []
+    for i, given in enumerate(body.identities):
+        identity = normalise(services, given, field=f"identities[{i}]")
+        if identity not in identities:
+            identities.append(identity)
+    profile = None
+    if body.profile is not None:
+        profile = Profile(name=body.profile.name, birthday=body.profile.birthday, locale=body.profile.locale)
+    member_id = uuid4()
+
+    async def decide(uow: UnitOfWork) -> Render:
+        program = await uow.program()
+        member = Member.enrol(
+            member_id=member_id, identities=identities, profile=profile,
+            channel=ctx.channel, at=ctx.now, rules=program.rules,
+        )
+        uow.new_member(member)
+        for identity in identities:
+            uow.claim_identity(identity, member_id)
+        return lambda position: member_out(
+            member, now=ctx.now, rules=program.rules, reveal="privacy" in ctx.scopes, position=position
+        )
+
+    return await execute(services, ctx, [member_id], decide)
+
+
+async def link_identity(services: Services, ctx: CommandContext, member_id: UUID, body: IdentityIn) -> Reply:
+    """Bind one more identity to a member (409 if another member holds it)."""
+    identity = normalise(services, body, field="")
+
+    async def decide(uow: UnitOfWork) -> Render:
+        member = await uow.member(member_id)
+        program = await uow.program()
+        if member.link_identity(identity=identity, channel=ctx.channel, at=ctx.now):
+            uow.claim_identity(identity, member_id)
+        return lambda position: member_out(
+            member, now=ctx.now, rules=program.rules, reveal="privacy" in ctx.scopes, position=position
+        )
+
+    return await execute(services, ctx, [member_id], decide)
+
+
+async def get_member(services: Services, member_id: UUID, *, reveal: bool, now: datetime) -> MemberOut:
+    """The member view, read from the member itself (strongly consistent)."""
+    member = await services.repository.member(member_id)
+    if member is None:
+        raise UnknownMember(member_id)
+    program = await services.repository.program()
+    return member_out(member, now=now, rules=program.rules, reveal=reveal)
+
+
+async def lookup(services: Services, body: IdentityIn) -> UUID:
+    """The member that owns this identity; UnknownMember when none does."""
+    identity = normalise(services, body, field="")
+    value_hash = services.keyring.identity_hash(identity.kind, identity.value)
+    owner = await services.store.identity_owner(identity.kind, value_hash)
+    if owner is None:
+        raise NoSuchIdentity(identity.kind)
+    return owner

@@ -1,0 +1,190 @@
+"""Runs a command: load → decide → append, atomically, retried on a concurrent change.
+
+`execute()` is the one path every state-changing use case takes. Its `decide` callback loads
+aggregates through a UnitOfWork, calls their methods, names the unique claims the change
+makes, and returns how to render the response once the position is known. Everything the
+aggregates recorded is then appended in one transaction with the idempotency record; a
+concurrent change of the same stream (another instance) makes it run `decide` again on fresh
+state, so the caller never sees the conflict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+from uuid import UUID, uuid4
+
+import msgspec
+from eventsourcing.persistence import StoredEvent
+
+from domain.events import event_type
+from domain.identities import Identity
+from domain.member import Member
+from domain.program import Program
+from service.services import Services
+from service.store.appender import (
+    AppendRequest,
+    IdempotencyRecord,
+    IdentityClaim,
+    Metadata,
+    NewEvent,
+    Replayed,
+    StreamConflict,
+)
+
+from .context import CommandContext, Reply
+from .errors import Busy, UnknownMember
+
+MAX_ATTEMPTS = 8
+
+Render = Callable[[int], msgspec.Struct]
+_encoder = msgspec.json.Encoder()
+
+
+class UnitOfWork:
+    """The aggregates one attempt of a command loaded and changed, and the claims it makes."""
+
+    def __init__(self, services: Services, ctx: CommandContext) -> None:
+        self._services = services
+        self.ctx = ctx
+        self._loaded: dict[UUID, tuple[Any, int]] = {}
+        self.order_claims: list[tuple[str, UUID]] = []
+        self.identity_claims: list[IdentityClaim] = []
+        self.identity_releases: list[IdentityClaim] = []
+        self.member_keys: list[tuple[UUID, bytes]] = []
+        self.event_ids: list[UUID] = []
+
+    async def member(self, member_id: UUID) -> Member:
+        """The member, at its latest version; UnknownMember if there is none."""
+        member = await self._services.repository.member(member_id)
+        if member is None:
+            raise UnknownMember(member_id)
+        self._loaded.setdefault(member_id, (member, member.version))
+        return member
+
+    async def program(self) -> Program:
+        return await self._services.repository.program()
+
+    async def program_for_change(self) -> Program:
+        """The program, to be changed by this command (so its version is checked)."""
+        program = await self.program()
+        self._loaded.setdefault(program.id, (program, program.version))
+        return program
+
+    def new_member(self, member: Member) -> None:
+        """A member this command enrols: it gets its own data key."""
+        key, wrapped = self._services.keyring.new_member_key(member.id)
+        self._services.store.remember_key(member.id, key)
+        self.member_keys.append((member.id, wrapped))
+        self.new_aggregate(member)
+
+    def new_aggregate(self, aggregate: Any) -> None:
+        """An aggregate this command creates: its stream must not exist yet."""
+        self._loaded[aggregate.id] = (aggregate, 0)
+
+    def claim_order(self, order_ref: str, member_id: UUID) -> None:
+        self.order_claims.append((order_ref, member_id))
+
+    def claim_identity(self, identity: Identity, member_id: UUID) -> None:
+        self.identity_claims.append(self._claim(identity, member_id))
+
+    def release_identity(self, identity: Identity, member_id: UUID) -> None:
+        self.identity_releases.append(self._claim(identity, member_id))
+
+    def _claim(self, identity: Identity, member_id: UUID) -> IdentityClaim:
+        value_hash = self._services.keyring.identity_hash(identity.kind, identity.value)
+        return IdentityClaim(identity.kind, value_hash, member_id)
+
+    def aggregates(self) -> list[Any]:
+        return [aggregate for aggregate, _ in self._loaded.values()]
+
+    def request(self, render: Render, status: int) -> AppendRequest:
+        """Everything the attempt recorded, as one append request."""
+        codec = self._services.store.codec
+        events: list[NewEvent] = []
+        expected: dict[UUID, int] = {}
+        for stream_id, (aggregate, version) in self._loaded.items():
+            pending = aggregate.collect_events()
+            if not pending:
+                continue
+            expected[stream_id] = version
+            key = self._services.store.cached_key(stream_id)
+            for domain_event in pending:
+                stored: StoredEvent = codec.encode(domain_event, key)
+                event_id = uuid4()
+                self.event_ids.append(event_id)
+                events.append(NewEvent(
+                    stream_id=stream_id,
+                    stream_version=stored.originator_version,
+                    event_type=event_type(type(domain_event)),
+                    topic=stored.topic,
+                    data=stored.state,
+                    occurred_at=getattr(domain_event, "occurred_at", None) or self.ctx.now,
+                    event_id=event_id,
+                ))
+        ctx = self.ctx
+        idempotency = None
+        if ctx.idempotency_key is not None:
+            idempotency = IdempotencyRecord(
+                channel=ctx.channel, key=ctx.idempotency_key, request_hash=ctx.request_hash,
+                status=status, render=lambda position: _encoder.encode(render(position)),
+            )
+        return AppendRequest(
+            events=events,
+            expected=expected,
+            metadata=Metadata(channel=ctx.channel, api_key_id=ctx.api_key_id, correlation_id=ctx.request_id),
+            idempotency=idempotency,
+            order_claims=self.order_claims,
+            identity_claims=self.identity_claims,
+            identity_releases=self.identity_releases,
+            member_keys=self.member_keys,
+        )
+
+
+async def execute(
+    services: Services,
+    ctx: CommandContext,
+    streams: list[UUID],
+    decide: Callable[[UnitOfWork], Awaitable[Render]],
+    *,
+    status: int = 201,
+) -> Reply:
+    """Run a command to completion: replay its first answer, or decide and append it."""
+    if ctx.idempotency_key is not None:
+        replay = await services.idempotency.lookup(ctx.channel, ctx.idempotency_key, ctx.request_hash)
+        if replay is not None:
+            return Reply(replay.status, replay.response, replayed=True)
+    repository = services.repository
+    for attempt in range(MAX_ATTEMPTS):
+        async with repository.locked(streams):
+            uow = UnitOfWork(services, ctx)
+            try:
+                render = await decide(uow)
+                outcome = await services.appender.append(uow.request(render, status))
+            except StreamConflict:
+                for aggregate in uow.aggregates():
+                    repository.forget(aggregate.id)
+                conflict = True
+            except BaseException:
+                # The cached copies hold changes that were not committed.
+                for aggregate in uow.aggregates():
+                    repository.forget(aggregate.id)
+                raise
+            else:
+                conflict = False
+                if isinstance(outcome, Replayed):
+                    for aggregate in uow.aggregates():
+                        repository.forget(aggregate.id)
+                    return Reply(outcome.status, outcome.response, replayed=True)
+                for aggregate in uow.aggregates():
+                    repository.keep(aggregate)
+                body = outcome.response
+                if body is None:
+                    body = _encoder.encode(render(outcome.last_position))
+                return Reply(status, body)
+        if conflict:
+            # Another instance changed the stream: back off a little, with jitter, and retry.
+            await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311
+    raise Busy("the member is being changed by many commands at once; retry")

@@ -1,0 +1,82 @@
+"""The resources of a running service, opened and closed together."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+
+from service.bus.connection import NatsConnection
+from service.config import Settings
+from service.store.access import Access
+from service.store.appender import Appender
+from service.store.codec import EventCodec
+from service.store.event_store import EventStore
+from service.store.idempotency import IdempotencyRecords
+from service.store.keys import Keyring, MasterKeyError, parse_master_key
+from service.store.migrate import migrate
+from service.store.repository import Repository
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Services:
+    """Everything a handler needs, handed in by dependency injection."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    keyring: Keyring
+    store: EventStore
+    repository: Repository
+    appender: Appender
+    idempotency: IdempotencyRecords
+    access: Access
+    nats: NatsConnection | None
+
+
+def master_key(settings: Settings) -> bytes:
+    """LOYALTY_MASTER_KEY (in embedded mode `loyalty serve` supplies one from the data dir)."""
+    if not settings.master_key:
+        raise MasterKeyError("LOYALTY_MASTER_KEY is required when the servers are configured")
+    return parse_master_key(settings.master_key)
+
+
+@contextlib.asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Connect, migrate, start the appender; close them on exit."""
+    if settings.database_url is None:
+        raise ValueError("database_url is not set")
+    keyring = Keyring(master_key(settings))
+    pool = await asyncpg.create_pool(
+        settings.database_url, min_size=2, max_size=settings.db_pool_size, command_timeout=30
+    )
+    try:
+        async with pool.acquire() as conn:
+            applied = await migrate(conn)
+        if applied:
+            log.info("migrations applied", extra={"migrations": applied})
+        store = EventStore(pool, EventCodec(keyring), keyring)
+        appender = Appender(pool)
+        await appender.start()
+        bus = NatsConnection(settings.nats_url) if settings.nats_url else None
+        if bus is not None:
+            await bus.start()
+        services = Services(
+            settings=settings, pool=pool, keyring=keyring, store=store, repository=Repository(store),
+            appender=appender, idempotency=IdempotencyRecords(pool), access=Access(pool), nats=bus,
+        )
+        try:
+            if settings.admin_key:
+                await services.access.ensure_admin_key(settings.admin_key)
+            yield services
+        finally:
+            await appender.stop()
+            if bus is not None:
+                await bus.close()
+    finally:
+        await pool.close()
+

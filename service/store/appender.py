@@ -1,0 +1,395 @@
+"""Appends to the event store by serialised group commit.
+
+One writer task per process takes every append request waiting in its queue and commits them
+together in one transaction that holds a cluster-wide advisory lock. Inside it, each request's
+expected stream versions, idempotency key and unique claims (orders, identities) are checked
+against the database and against the requests before it in the same batch; the accepted ones
+get the next positions (max + 1: gapless, strictly increasing in commit order) and are written
+with their idempotency records and claims; the rejected ones are answered with the reason and
+write nothing. See docs/decisions/0002-positions-by-serialised-group-commit.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID, uuid4
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+APPEND_LOCK = 0x4C45444745520001  # "LEDGER" + 1: serialises appends across all instances
+NOTIFY_CHANNEL = "loyalty_events"
+MAX_BATCH = 500
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """One event to append; its position is assigned at commit."""
+
+    stream_id: UUID
+    stream_version: int
+    event_type: str
+    topic: str
+    data: bytes
+    occurred_at: datetime
+    event_id: UUID = field(default_factory=uuid4)
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    """Who caused the events, recorded on each of them."""
+
+    channel: str | None = None
+    api_key_id: str | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyRecord:
+    """A command's idempotency key; `render` builds the response from the last position."""
+
+    channel: str
+    key: str
+    request_hash: bytes
+    status: int
+    render: Callable[[int], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityClaim:
+    kind: str
+    value_hash: bytes
+    member_id: UUID
+
+
+@dataclass(slots=True)
+class AppendRequest:
+    """Events of one command, with everything that must commit (or not) together with them.
+
+    `expected` maps each stream to the version it must be at now (0: must not exist yet);
+    streams left out are checked only by the unique (stream, version) constraint.
+    """
+
+    events: Sequence[NewEvent]
+    expected: dict[UUID, int]
+    metadata: Metadata = Metadata()
+    idempotency: IdempotencyRecord | None = None
+    order_claims: Sequence[tuple[str, UUID]] = ()
+    identity_claims: Sequence[IdentityClaim] = ()
+    identity_releases: Sequence[IdentityClaim] = ()
+    member_keys: Sequence[tuple[UUID, bytes]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The request's events are durable; `positions` in the order of its events."""
+
+    positions: list[int]
+    response: bytes | None
+
+    @property
+    def last_position(self) -> int:
+        return self.positions[-1] if self.positions else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """The idempotency key was already used with the same request: its first response."""
+
+    status: int
+    response: bytes
+
+
+class AppendRejected(Exception):
+    """The request was refused; nothing of it was written."""
+
+
+class StreamConflict(AppendRejected):
+    def __init__(self, stream_id: UUID, expected: int, actual: int) -> None:
+        super().__init__(f"stream {stream_id} is at version {actual}, expected {expected}")
+        self.stream_id, self.expected, self.actual = stream_id, expected, actual
+
+
+class IdempotencyKeyReused(AppendRejected):
+    pass
+
+
+class OrderClaimed(AppendRejected):
+    def __init__(self, order_ref: str, member_id: UUID) -> None:
+        super().__init__(f"order {order_ref!r} has already earned points")
+        self.order_ref, self.member_id = order_ref, member_id
+
+
+class IdentityClaimed(AppendRejected):
+    def __init__(self, kind: str, member_id: UUID) -> None:
+        super().__init__(f"this {kind} identity belongs to another member")
+        self.kind, self.member_id = kind, member_id
+
+
+Outcome = Committed | Replayed
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: AppendRequest
+    future: asyncio.Future[Outcome]
+
+
+class Appender:
+    """The single writer of this process; `append()` is safe to call from any task."""
+
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.appended = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="appender")
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop."""
+        if self._task is None:
+            return
+        await self._queue.join()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def append(self, request: AppendRequest) -> Outcome:
+        """Queue a request and wait for its outcome; raises AppendRejected when refused."""
+        if self._task is None:
+            raise RuntimeError("appender is not running")
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(request, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit_batch(batch)
+            except Exception as exc:
+                if len(batch) == 1:
+                    _settle(batch[0], exc)
+                else:
+                    log.warning("group commit of %d failed (%r); retrying one by one", len(batch), exc)
+                    for pending in batch:
+                        try:
+                            await self._commit_batch([pending])
+                        except Exception as single_exc:
+                            _settle(pending, single_exc)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _commit_batch(self, batch: list[_Pending]) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
+            plan = await _Plan.build(conn, [p.request for p in batch])
+            accepted: list[tuple[_Pending, Committed]] = []
+            rejected: list[tuple[_Pending, BaseException | Replayed]] = []
+            for pending in batch:
+                result = plan.admit(pending.request)
+                if isinstance(result, Committed):
+                    accepted.append((pending, result))
+                else:
+                    rejected.append((pending, result))
+            if accepted:
+                await plan.write(conn, [p.request for p, _ in accepted])
+        # Committed: only now may anyone hear of it.
+        self.batches += 1
+        self.appended += sum(len(c.positions) for _, c in accepted)
+        for pending, committed in accepted:
+            _settle(pending, committed)
+        for pending, outcome in rejected:
+            _settle(pending, outcome)
+
+
+def _settle(pending: _Pending, result: Outcome | BaseException) -> None:
+    if pending.future.done():
+        return
+    if isinstance(result, BaseException):
+        pending.future.set_exception(result)
+    else:
+        pending.future.set_result(result)
+
+
+class _Plan:
+    """What the database holds now for a batch's streams, keys and claims, updated as
+    requests are admitted in order."""
+
+    def __init__(self) -> None:
+        self.next_position = 1
+        self.versions: dict[UUID, int] = {}
+        self.idempotency: dict[tuple[str, str], tuple[bytes, int, bytes]] = {}
+        self.orders: dict[str, UUID] = {}
+        self.identities: dict[tuple[str, bytes], UUID] = {}
+        self.responses: dict[int, tuple[IdempotencyRecord, bytes, int]] = {}
+        self.positions: dict[int, list[int]] = {}
+
+    @classmethod
+    async def build(cls, conn: asyncpg.Connection, requests: list[AppendRequest]) -> _Plan:
+        plan = cls()
+        plan.next_position = 1 + await conn.fetchval("SELECT coalesce(max(position), 0) FROM events")
+        streams = list({s for r in requests for s in (*r.expected, *(e.stream_id for e in r.events))})
+        if streams:
+            rows = await conn.fetch(
+                "SELECT stream_id, max(stream_version) AS v FROM events"
+                " WHERE stream_id = ANY($1::uuid[]) GROUP BY stream_id",
+                streams,
+            )
+            plan.versions = {r["stream_id"]: r["v"] for r in rows}
+        keys = [(r.idempotency.channel, r.idempotency.key) for r in requests if r.idempotency]
+        if keys:
+            rows = await conn.fetch(
+                "SELECT channel, key, request_hash, status, response FROM idempotency_keys"
+                " WHERE (channel, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+                " AND created_at > now() - interval '24 hours'",
+                [c for c, _ in keys],
+                [k for _, k in keys],
+            )
+            plan.idempotency = {
+                (r["channel"], r["key"]): (r["request_hash"], r["status"], r["response"]) for r in rows
+            }
+        orders = [o for r in requests for o, _ in r.order_claims]
+        if orders:
+            rows = await conn.fetch(
+                "SELECT order_ref, member_id FROM order_refs WHERE order_ref = ANY($1::text[])", orders
+            )
+            plan.orders = {r["order_ref"]: r["member_id"] for r in rows}
+        claims = [c for r in requests for c in r.identity_claims]
+        if claims:
+            rows = await conn.fetch(
+                "SELECT kind, value_hash, member_id FROM identities"
+                " WHERE (kind, value_hash) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))",
+                [c.kind for c in claims],
+                [c.value_hash for c in claims],
+            )
+            plan.identities = {(r["kind"], r["value_hash"]): r["member_id"] for r in rows}
+        return plan
+
+    def admit(self, request: AppendRequest) -> Committed | Replayed | AppendRejected:
+        """Decide one request against the current plan; on success, reserve its effects."""
+        idem = request.idempotency
+        if idem is not None:
+            seen = self.idempotency.get((idem.channel, idem.key))
+            if seen is not None:
+                request_hash, status, response = seen
+                if request_hash != idem.request_hash:
+                    return IdempotencyKeyReused(idem.key)
+                return Replayed(status, response)
+        for stream_id, expected in request.expected.items():
+            actual = self.versions.get(stream_id, 0)
+            if actual != expected:
+                return StreamConflict(stream_id, expected, actual)
+        for order_ref, member_id in request.order_claims:
+            owner = self.orders.get(order_ref)
+            if owner is not None:
+                return OrderClaimed(order_ref, owner)
+        released = {(c.kind, c.value_hash) for c in request.identity_releases}
+        for claim in request.identity_claims:
+            owner = self.identities.get((claim.kind, claim.value_hash))
+            if owner is not None and owner != claim.member_id and (claim.kind, claim.value_hash) not in released:
+                return IdentityClaimed(claim.kind, owner)
+        # Admitted: reserve versions, claims and positions for the requests after it.
+        positions = list(range(self.next_position, self.next_position + len(request.events)))
+        self.next_position += len(request.events)
+        for event in request.events:
+            self.versions[event.stream_id] = max(self.versions.get(event.stream_id, 0), event.stream_version)
+        for order_ref, member_id in request.order_claims:
+            self.orders[order_ref] = member_id
+        for claim in request.identity_releases:
+            self.identities.pop((claim.kind, claim.value_hash), None)
+        for claim in request.identity_claims:
+            self.identities[(claim.kind, claim.value_hash)] = claim.member_id
+        response = None
+        last = positions[-1] if positions else self.next_position - 1
+        if idem is not None:
+            response = idem.render(last)
+            self.idempotency[(idem.channel, idem.key)] = (idem.request_hash, idem.status, response)
+            self.responses[id(request)] = (idem, response, last)
+        self.positions[id(request)] = positions
+        return Committed(positions, response)
+
+    async def write(self, conn: asyncpg.Connection, requests: list[AppendRequest]) -> None:
+        event_rows = []
+        for request in requests:
+            meta = request.metadata
+            for event, position in zip(request.events, self.positions[id(request)], strict=True):
+                event_rows.append((
+                    position, event.event_id, event.stream_id, event.stream_version, event.event_type,
+                    event.topic, event.data, meta.channel, meta.api_key_id, meta.correlation_id,
+                    meta.causation_id, event.occurred_at,
+                ))
+        if event_rows:
+            await conn.copy_records_to_table("events", records=event_rows, columns=_EVENT_COLUMNS)
+        idem_rows = [self.responses[id(r)] for r in requests if id(r) in self.responses]
+        if idem_rows:
+            await conn.execute(
+                "INSERT INTO idempotency_keys (channel, key, request_hash, status, response, position)"
+                " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::smallint[],"
+                " $5::bytea[], $6::bigint[])"
+                " ON CONFLICT (channel, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,"
+                " status = EXCLUDED.status, response = EXCLUDED.response,"
+                " position = EXCLUDED.position, created_at = now()",
+                [i.channel for i, _, _ in idem_rows],
+                [i.key for i, _, _ in idem_rows],
+                [i.request_hash for i, _, _ in idem_rows],
+                [i.status for i, _, _ in idem_rows],
+                [body for _, body, _ in idem_rows],
+                [pos for _, _, pos in idem_rows],
+            )
+        last = event_rows[-1][0] if event_rows else 0
+        orders = [(o, m) for r in requests for o, m in r.order_claims]
+        if orders:
+            await conn.execute(
+                "INSERT INTO order_refs (order_ref, member_id, position)"
+                " SELECT o, m, $3 FROM unnest($1::text[], $2::uuid[]) AS t(o, m)",
+                [o for o, _ in orders], [m for _, m in orders], last,
+            )
+        releases = [c for r in requests for c in r.identity_releases]
+        if releases:
+            await conn.execute(
+                "DELETE FROM identities WHERE (kind, value_hash, member_id) IN"
+                " (SELECT * FROM unnest($1::text[], $2::bytea[], $3::uuid[]))",
+                [c.kind for c in releases], [c.value_hash for c in releases], [c.member_id for c in releases],
+            )
+        claims = [c for r in requests for c in r.identity_claims]
+        if claims:
+            await conn.execute(
+                "INSERT INTO identities (kind, value_hash, member_id, position)"
+                " SELECT k, h, m, $4 FROM unnest($1::text[], $2::bytea[], $3::uuid[]) AS t(k, h, m)"
+                " ON CONFLICT (kind, value_hash) DO UPDATE SET member_id = EXCLUDED.member_id,"
+                " position = EXCLUDED.position",
+                [c.kind for c in claims], [c.value_hash for c in claims], [c.member_id for c in claims], last,
+            )
+        keys = [k for r in requests for k in r.member_keys]
+        if keys:
+            await conn.execute(
+                "INSERT INTO member_keys (member_id, wrapped_key)"
+                " SELECT * FROM unnest($1::uuid[], $2::bytea[])",
+                [m for m, _ in keys], [w for _, w in keys],
+            )
+        if event_rows:
+            # Delivered at commit, never before: listeners wake only for committed events.
+            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(last))
+
+
+_EVENT_COLUMNS = (
+    "position", "event_id", "stream_id", "stream_version", "event_type", "topic", "data",
+    "channel", "api_key_id", "correlation_id", "causation_id", "occurred_at",
+)

@@ -1,0 +1,176 @@
+"""Reads of the event store: streams (from their latest snapshot), the global log, history."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from eventsourcing.persistence import StoredEvent
+
+from .codec import EventCodec
+from .keys import Keyring
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedEvent:
+    """An event as the log holds it, decoded."""
+
+    position: int
+    event_id: UUID
+    stream_id: UUID
+    stream_version: int
+    event_type: str
+    channel: str | None
+    api_key_id: str | None
+    occurred_at: datetime
+    recorded_at: datetime
+    event: Any
+
+
+_COLUMNS = (
+    "position, event_id, stream_id, stream_version, event_type, topic, data, channel,"
+    " api_key_id, occurred_at, recorded_at"
+)
+
+
+class EventStore:
+    """Loads streams and pages of the log, decoding with the member's data key."""
+
+    def __init__(self, pool: asyncpg.Pool, codec: EventCodec, keyring: Keyring) -> None:
+        self.pool = pool
+        self.codec = codec
+        self.keyring = keyring
+        self._keys: dict[UUID, bytes | None] = {}
+
+    async def member_key(self, conn: asyncpg.Connection, member_id: UUID) -> bytes | None:
+        """The member's unwrapped data key (None if there is none or it was shredded)."""
+        if member_id in self._keys:
+            return self._keys[member_id]
+        wrapped = await conn.fetchval(
+            "SELECT wrapped_key FROM member_keys WHERE member_id = $1", member_id
+        )
+        key = None if wrapped is None else self.keyring.unwrap(member_id, wrapped)
+        if len(self._keys) > 200_000:
+            self._keys.clear()
+        self._keys[member_id] = key
+        return key
+
+    def cached_key(self, member_id: UUID) -> bytes | None:
+        """The data key already loaded for this member (by load() or remember_key())."""
+        return self._keys.get(member_id)
+
+    def remember_key(self, member_id: UUID, key: bytes) -> None:
+        self._keys[member_id] = key
+
+    async def load(self, stream_id: UUID, *, until: datetime | None = None) -> tuple[Any, list[Any]]:
+        """The stream's latest snapshot (or None) and the domain events after it, in order.
+
+        With `until`, snapshots are ignored and only events recorded at or before it are read.
+        """
+        async with self.pool.acquire() as conn:
+            key = await self.member_key(conn, stream_id)
+            snapshot = None
+            after = 0
+            if until is None:
+                row = await conn.fetchrow(
+                    "SELECT stream_version, topic, data FROM snapshots WHERE stream_id = $1", stream_id
+                )
+                if row is not None:
+                    snapshot = self.codec.decode(
+                        StoredEvent(stream_id, row["stream_version"], row["topic"], row["data"]), key
+                    )
+                    after = row["stream_version"]
+                rows = await conn.fetch(
+                    "SELECT stream_version, topic, data FROM events"
+                    " WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version",
+                    stream_id, after,
+                )
+            else:
+                rows = await conn.fetch(
+                    "SELECT stream_version, topic, data FROM events"
+                    " WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY stream_version",
+                    stream_id, until,
+                )
+        events = [
+            self.codec.decode(StoredEvent(stream_id, r["stream_version"], r["topic"], r["data"]), key)
+            for r in rows
+        ]
+        return snapshot, events
+
+    async def save_snapshot(self, snapshot: Any) -> None:
+        """Keep the newest snapshot of a stream (an older one never replaces a newer)."""
+        async with self.pool.acquire() as conn:
+            key = await self.member_key(conn, snapshot.originator_id)
+            stored = self.codec.encode(snapshot, key)
+            await conn.execute(
+                "INSERT INTO snapshots (stream_id, stream_version, topic, data) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (stream_id) DO UPDATE SET stream_version = EXCLUDED.stream_version,"
+                " topic = EXCLUDED.topic, data = EXCLUDED.data, recorded_at = now()"
+                " WHERE snapshots.stream_version < EXCLUDED.stream_version",
+                stored.originator_id, stored.originator_version, stored.topic, stored.state,
+            )
+
+    async def stream_history(
+        self, stream_id: UUID, *, after: int, limit: int
+    ) -> list[RecordedEvent]:
+        """A page of one stream's events, by position."""
+        async with self.pool.acquire() as conn:
+            key = await self.member_key(conn, stream_id)
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND position > $2"
+                " ORDER BY position LIMIT $3",
+                stream_id, after, limit,
+            )
+        return [self._recorded(r, key) for r in rows]
+
+    async def read_log(self, *, after: int, limit: int) -> list[RecordedEvent]:
+        """A page of the global log, by position."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2",
+                after, limit,
+            )
+            keys = {r["stream_id"]: await self.member_key(conn, r["stream_id"]) for r in rows}
+        return [self._recorded(r, keys[r["stream_id"]]) for r in rows]
+
+    def _recorded(self, r: asyncpg.Record, key: bytes | None) -> RecordedEvent:
+        event = self.codec.decode(
+            StoredEvent(r["stream_id"], r["stream_version"], r["topic"], r["data"]), key
+        )
+        return RecordedEvent(
+            position=r["position"], event_id=r["event_id"], stream_id=r["stream_id"],
+            stream_version=r["stream_version"], event_type=r["event_type"], channel=r["channel"],
+            api_key_id=r["api_key_id"], occurred_at=r["occurred_at"], recorded_at=r["recorded_at"],
+            event=event,
+        )
+
+    async def stream_version(self, stream_id: UUID) -> int:
+        async with self.pool.acquire() as conn:
+            return int(await conn.fetchval(
+                "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1", stream_id
+            ))
+
+    async def identity_owner(self, kind: str, value_hash: bytes) -> UUID | None:
+        async with self.pool.acquire() as conn:
+            owner: UUID | None = await conn.fetchval(
+                "SELECT member_id FROM identities WHERE kind = $1 AND value_hash = $2", kind, value_hash
+            )
+        return owner
+
+    async def last_position(self) -> int:
+        async with self.pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT coalesce(max(position), 0) FROM events"))
+
+
+def replay(cls: Any, snapshot: Any, events: Sequence[Any]) -> Any:
+    """Rebuild an aggregate from an optional snapshot and the events after it."""
+    aggregate = None if snapshot is None else snapshot.mutate(None)
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    if aggregate is not None and not isinstance(aggregate, cls):
+        raise TypeError(f"stream holds a {type(aggregate).__name__}, not a {cls.__name__}")
+    return aggregate

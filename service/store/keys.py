@@ -1,0 +1,99 @@
+"""Per-member data keys, wrapped by the master key, and the keyed hash of identity values.
+
+Personal data in events is encrypted with its member's own key; destroying that key
+(crypto-shredding) makes the data unreadable everywhere it was copied, backups included,
+while amounts and the rest of the ledger stay readable.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+from uuid import UUID
+
+from Crypto.Cipher import AES  # pycryptodome, which eventsourcing[crypto] already requires
+
+_NONCE = 12
+_TAG = 16
+
+
+def _seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """AES-256-GCM: nonce || ciphertext || tag."""
+    nonce = secrets.token_bytes(_NONCE)
+    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
+    cipher.update(aad)
+    ciphertext, tag = cipher.encrypt_and_digest(plaintext)
+    return nonce + ciphertext + tag
+
+
+def _open(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    """Inverse of _seal; raises ValueError when the key is wrong or the data was altered."""
+    cipher = AES.new(key, AES.MODE_GCM, nonce=sealed[:_NONCE])
+    cipher.update(aad)
+    return cipher.decrypt_and_verify(sealed[_NONCE:-_TAG], sealed[-_TAG:])
+
+
+class MasterKeyError(Exception):
+    """The master key is missing or malformed."""
+
+
+def parse_master_key(text: str) -> bytes:
+    """A master key is 32 random bytes, written as URL-safe base64."""
+    try:
+        raw = base64.urlsafe_b64decode(text.strip() + "=" * (-len(text.strip()) % 4))
+    except ValueError as exc:
+        raise MasterKeyError("LOYALTY_MASTER_KEY is not base64") from exc
+    if len(raw) != 32:
+        raise MasterKeyError("LOYALTY_MASTER_KEY must decode to 32 bytes")
+    return raw
+
+
+def load_or_create_master_key(path: Path) -> str:
+    """The master key in this file (as text), created (mode 0600) on first use; embedded mode only."""
+    if path.exists():
+        text = path.read_text().strip()
+        parse_master_key(text)
+        return text
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    return text
+
+
+class Keyring:
+    """Wraps and unwraps member data keys; encrypts personal values; hashes identities."""
+
+    def __init__(self, master_key: bytes) -> None:
+        self._master = master_key
+        # Separate keys per purpose, derived so that one master key is all an operator keeps.
+        self._identity_key = hmac.digest(master_key, b"loyalty:identity-index:v1", "sha256")
+
+    def new_member_key(self, member_id: UUID) -> tuple[bytes, bytes]:
+        """A fresh data key for a member: (plain key, wrapped key to store)."""
+        key = secrets.token_bytes(32)
+        return key, self.wrap(member_id, key)
+
+    def wrap(self, member_id: UUID, key: bytes) -> bytes:
+        return _seal(self._master, key, member_id.bytes)
+
+    def unwrap(self, member_id: UUID, wrapped: bytes) -> bytes:
+        return _open(self._master, wrapped, member_id.bytes)
+
+    @staticmethod
+    def encrypt(key: bytes, member_id: UUID, plaintext: bytes) -> bytes:
+        """Encrypt a member's personal value with the member's data key."""
+        return _seal(key, plaintext, member_id.bytes)
+
+    @staticmethod
+    def decrypt(key: bytes, member_id: UUID, ciphertext: bytes) -> bytes:
+        return _open(key, ciphertext, member_id.bytes)
+
+    def identity_hash(self, kind: str, value: str) -> bytes:
+        """Keyed hash of a normalised identity: the index can match it but not reveal it."""
+        return hmac.new(self._identity_key, f"{kind}\x00{value}".encode(), hashlib.sha256).digest()
