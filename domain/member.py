@@ -63,9 +63,14 @@ class Member(LedgerAggregate):
     TierChanged = events.TierChanged
 
     def __init__(
-        self, *, identities: list[Identity], profile: Profile | None, tier: str, at: datetime,
+        self,
+        *,
+        identities: list[Identity],
+        profile: Profile | None,
+        tier: str,
+        at: datetime,
         channel: str,
-    ) -> None:  # fmt: skip
+    ) -> None:
         # Applies MemberEnrolled; copies lists so later appends never alter the event.
         # Personal fields read as None once the member is forgotten (key shredded).
         self._status: str = MemberStatus.ACTIVE.value
@@ -98,9 +103,15 @@ class Member(LedgerAggregate):
 
     @classmethod
     def enrol(
-        cls, *, member_id: UUID, identities: list[Identity], profile: Profile | None,
-        channel: str, at: datetime, rules: Rules,
-    ) -> Member:  # fmt: skip
+        cls,
+        *,
+        member_id: UUID,
+        identities: list[Identity],
+        profile: Profile | None,
+        channel: str,
+        at: datetime,
+        rules: Rules,
+    ) -> Member:
         """Enrol a member with normalised identities, starting in the lowest tier."""
         unique = list(dict.fromkeys((i.kind, i.value) for i in identities))
         if not unique:
@@ -125,9 +136,18 @@ class Member(LedgerAggregate):
         return True
 
     def earn_purchase(
-        self, *, order_ref: str, amount: Decimal, currency: str, items: list[PurchaseItem],
-        occurred_at: datetime, at: datetime, channel: str, rules: Rules, rules_version: int,
-    ) -> EarnResult:  # fmt: skip
+        self,
+        *,
+        order_ref: str,
+        amount: Decimal,
+        currency: str,
+        items: list[PurchaseItem],
+        occurred_at: datetime,
+        at: datetime,
+        channel: str,
+        rules: Rules,
+        rules_version: int,
+    ) -> EarnResult:
         """Earn points for a purchase at the member's current tier, then re-evaluate tier."""
         self._check_active()
         _check_purchase(amount, currency, items, rules)
@@ -137,51 +157,83 @@ class Member(LedgerAggregate):
         available_at = occurred_at + timedelta(days=rules.earn.pending_days)
         expires_at = _expiry(rules, occurred_at)
         self._points_earned(
-            source="purchase", order_ref=order_ref, amount=amount, currency=currency,
-            items=list(items), points=quote.points, breakdown=quote.breakdown,
-            rules_version=rules_version, tier=quote.tier, available_at=available_at,
-            expires_at=expires_at, occurred_at=occurred_at, reason=None, at=at, channel=channel,
-        )  # fmt: skip
+            source="purchase",
+            order_ref=order_ref,
+            amount=amount,
+            currency=currency,
+            items=list(items),
+            points=quote.points,
+            breakdown=quote.breakdown,
+            rules_version=rules_version,
+            tier=quote.tier,
+            available_at=available_at,
+            expires_at=expires_at,
+            occurred_at=occurred_at,
+            reason=None,
+            at=at,
+            channel=channel,
+        )
         return self._after_earn(quote, available_at, expires_at, rules=rules, at=at, channel=channel)
 
     def award(
-        self, *, points: int, reason: str, at: datetime, channel: str, rules: Rules,
+        self,
+        *,
+        points: int,
+        reason: str,
+        at: datetime,
+        channel: str,
+        rules: Rules,
         rules_version: int,
-    ) -> EarnResult:  # fmt: skip
+    ) -> EarnResult:
         """Award points outside a purchase; available at once, and qualifying too."""
         self._check_active()
         _check_points(points)
         breakdown = [BreakdownPart("award", points)]
-        quote = EarnQuote(points=points, breakdown=breakdown, rules_version=rules_version,
-                          tier=self.tier)  # fmt: skip
+        quote = EarnQuote(points=points, breakdown=breakdown, rules_version=rules_version, tier=self.tier)
         expires_at = _expiry(rules, at)
         # No pending period: that protects purchases against returns; awards have none.
         self._points_earned(
-            source="award", order_ref=None, amount=None, currency=None, items=[],
-            points=points, breakdown=breakdown, rules_version=rules_version, tier=self.tier,
-            available_at=at, expires_at=expires_at, occurred_at=at, reason=reason, at=at,
+            source="award",
+            order_ref=None,
+            amount=None,
+            currency=None,
+            items=[],
+            points=points,
+            breakdown=breakdown,
+            rules_version=rules_version,
+            tier=self.tier,
+            available_at=at,
+            expires_at=expires_at,
+            occurred_at=at,
+            reason=reason,
+            at=at,
             channel=channel,
-        )  # fmt: skip
+        )
         return self._after_earn(quote, at, expires_at, rules=rules, at=at, channel=channel)
 
     def redeem(
-        self, *, points: int, reward_ref: str | None, order_ref: str | None, at: datetime,
-        channel: str, rules: Rules,
-    ) -> RedeemResult:  # fmt: skip
+        self,
+        *,
+        points: int,
+        reward_ref: str | None,
+        order_ref: str | None,
+        at: datetime,
+        channel: str,
+        rules: Rules,
+    ) -> RedeemResult:
         """Spend points from the lots that expire soonest."""
         self._check_active()
         _check_points(points)
         minimum = rules.redemption.min_points
         if points < minimum:
-            raise BelowRedemptionMinimum(f"redemptions start at {minimum} points",
-                                         min_points=minimum)  # fmt: skip
+            raise BelowRedemptionMinimum(f"redemptions start at {minimum} points", min_points=minimum)
         available = self.balance(now=at, rules=rules).available
         if points > available:
-            raise InsufficientPoints(f"{points} points requested, {available} available",
-                                     available=available)  # fmt: skip
+            raise InsufficientPoints(f"{points} points requested, {available} available", available=available)
         draws = draw_oldest_first(self.lots, points, at)
-        self._points_redeemed(points=points, draws=draws, reward_ref=reward_ref,
-                              order_ref=order_ref, at=at, channel=channel)  # fmt: skip
+        self._points_redeemed(
+            points=points, draws=draws, reward_ref=reward_ref, order_ref=order_ref, at=at, channel=channel
+        )
         return RedeemResult(redemption_id=self.version, points=points)
 
     # -- queries -------------------------------------------------------------------------
@@ -224,19 +276,31 @@ class Member(LedgerAggregate):
         raise MemberNotActive(f"member {self.id} is {self._status}", **extra)
 
     def _after_earn(
-        self, quote: EarnQuote, available_at: datetime, expires_at: datetime | None, *,
-        rules: Rules, at: datetime, channel: str,
-    ) -> EarnResult:  # fmt: skip
+        self,
+        quote: EarnQuote,
+        available_at: datetime,
+        expires_at: datetime | None,
+        *,
+        rules: Rules,
+        at: datetime,
+        channel: str,
+    ) -> EarnResult:
         lot_id = self.version  # the PointsEarned just recorded
         # Upgrades happen at once; downgrades wait for the grace period (a later issue).
         qualifying = self.qualifying(now=at, window_days=rules.tier_window_days)
         target = tier_for(rules, qualifying)
         if target.threshold > tier_named(rules, self.tier).threshold:
-            self._tier_changed(from_tier=self.tier, to_tier=target.name,
-                               qualifying=qualifying, at=at, channel=channel)  # fmt: skip
-        return EarnResult(points=quote.points, breakdown=quote.breakdown,
-                          rules_version=quote.rules_version, available_at=available_at,
-                          expires_at=expires_at, lot_id=lot_id)  # fmt: skip
+            self._tier_changed(
+                from_tier=self.tier, to_tier=target.name, qualifying=qualifying, at=at, channel=channel
+            )
+        return EarnResult(
+            points=quote.points,
+            breakdown=quote.breakdown,
+            rules_version=quote.rules_version,
+            available_at=available_at,
+            expires_at=expires_at,
+            lot_id=lot_id,
+        )
 
     def _touch(self, *, when: datetime, channel: str) -> None:
         if channel not in self.channels:
@@ -254,31 +318,51 @@ class Member(LedgerAggregate):
 
     @event(events.PointsEarned)
     def _points_earned(
-        self, *, source: str, order_ref: str | None, amount: Decimal | None,
-        currency: str | None, items: list[PurchaseItem], points: int,
-        breakdown: list[BreakdownPart], rules_version: int, tier: str, available_at: datetime,
-        expires_at: datetime | None, occurred_at: datetime, reason: str | None, at: datetime,
+        self,
+        *,
+        source: str,
+        order_ref: str | None,
+        amount: Decimal | None,
+        currency: str | None,
+        items: list[PurchaseItem],
+        points: int,
+        breakdown: list[BreakdownPart],
+        rules_version: int,
+        tier: str,
+        available_at: datetime,
+        expires_at: datetime | None,
+        occurred_at: datetime,
+        reason: str | None,
+        at: datetime,
         channel: str,
-    ) -> None:  # fmt: skip
+    ) -> None:
         # Runs before the library bumps the version: this event's version is version + 1.
         lot_id = self.version + 1
         if points > 0:
-            self.lots.append(Lot(lot_id=lot_id, points=points, available_at=available_at,
-                                 expires_at=expires_at))  # fmt: skip
+            self.lots.append(
+                Lot(lot_id=lot_id, points=points, available_at=available_at, expires_at=expires_at)
+            )
             self.accruals.append(Accrual(occurred_at=occurred_at, points=points))
         self.lifetime_earned += points
         if order_ref is not None and amount is not None and currency is not None:
-            self.orders[order_ref] = OrderRecord(amount=amount, currency=currency, points=points,
-                                                 lot_id=lot_id, occurred_at=occurred_at)  # fmt: skip
+            self.orders[order_ref] = OrderRecord(
+                amount=amount, currency=currency, points=points, lot_id=lot_id, occurred_at=occurred_at
+            )
         # A purchase is the member's own activity (at its business time); an award is not.
         if source == "purchase":
             self._touch(when=occurred_at, channel=channel)
 
     @event(events.PointsRedeemed)
     def _points_redeemed(
-        self, *, points: int, draws: list[LotDraw], reward_ref: str | None,
-        order_ref: str | None, at: datetime, channel: str,
-    ) -> None:  # fmt: skip
+        self,
+        *,
+        points: int,
+        draws: list[LotDraw],
+        reward_ref: str | None,
+        order_ref: str | None,
+        at: datetime,
+        channel: str,
+    ) -> None:
         self.lots = apply_draws(self.lots, draws)
         self.lifetime_redeemed += points
         self._touch(when=at, channel=channel)
@@ -290,17 +374,16 @@ class Member(LedgerAggregate):
         self.tier = to_tier
 
 
-def _check_purchase(
-    amount: Decimal, currency: str, items: list[PurchaseItem], rules: Rules
-) -> None:
+def _check_purchase(amount: Decimal, currency: str, items: list[PurchaseItem], rules: Rules) -> None:
     check_amount(amount, currency)
     for i, item in enumerate(items):
         check_amount(item.amount, currency, field=f"items[{i}].amount")
         if item.quantity < 1:
             raise InvalidAmount("quantity must be at least 1", field=f"items[{i}].quantity")
     if currency != rules.currency:
-        raise CurrencyMismatch(f"the program earns in {rules.currency}, not {currency}",
-                               expected=rules.currency)  # fmt: skip
+        raise CurrencyMismatch(
+            f"the program earns in {rules.currency}, not {currency}", expected=rules.currency
+        )
 
 
 def _check_points(points: int) -> None:

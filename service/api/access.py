@@ -5,6 +5,8 @@ from __future__ import annotations
 from uuid import UUID
 
 from litestar import Controller, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
 from service.handlers.errors import InvalidInput, NotFound
 from service.services import Services
@@ -21,7 +23,9 @@ class AccessController(Controller):
     guards = [requires("admin")]
 
     @post("/channels", status_code=201, summary="Register a sales channel")
-    async def create_channel(self, data: ChannelIn, services: Services) -> Response[ChannelOut] | ChannelOut:
+    async def create_channel(
+        self, data: JSONBody[ChannelIn], services: NamedDependency[Services]
+    ) -> Response[ChannelOut] | ChannelOut:
         try:
             await services.access.create_channel(Channel(data.id, data.name, data.kind))
         except ChannelExists:
@@ -29,18 +33,22 @@ class AccessController(Controller):
         return ChannelOut(id=data.id, name=data.name, kind=data.kind)
 
     @get("/channels", summary="All channels")
-    async def list_channels(self, services: Services) -> list[ChannelOut]:
+    async def list_channels(self, services: NamedDependency[Services]) -> list[ChannelOut]:
         return [ChannelOut(id=c.id, name=c.name, kind=c.kind) for c in await services.access.channels()]
 
     @post("/api-keys", status_code=201, summary="Create an API key (shown only in this response)")
-    async def create_key(self, data: ApiKeyIn, services: Services) -> ApiKeyOut:
+    async def create_key(self, data: JSONBody[ApiKeyIn], services: NamedDependency[Services]) -> ApiKeyOut:
         try:
-            key_id, key = await services.access.create_key(channel=data.channel, scopes=list(data.scopes), name=data.name)
+            key_id, key = await services.access.create_key(
+                channel=data.channel, scopes=list(data.scopes), name=data.name
+            )
         except UnknownChannel:
             raise InvalidInput([("channel", f"no channel {data.channel!r}; create it first")]) from None
-        return ApiKeyOut(key_id=key_id, key=key, channel=data.channel, scopes=sorted(set(data.scopes)), name=data.name)
+        return ApiKeyOut(
+            key_id=key_id, key=key, channel=data.channel, scopes=sorted(set(data.scopes)), name=data.name
+        )
 
     @delete("/api-keys/{key_id:uuid}", status_code=204, summary="Revoke an API key")
-    async def revoke_key(self, key_id: UUID, services: Services) -> None:
+    async def revoke_key(self, key_id: FromPath[UUID], services: NamedDependency[Services]) -> None:
         if not await services.access.revoke_key(key_id):
             raise NotFound(f"no active API key {key_id}")

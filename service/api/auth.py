@@ -8,12 +8,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.middleware.base import DefineMiddleware
-from litestar import Request
 
 from service.handlers.context import CommandContext
 from service.handlers.errors import InvalidInput
@@ -27,7 +27,9 @@ IDEMPOTENCY_HEADER = "idempotency-key"
 class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
     """`Authorization: Bearer <key>` → the key's Principal, or 401."""
 
-    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
         header = connection.headers.get("authorization", "")
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
@@ -42,15 +44,16 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
 authentication = DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS)
 
 
-def requires(scope: str) -> Any:
-    """A guard letting through only keys that carry `scope`."""
+def requires(*scopes: str) -> Any:
+    """A guard letting through only keys that carry one of `scopes`."""
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal: Principal = connection.user
-        if scope not in principal.scopes:
-            raise PermissionDeniedException(f"this API key lacks the {scope!r} scope")
+        if principal.scopes.isdisjoint(scopes):
+            wanted = " or ".join(repr(s) for s in scopes)
+            raise PermissionDeniedException(f"this API key lacks the {wanted} scope")
 
-    guard.__name__ = f"requires_{scope}"
+    guard.__name__ = "requires_" + "_or_".join(scopes)
     return guard
 
 

@@ -8,7 +8,12 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, NotAuthorizedException, PermissionDeniedException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    NotAuthorizedException,
+    PermissionDeniedException,
+    ValidationException,
+)
 
 from domain.errors import DomainError
 from service.store.appender import IdempotencyKeyReused, IdentityClaimed, OrderClaimed
@@ -46,7 +51,12 @@ _encoder = msgspec.json.Encoder()
 
 
 def problem(
-    status: int, code: str, title: str, detail: str, *, errors: list[ProblemField] | None = None,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    errors: list[ProblemField] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Response[bytes]:
     body = msgspec.to_builtins(
@@ -72,14 +82,24 @@ def domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]
 
 def append_rejected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     if isinstance(exc, OrderClaimed):
-        return problem(409, "duplicate_order", "Order already earned", str(exc),
-                       extra={"order_ref": exc.order_ref, "member_id": str(exc.member_id)})
+        return problem(
+            409,
+            "duplicate_order",
+            "Order already earned",
+            str(exc),
+            extra={"order_ref": exc.order_ref, "member_id": str(exc.member_id)},
+        )
     if isinstance(exc, IdentityClaimed):
-        return problem(409, "identity_taken", "Identity already bound", str(exc),
-                       extra={"member_id": str(exc.member_id)})
+        return problem(
+            409, "identity_taken", "Identity already bound", str(exc), extra={"member_id": str(exc.member_id)}
+        )
     if isinstance(exc, IdempotencyKeyReused):
-        return problem(409, "idempotency_key_reused", "Idempotency key reused",
-                       "this Idempotency-Key was already used with a different request")
+        return problem(
+            409,
+            "idempotency_key_reused",
+            "Idempotency key reused",
+            "this Idempotency-Key was already used with a different request",
+        )
     return unexpected(_, exc)
 
 
@@ -131,7 +151,9 @@ def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]
 
 def unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     log.exception("unhandled error", extra={"path": request.url.path})
-    return problem(500, "internal_error", "Internal error", "an unexpected error occurred; it has been logged")
+    return problem(
+        500, "internal_error", "Internal error", "an unexpected error occurred; it has been logged"
+    )
 
 
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {

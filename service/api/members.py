@@ -7,8 +7,8 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from litestar import Controller, Request, Response, get, post
-from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.handlers import members
 from service.handlers.context import CommandContext
@@ -25,16 +25,21 @@ class MembersController(Controller):
     dependencies = {"ctx": Provide(command_context)}
 
     @post("/", guards=[requires("members")], status_code=201, summary="Enrol a member")
-    async def enrol(self, data: EnrolIn, services: Services, ctx: CommandContext) -> Response[MemberOut]:
+    async def enrol(
+        self,
+        data: JSONBody[EnrolIn],
+        services: NamedDependency[Services],
+        ctx: NamedDependency[CommandContext],
+    ) -> Response[MemberOut]:
         return reply(await members.enrol(services, ctx, data))
 
     @get("/lookup", guards=[requires("read")], summary="Find the member owning an identity")
     async def lookup(
         self,
         request: Request[Any, Any, Any],
-        services: Services,
-        kind: Annotated[str, Parameter(query="kind", max_length=20)],
-        value: Annotated[str, Parameter(query="value", max_length=320)],
+        services: NamedDependency[Services],
+        kind: Annotated[str, QueryParameter(max_length=20)],
+        value: Annotated[str, QueryParameter(max_length=320)],
     ) -> MemberOut:
         member_id = await members.lookup(services, IdentityIn(kind=kind, value=value))
         return await members.get_member(
@@ -42,14 +47,24 @@ class MembersController(Controller):
         )
 
     @get("/{member_id:uuid}", guards=[requires("read")], summary="The member view")
-    async def get_member(self, request: Request[Any, Any, Any], services: Services, member_id: UUID) -> MemberOut:
+    async def get_member(
+        self, request: Request[Any, Any, Any], services: NamedDependency[Services], member_id: FromPath[UUID]
+    ) -> MemberOut:
         return await members.get_member(
             services, member_id, reveal="privacy" in request.user.scopes, now=datetime.now(UTC)
         )
 
-    @post("/{member_id:uuid}/identities", guards=[requires("members")], status_code=201,
-          summary="Link an identity to a member")
+    @post(
+        "/{member_id:uuid}/identities",
+        guards=[requires("members")],
+        status_code=201,
+        summary="Link an identity to a member",
+    )
     async def link_identity(
-        self, member_id: UUID, data: IdentityIn, services: Services, ctx: CommandContext
+        self,
+        member_id: FromPath[UUID],
+        data: JSONBody[IdentityIn],
+        services: NamedDependency[Services],
+        ctx: NamedDependency[CommandContext],
     ) -> Response[MemberOut]:
         return reply(await members.link_identity(services, ctx, member_id, data))

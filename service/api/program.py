@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, Response, get, put
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath, JSONBody
 
 from service.handlers import program
 from service.handlers.context import CommandContext
@@ -20,13 +21,18 @@ class ProgramController(Controller):
     dependencies = {"ctx": Provide(command_context)}
 
     @get("/", guards=[requires("read")], summary="The program and its current rules")
-    async def get_program(self, services: Services) -> ProgramOut:
+    async def get_program(self, services: NamedDependency[Services]) -> ProgramOut:
         return await program.program_view(services)
 
     @put("/rules", guards=[requires("rules")], summary="Publish a new version of the rules")
-    async def put_rules(self, data: RulesIn, services: Services, ctx: CommandContext) -> Response[ProgramOut]:
+    async def put_rules(
+        self,
+        data: JSONBody[RulesIn],
+        services: NamedDependency[Services],
+        ctx: NamedDependency[CommandContext],
+    ) -> Response[ProgramOut]:
         return reply(await program.publish_rules(services, ctx, data))
 
     @get("/rules/{version:int}", guards=[requires("read")], summary="One published version of the rules")
-    async def get_rules(self, version: int, services: Services) -> RulesVersionOut:
+    async def get_rules(self, version: FromPath[int], services: NamedDependency[Services]) -> RulesVersionOut:
         return await program.rules_version(services, version)

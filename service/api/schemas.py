@@ -85,12 +85,24 @@ class RedeemIn(Body, kw_only=True):
 class ChannelIn(Body, kw_only=True):
     id: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
     name: Annotated[str, Meta(min_length=1, max_length=200)]
-    kind: Literal["pos", "app", "web", "mini_program", "marketplace", "delivery", "social", "partner", "internal"]
+    kind: Literal[
+        "pos", "app", "web", "mini_program", "marketplace", "delivery", "social", "partner", "internal"
+    ]
 
 
 Scope = Literal[
-    "read", "earn", "award", "redeem", "adjust", "transfer", "members", "privacy", "rules",
-    "analytics", "audit", "admin",
+    "read",
+    "earn",
+    "award",
+    "redeem",
+    "adjust",
+    "transfer",
+    "members",
+    "privacy",
+    "rules",
+    "analytics",
+    "audit",
+    "admin",
 ]
 
 

@@ -66,8 +66,9 @@ def _items(body: EarnIn) -> list[PurchaseItem]:
 async def earn(services: Services, ctx: CommandContext, member_id: UUID, body: EarnIn) -> Reply:
     """Earn points for a purchase (scope `earn`) or award them (scope `award`)."""
     kind = _kind_of(body, ctx.now)
-    if kind == "award" and "award" not in ctx.scopes:
-        raise MissingScope("award")
+    scope = "award" if kind == "award" else "earn"
+    if scope not in ctx.scopes:
+        raise MissingScope(scope)
 
     async def decide(uow: UnitOfWork) -> Render:
         member = await uow.member(member_id)

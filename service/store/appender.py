@@ -85,6 +85,8 @@ class AppendRequest:
     identity_claims: Sequence[IdentityClaim] = ()
     identity_releases: Sequence[IdentityClaim] = ()
     member_keys: Sequence[tuple[UUID, bytes]] = ()
+    # (follower name, position it has applied): written to `tracking` with the events.
+    tracking: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +385,17 @@ class _Plan:
                 "INSERT INTO member_keys (member_id, wrapped_key)"
                 " SELECT * FROM unnest($1::uuid[], $2::bytea[])",
                 [m for m, _ in keys], [w for _, w in keys],
+            )
+        tracking = [r.tracking for r in requests if r.tracking is not None]
+        if tracking:
+            # A follower only moves forward: a position at or below its last one is written as
+            # that last one, so the primary key refuses it (UniqueViolationError). One statement
+            # per row, so each sees the rows before it in this batch.
+            await conn.executemany(
+                "INSERT INTO tracking (name, position)"
+                " SELECT $1::text, greatest($2::bigint, coalesce(max(position), $2::bigint))"
+                " FROM tracking WHERE name = $1::text",
+                tracking,
             )
         if event_rows:
             # Delivered at commit, never before: listeners wake only for committed events.

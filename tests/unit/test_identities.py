@@ -26,9 +26,7 @@ def test_phone_spellings_normalise_to_e164(spelling: str) -> None:
 def test_the_default_region_only_applies_without_a_country_code() -> None:
     london = normalise_identity("phone", "020 7946 0958", default_region="GB")
     assert london.value == "+442079460958"
-    assert normalise_identity("phone", "+1 (415) 555-2671", default_region="GB").value == (
-        "+14155552671"
-    )
+    assert normalise_identity("phone", "+1 (415) 555-2671", default_region="GB").value == ("+14155552671")
 
 
 @pytest.mark.parametrize("spelling", ["wei@example.com", "  Wei@Example.COM ", "WEI@EXAMPLE.COM"])
@@ -67,8 +65,14 @@ def test_bad_identities_are_refused_naming_the_field(kind: str, value: str, fiel
 
 def test_every_kind_is_known() -> None:
     assert {k.value for k in IdentityKind} == {
-        "phone", "email", "app_user", "pos_card", "social", "device", "partner",
-    }  # fmt: skip
+        "phone",
+        "email",
+        "app_user",
+        "pos_card",
+        "social",
+        "device",
+        "partner",
+    }
 
 
 @pytest.mark.parametrize(

@@ -61,15 +61,24 @@ def test_applying_draws_shrinks_lots_and_drops_the_empty_ones() -> None:
         (datetime(2024, 8, 31, tzinfo=UTC), 25, datetime(2026, 9, 30, tzinfo=UTC)),
     ],
 )
-def test_add_months_clamps_to_the_end_of_a_short_month(
-    start: datetime, months: int, end: datetime
-) -> None:
+def test_add_months_clamps_to_the_end_of_a_short_month(start: datetime, months: int, end: datetime) -> None:
     assert add_months(start, months) == end
 
 
 def test_common_currencies_have_their_iso_minor_units() -> None:
-    expected = {"CNY": 2, "USD": 2, "EUR": 2, "JPY": 0, "KRW": 0, "GBP": 2, "HKD": 2,
-                "TWD": 2, "SGD": 2, "KWD": 3, "CLF": 4}  # fmt: skip
+    expected = {
+        "CNY": 2,
+        "USD": 2,
+        "EUR": 2,
+        "JPY": 0,
+        "KRW": 0,
+        "GBP": 2,
+        "HKD": 2,
+        "TWD": 2,
+        "SGD": 2,
+        "KWD": 3,
+        "CLF": 4,
+    }
     assert {code: CURRENCY_MINOR_UNITS[code] for code in expected} == expected
     assert len(CURRENCY_MINOR_UNITS) > 150
 
@@ -84,9 +93,15 @@ def test_amounts_within_the_currency_precision_pass(amount: str, currency: str) 
 
 @pytest.mark.parametrize(
     ("amount", "currency"),
-    [("-0.01", "CNY"), ("100.5", "JPY"), ("12.345", "CNY"), ("NaN", "CNY"), ("Infinity", "USD"),
-     ("1000000000000", "CNY")],
-)  # fmt: skip
+    [
+        ("-0.01", "CNY"),
+        ("100.5", "JPY"),
+        ("12.345", "CNY"),
+        ("NaN", "CNY"),
+        ("Infinity", "USD"),
+        ("1000000000000", "CNY"),
+    ],
+)
 def test_amounts_out_of_range_or_too_precise_are_refused(amount: str, currency: str) -> None:
     with pytest.raises(InvalidAmount) as refused:
         check_amount(Decimal(amount), currency, field="items[0].amount")

@@ -81,8 +81,7 @@ def test_spending_takes_the_soonest_expiring_lot_first() -> None:
     lot_soon = buy(member, "100", order_ref="soon", occurred_at=T0 - timedelta(days=180)).lot_id
     member.collect_events()
 
-    member.redeem(points=250, reward_ref=None, order_ref=None, at=T0, channel="app",
-                  rules=DEFAULT_RULES)  # fmt: skip
+    member.redeem(points=250, reward_ref=None, order_ref=None, at=T0, channel="app", rules=DEFAULT_RULES)
 
     (redeemed,) = member.collect_events()
     assert [(d.lot_id, d.points) for d in redeemed.draws] == [
@@ -101,15 +100,15 @@ def test_pending_points_cannot_be_spent_until_available_at() -> None:
     balance = member.balance(now=T0, rules=PENDING_WEEK)
     assert (balance.available, balance.pending) == (0, 300)
     with pytest.raises(InsufficientPoints) as refused:
-        member.redeem(points=1, reward_ref=None, order_ref=None, at=T0, channel="pos",
-                      rules=PENDING_WEEK)  # fmt: skip
+        member.redeem(points=1, reward_ref=None, order_ref=None, at=T0, channel="pos", rules=PENDING_WEEK)
     assert refused.value.extra["available"] == 0
 
     a_week_later = T0 + timedelta(days=7)
     balance = member.balance(now=a_week_later, rules=PENDING_WEEK)
     assert (balance.available, balance.pending) == (300, 0)
-    member.redeem(points=300, reward_ref=None, order_ref=None, at=a_week_later, channel="pos",
-                  rules=PENDING_WEEK)  # fmt: skip
+    member.redeem(
+        points=300, reward_ref=None, order_ref=None, at=a_week_later, channel="pos", rules=PENDING_WEEK
+    )
     assert member.balance(now=a_week_later, rules=PENDING_WEEK).available == 0
 
 
@@ -121,8 +120,9 @@ def test_points_past_expiry_show_as_expired_and_cannot_be_spent() -> None:
     balance = member.balance(now=next_year, rules=DEFAULT_RULES)
     assert (balance.available, balance.expired) == (0, 50)
     with pytest.raises(InsufficientPoints):
-        member.redeem(points=10, reward_ref=None, order_ref=None, at=next_year, channel="pos",
-                      rules=DEFAULT_RULES)  # fmt: skip
+        member.redeem(
+            points=10, reward_ref=None, order_ref=None, at=next_year, channel="pos", rules=DEFAULT_RULES
+        )
     # Qualifying points age out of the rolling window too.
     assert balance.qualifying == 0
 
@@ -137,7 +137,7 @@ def test_crossing_a_threshold_upgrades_at_once_and_the_next_earn_gets_the_multip
     crossing = buy(member, "1.00", order_ref="A-2")
     # The earn that crosses the threshold is still at the old tier's rate.
     assert crossing.breakdown == [BreakdownPart("base", 1)]
-    earned, changed = member.collect_events()
+    _earned, changed = member.collect_events()
     assert event_type(type(changed)) == "tier_changed"
     assert (changed.from_tier, changed.to_tier, changed.qualifying) == ("member", "silver", 1000)
     assert member.tier == "silver"
@@ -158,16 +158,16 @@ def test_a_big_purchase_can_jump_straight_to_the_top_tier() -> None:
 
 def test_awards_count_as_qualifying_and_are_spendable_at_once() -> None:
     member = enrolled_member(rules=PENDING_WEEK)
-    result = member.award(points=1000, reason="birthday", at=T0, channel="internal",
-                          rules=PENDING_WEEK, rules_version=1)  # fmt: skip
+    result = member.award(
+        points=1000, reason="birthday", at=T0, channel="internal", rules=PENDING_WEEK, rules_version=1
+    )
     assert result.breakdown == [BreakdownPart("award", 1000)]
     assert member.balance(now=T0, rules=PENDING_WEEK).available == 1000
     assert member.tier == "silver"
     # An award is not the member using a channel.
     assert member.channels == ["pos"]
     with pytest.raises(InvalidAmount) as refused:
-        member.award(points=0, reason="oops", at=T0, channel="internal", rules=PENDING_WEEK,
-                     rules_version=1)  # fmt: skip
+        member.award(points=0, reason="oops", at=T0, channel="internal", rules=PENDING_WEEK, rules_version=1)
     assert refused.value.extra == {"field": "points"}
 
 
@@ -192,14 +192,12 @@ def test_refused_redemptions_record_nothing() -> None:
     version = member.version
 
     with pytest.raises(InsufficientPoints) as refused:
-        member.redeem(points=81, reward_ref=None, order_ref=None, at=T0, channel="pos",
-                      rules=DEFAULT_RULES)  # fmt: skip
+        member.redeem(points=81, reward_ref=None, order_ref=None, at=T0, channel="pos", rules=DEFAULT_RULES)
     assert refused.value.extra == {"available": 80}
 
     strict = replace(DEFAULT_RULES, redemption=RedemptionRule(min_points=100))
     with pytest.raises(BelowRedemptionMinimum) as too_small:
-        member.redeem(points=50, reward_ref=None, order_ref=None, at=T0, channel="pos",
-                      rules=strict)  # fmt: skip
+        member.redeem(points=50, reward_ref=None, order_ref=None, at=T0, channel="pos", rules=strict)
     assert too_small.value.extra == {"min_points": 100}
 
     assert member.collect_events() == []
@@ -210,20 +208,42 @@ def test_refused_redemptions_record_nothing() -> None:
 def test_purchases_in_another_or_unknown_currency_are_refused() -> None:
     member = enrolled_member()
     with pytest.raises(CurrencyMismatch) as mismatch:
-        member.earn_purchase(order_ref="A-1", amount=Decimal("10"), currency="USD", items=[],
-                             occurred_at=T0, at=T0, channel="pos", rules=DEFAULT_RULES,
-                             rules_version=1)  # fmt: skip
+        member.earn_purchase(
+            order_ref="A-1",
+            amount=Decimal("10"),
+            currency="USD",
+            items=[],
+            occurred_at=T0,
+            at=T0,
+            channel="pos",
+            rules=DEFAULT_RULES,
+            rules_version=1,
+        )
     assert mismatch.value.extra == {"expected": "CNY"}
     with pytest.raises(UnknownCurrency):
-        member.earn_purchase(order_ref="A-1", amount=Decimal("10"), currency="XYZ", items=[],
-                             occurred_at=T0, at=T0, channel="pos", rules=DEFAULT_RULES,
-                             rules_version=1)  # fmt: skip
+        member.earn_purchase(
+            order_ref="A-1",
+            amount=Decimal("10"),
+            currency="XYZ",
+            items=[],
+            occurred_at=T0,
+            at=T0,
+            channel="pos",
+            rules=DEFAULT_RULES,
+            rules_version=1,
+        )
     with pytest.raises(InvalidAmount) as bad_item:
         member.earn_purchase(
-            order_ref="A-1", amount=Decimal("10"), currency="CNY",
+            order_ref="A-1",
+            amount=Decimal("10"),
+            currency="CNY",
             items=[PurchaseItem(sku="tea", amount=Decimal("10.001"), quantity=1)],
-            occurred_at=T0, at=T0, channel="pos", rules=DEFAULT_RULES, rules_version=1,
-        )  # fmt: skip
+            occurred_at=T0,
+            at=T0,
+            channel="pos",
+            rules=DEFAULT_RULES,
+            rules_version=1,
+        )
     assert bad_item.value.extra == {"field": "items[0].amount"}
     assert member.orders == {}
 
@@ -267,6 +287,5 @@ def test_a_merged_member_refuses_commands_and_names_the_survivor() -> None:
     member._status = MemberStatus.FORGOTTEN.value
     member.merged_into = None
     with pytest.raises(MemberNotActive) as forgotten:
-        member.link_identity(identity=normalise_identity("device", "ios-1234567"), channel="app",
-                             at=T0)  # fmt: skip
+        member.link_identity(identity=normalise_identity("device", "ios-1234567"), channel="app", at=T0)
     assert forgotten.value.code == "member_forgotten"

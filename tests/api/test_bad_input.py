@@ -1,0 +1,133 @@
+"""Bad input gets a clear problem+json naming the field, never a 500, and writes nothing."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.api.conftest import MemberWithPoints
+
+PURCHASE = {"order_ref": "B-1", "amount": "10.00", "currency": "CNY"}
+
+# (name, path suffix under the member, JSON body or raw bytes, expected status, field named)
+CASES: list[tuple[str, str, Any, int, str | None]] = [
+    ("malformed JSON", "earn", b'{"order_ref": "B-1", ', 400, None),
+    ("not an object", "earn", b"[1, 2, 3]", 422, None),
+    ("missing amount", "earn", {"order_ref": "B-1", "currency": "CNY"}, 422, "amount"),
+    ("missing everything", "earn", {}, 422, "order_ref"),
+    ("extra field", "earn", {**PURCHASE, "discount": "5"}, 422, "discount"),
+    ("float money", "earn", {**PURCHASE, "amount": 10.5}, 422, "amount"),
+    ("negative money", "earn", {**PURCHASE, "amount": "-10.00"}, 422, "amount"),
+    ("huge money", "earn", {**PURCHASE, "amount": "1" + "0" * 30}, 422, "amount"),
+    ("too many decimals for CNY", "earn", {**PURCHASE, "amount": "10.001"}, 422, "amount"),
+    ("unknown currency", "earn", {**PURCHASE, "currency": "XYZ"}, 422, "currency"),
+    ("lower-case currency", "earn", {**PURCHASE, "currency": "cny"}, 422, "currency"),
+    ("other currency than the program's", "earn", {**PURCHASE, "currency": "USD"}, 422, None),
+    ("purchase and award mixed", "earn", {**PURCHASE, "points": 5}, 422, "points"),
+    ("fractional points", "redeem", {"points": 1.5}, 422, "points"),
+    ("negative points", "redeem", {"points": -5}, 422, "points"),
+    ("zero points", "redeem", {"points": 0}, 422, "points"),
+    ("points as text", "redeem", {"points": "ten"}, 422, "points"),
+    ("huge points", "redeem", {"points": 10**30}, 422, "points"),
+    ("bad item", "earn", {**PURCHASE, "items": [{"sku": "A", "amount": 3}]}, 422, "items"),
+    ("timezone-less time", "earn", {**PURCHASE, "occurred_at": "2026-01-01T10:00:00"}, 422, "occurred_at"),
+    ("future time", "earn", {**PURCHASE, "occurred_at": "2999-01-01T10:00:00Z"}, 422, "occurred_at"),
+]
+
+
+@pytest.mark.parametrize(("name", "suffix", "body", "status", "field"), CASES, ids=[c[0] for c in CASES])
+async def test_bad_ledger_input_is_refused_with_the_field_named(
+    member_with_points: MemberWithPoints, name: str, suffix: str, body: Any, status: int, field: str | None
+) -> None:
+    api, key, member_id = member_with_points.api, member_with_points.key, member_with_points.member_id
+    position = await api.last_position()
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex,
+               "Content-Type": "application/json"}
+    content = body if isinstance(body, bytes) else None
+    response = await api.client.post(
+        f"/v1/members/{member_id}/{suffix}", headers=headers, content=content,
+        json=None if content is not None else body,
+    )
+
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["status"] == status
+    assert problem["type"].startswith("https://")
+    assert problem["detail"]
+    if field is not None:
+        assert any(e["field"].split(".")[0].split("[")[0] == field for e in problem["errors"]), problem
+    assert await api.last_position() == position
+
+
+async def test_unknown_member_is_404(member_with_points: MemberWithPoints) -> None:
+    api, key = member_with_points.api, member_with_points.key
+    response = await api.post(f"/v1/members/{uuid.uuid4()}/earn", PURCHASE, key=key)
+    assert response.status_code == 404
+    assert response.json()["type"].endswith("/member_not_found")
+
+
+async def test_malformed_member_id_is_a_client_error(member_with_points: MemberWithPoints) -> None:
+    response = await member_with_points.api.post("/v1/members/not-a-uuid/earn", PURCHASE, key=member_with_points.key)
+    assert 400 <= response.status_code < 500
+    assert response.headers["content-type"].startswith("application/problem+json")
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer nope", "Basic abc", "Bearer"])
+async def test_missing_or_wrong_key_is_401(member_with_points: MemberWithPoints, authorization: str | None) -> None:
+    api = member_with_points.api
+    headers = {"Idempotency-Key": "x"} | ({"Authorization": authorization} if authorization else {})
+    position = await api.last_position()
+    response = await api.client.post(f"/v1/members/{member_with_points.member_id}/earn", json=PURCHASE,
+                                     headers=headers)
+    assert response.status_code == 401
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert await api.last_position() == position
+
+
+async def test_missing_scope_is_403(member_with_points: MemberWithPoints) -> None:
+    api = member_with_points.api
+    reader = await api.channel_key("dashboard", ["read"], kind="internal")
+    response = await api.post(f"/v1/members/{member_with_points.member_id}/redeem", {"points": 1}, key=reader)
+    assert response.status_code == 403
+    assert "redeem" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("idem", [None, "", "x" * 201, "tab\there"])
+async def test_state_changing_post_needs_a_valid_idempotency_key(
+    member_with_points: MemberWithPoints, idem: str | None
+) -> None:
+    api = member_with_points.api
+    headers = {"Authorization": f"Bearer {member_with_points.key}"} | ({"Idempotency-Key": idem} if idem is not None
+                                                                     else {})
+    position = await api.last_position()
+    response = await api.client.post(f"/v1/members/{member_with_points.member_id}/redeem", json={"points": 1},
+                                     headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "Idempotency-Key"
+    assert await api.last_position() == position
+
+
+async def test_bad_identity_names_its_field(member_with_points: MemberWithPoints) -> None:
+    api, key = member_with_points.api, member_with_points.key
+    response = await api.post("/v1/members", {"identities": [{"kind": "phone", "value": "12"}]}, key=key)
+    unknown = await api.post("/v1/members", {"identities": [{"kind": "fax", "value": "12"}]}, key=key)
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "identities[0].value"
+    assert unknown.status_code == 422
+    assert unknown.json()["errors"][0]["field"] == "identities[0].kind"
+
+
+async def test_invalid_rules_are_refused_naming_each_field(member_with_points: MemberWithPoints) -> None:
+    api = member_with_points.api
+    hq = await api.channel_key("hq", ["read", "rules"], kind="internal")
+    rules = (await api.get("/v1/program", key=hq)).json()["rules"]
+    rules["tiers"][1]["threshold"] = 0
+    rules["currency"] = "XXX"
+    response = await api.client.put("/v1/program/rules", json=rules, headers={"Authorization": f"Bearer {hq}"})
+    assert response.status_code == 422, response.text
+    fields = {e["field"] for e in response.json()["errors"]}
+    assert {"currency", "tiers[1].threshold"} <= fields
+    assert (await api.get("/v1/program", key=hq)).json()["rules_version"] == 1
