@@ -76,6 +76,18 @@ def cmd_serve(settings: Settings) -> int:
 
     from service.app import create_app
 
+    class Server(uvicorn.Server):
+        """uvicorn re-raises SIGTERM after its graceful stop, which would kill us before the
+        embedded servers are stopped; a requested stop is a clean exit (status 0) instead."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
     with servers(settings) as resolved:
         config = uvicorn.Config(
             create_app(resolved), host=resolved.host, port=resolved.port, loop="uvloop", http="httptools",
@@ -83,7 +95,7 @@ def cmd_serve(settings: Settings) -> int:
         )
         # uvicorn handles SIGTERM/SIGINT: stop accepting, finish in-flight requests, run the
         # lifespan shutdown (appender drains its queue), then we stop the embedded servers.
-        uvicorn.Server(config).run()
+        Server(config).run()
     return 0
 
 
