@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from domain.identities import Identity
 from domain.lots import Lot, LotDraw
+from domain.member_events import Absorbed
 from domain.member_values import Accrual, OrderRecord, Profile, PurchaseItem
 from domain.rules import (
     BreakdownPart,
@@ -30,6 +31,7 @@ PERSISTED_STRUCTS: tuple[type, ...] = (
     Tier,
     RedemptionRule,
     SegmentRules,
+    Absorbed,
 )
 
 __all__ = ["PERSISTED_STRUCTS"]

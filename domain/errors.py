@@ -86,3 +86,24 @@ class InvalidAmount(DomainError):
 
     code: ClassVar[str] = "invalid_amount"
     title: ClassVar[str] = "Invalid amount"
+
+
+class IdentityNotLinked(DomainError):
+    """The identity is not one of this member's."""
+
+    code: ClassVar[str] = "identity_not_linked"
+    title: ClassVar[str] = "Identity not linked"
+
+
+class LastIdentity(DomainError):
+    """Unlinking would leave the member with no identity."""
+
+    code: ClassVar[str] = "last_identity"
+    title: ClassVar[str] = "Last identity"
+
+
+class MergeRefused(DomainError):
+    """The members cannot be merged (the same member, or open holds on the source)."""
+
+    code: ClassVar[str] = "merge_refused"
+    title: ClassVar[str] = "Merge refused"

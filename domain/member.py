@@ -13,10 +13,13 @@ from domain.errors import (
     BelowRedemptionMinimum,
     CurrencyMismatch,
     DuplicateOrder,
+    IdentityNotLinked,
     InsufficientPoints,
     InvalidAmount,
     InvalidIdentity,
+    LastIdentity,
     MemberNotActive,
+    MergeRefused,
 )
 from domain.events import LedgerAggregate
 from domain.identities import Identity
@@ -61,6 +64,8 @@ class Member(LedgerAggregate):
     PointsEarned = events.PointsEarned
     PointsRedeemed = events.PointsRedeemed
     TierChanged = events.TierChanged
+    IdentityUnlinked = events.IdentityUnlinked
+    MembersMerged = events.MembersMerged
 
     def __init__(
         self,
@@ -83,6 +88,9 @@ class Member(LedgerAggregate):
         self.first_activity_at: datetime = at
         self.last_activity_at: datetime = at
         self.lots: list[Lot] = []
+        # Lot ids are a counter of their own (not stream versions): a merge brings in lots
+        # that need fresh ids which later earns must never reuse.
+        self.last_lot_id = 0
         self.accruals: list[Accrual] = []
         self.orders: dict[str, OrderRecord] = {}
         self.lifetime_earned = 0
@@ -134,6 +142,52 @@ class Member(LedgerAggregate):
             return False
         self._identity_linked(identity=identity, at=at, channel=channel)
         return True
+
+    def unlink_identity(self, *, identity: Identity, channel: str, at: datetime) -> None:
+        """Unlink one of the member's identities; never the last one."""
+        self._check_active()
+        if identity not in self.identities:
+            raise IdentityNotLinked(f"this {identity.kind} identity is not linked to the member")
+        if len(self.identities) == 1:
+            raise LastIdentity("a member keeps at least one identity")
+        self._identity_unlinked(identity=identity, at=at, channel=channel)
+
+    def merge(self, *, source: Member, at: datetime, channel: str, rules: Rules) -> None:
+        """Absorb a duplicate member: its lots (with their expiry), totals, qualifying points,
+        orders and identities move here; the source is left `merged`. Both streams change."""
+        self._check_active()
+        if source.id == self.id:
+            raise MergeRefused("a member cannot be merged into itself", source_member_id=str(source.id))
+        source._check_active()
+        if source.held > 0:
+            raise MergeRefused(
+                "the source member has open holds; capture or release them first",
+                source_member_id=str(source.id), held=source.held,
+            )
+        # Fresh ids for the incoming lots, and the orders that point at them.
+        renumbered = {lot.lot_id: self.last_lot_id + i for i, lot in enumerate(source.lots, start=1)}
+        absorbed = events.Absorbed(
+            lots=[Lot(lot_id=renumbered[lot.lot_id], points=lot.points, available_at=lot.available_at,
+                      expires_at=lot.expires_at) for lot in source.lots],
+            last_lot_id=self.last_lot_id + len(source.lots),
+            accruals=list(source.accruals),
+            orders={ref: OrderRecord(amount=o.amount, currency=o.currency, points=o.points,
+                                     lot_id=renumbered.get(o.lot_id, 0), occurred_at=o.occurred_at)
+                    for ref, o in source.orders.items()},
+            lifetime_earned=source.lifetime_earned,
+            lifetime_redeemed=source.lifetime_redeemed,
+            expired=source.expired,
+            debt=source.debt,
+            channels=list(source.channels),
+            first_activity_at=source.first_activity_at,
+            last_activity_at=source.last_activity_at,
+        )
+        identities = [i for i in source.identities if i not in self.identities]
+        self._members_merged(source_member_id=source.id, target_member_id=self.id, identities=identities,
+                             absorbed=absorbed, at=at, channel=channel)
+        source._members_merged(source_member_id=source.id, target_member_id=self.id, identities=[],
+                               absorbed=None, at=at, channel=channel)
+        self._evaluate_upgrade(rules=rules, at=at, channel=channel)
 
     def earn_purchase(
         self,
@@ -285,14 +339,8 @@ class Member(LedgerAggregate):
         at: datetime,
         channel: str,
     ) -> EarnResult:
-        lot_id = self.version  # the PointsEarned just recorded
-        # Upgrades happen at once; downgrades wait for the grace period (a later issue).
-        qualifying = self.qualifying(now=at, window_days=rules.tier_window_days)
-        target = tier_for(rules, qualifying)
-        if target.threshold > tier_named(rules, self.tier).threshold:
-            self._tier_changed(
-                from_tier=self.tier, to_tier=target.name, qualifying=qualifying, at=at, channel=channel
-            )
+        lot_id = self.last_lot_id  # the lot of the PointsEarned just recorded
+        self._evaluate_upgrade(rules=rules, at=at, channel=channel)
         return EarnResult(
             points=quote.points,
             breakdown=quote.breakdown,
@@ -301,6 +349,15 @@ class Member(LedgerAggregate):
             expires_at=expires_at,
             lot_id=lot_id,
         )
+
+    def _evaluate_upgrade(self, *, rules: Rules, at: datetime, channel: str) -> None:
+        # Upgrades happen at once; downgrades wait for the grace period (a later issue).
+        qualifying = self.qualifying(now=at, window_days=rules.tier_window_days)
+        target = tier_for(rules, qualifying)
+        if target.threshold > tier_named(rules, self.tier).threshold:
+            self._tier_changed(
+                from_tier=self.tier, to_tier=target.name, qualifying=qualifying, at=at, channel=channel
+            )
 
     def _touch(self, *, when: datetime, channel: str) -> None:
         if channel not in self.channels:
@@ -315,6 +372,45 @@ class Member(LedgerAggregate):
         if identity is not None:  # None once the member is forgotten
             self.identities.append(identity)
         self._touch(when=at, channel=channel)
+
+    @event(events.IdentityUnlinked)
+    def _identity_unlinked(self, *, identity: Identity | None, at: datetime, channel: str) -> None:
+        if identity is not None:
+            self.identities = [i for i in self.identities if i != identity]
+        self._touch(when=at, channel=channel)
+
+    @event(events.MembersMerged)
+    def _members_merged(
+        self,
+        *,
+        source_member_id: UUID,
+        target_member_id: UUID,
+        identities: list[Identity] | None,
+        absorbed: events.Absorbed | None,
+        at: datetime,
+        channel: str,
+    ) -> None:
+        # One event type on both streams: the target absorbs, the source is retired.
+        if self.id != target_member_id:
+            self._status = MemberStatus.MERGED.value
+            self.merged_into = target_member_id
+            return
+        if absorbed is None:
+            return
+        self.identities.extend(identities or [])
+        self.lots.extend(absorbed.lots)
+        self.last_lot_id = absorbed.last_lot_id
+        self.accruals.extend(absorbed.accruals)
+        self.orders.update(absorbed.orders)
+        self.lifetime_earned += absorbed.lifetime_earned
+        self.lifetime_redeemed += absorbed.lifetime_redeemed
+        self.expired += absorbed.expired
+        self.debt += absorbed.debt
+        for used in absorbed.channels:
+            if used not in self.channels:
+                self.channels.append(used)
+        self.first_activity_at = min(self.first_activity_at, absorbed.first_activity_at)
+        self.last_activity_at = max(self.last_activity_at, absorbed.last_activity_at)
 
     @event(events.PointsEarned)
     def _points_earned(
@@ -336,8 +432,8 @@ class Member(LedgerAggregate):
         at: datetime,
         channel: str,
     ) -> None:
-        # Runs before the library bumps the version: this event's version is version + 1.
-        lot_id = self.version + 1
+        self.last_lot_id += 1
+        lot_id = self.last_lot_id
         if points > 0:
             self.lots.append(
                 Lot(lot_id=lot_id, points=points, available_at=available_at, expires_at=expires_at)

@@ -10,8 +10,12 @@ from decimal import Decimal
 
 from domain.events import LedgerAggregate
 from domain.identities import Identity
-from domain.lots import LotDraw
-from domain.member_values import Profile, PurchaseItem
+from uuid import UUID
+
+from msgspec import Struct
+
+from domain.lots import Lot, LotDraw
+from domain.member_values import Accrual, OrderRecord, Profile, PurchaseItem
 from domain.rules import BreakdownPart
 
 
@@ -72,5 +76,43 @@ class TierChanged(LedgerAggregate.Event):
     from_tier: str
     to_tier: str
     qualifying: int
+    at: datetime
+    channel: str
+
+
+class IdentityUnlinked(LedgerAggregate.Event):
+    """An identity no longer leads to this member."""
+
+    personal_fields = ("identity",)
+    identity: Identity
+    at: datetime
+    channel: str
+
+
+class Absorbed(Struct, frozen=True, kw_only=True):
+    """What a merge moves from the source member to the target (lots renumbered)."""
+
+    lots: list[Lot]
+    last_lot_id: int
+    accruals: list[Accrual]
+    orders: dict[str, OrderRecord]
+    lifetime_earned: int
+    lifetime_redeemed: int
+    expired: int
+    debt: int
+    channels: list[str]
+    first_activity_at: datetime
+    last_activity_at: datetime
+
+
+class MembersMerged(LedgerAggregate.Event):
+    """Two members became one: recorded on both streams, in one atomic append. On the
+    target it carries what was absorbed; on the source (`absorbed` None) it retires it."""
+
+    personal_fields = ("identities",)
+    source_member_id: UUID
+    target_member_id: UUID
+    identities: list[Identity]
+    absorbed: Absorbed | None
     at: datetime
     channel: str

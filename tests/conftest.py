@@ -8,8 +8,11 @@ create and drop their own, so the role needs CREATEDB) and LOYALTY_TEST_NATS_URL
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -23,7 +26,7 @@ NATS_URL_VAR = "LOYALTY_TEST_NATS_URL"
 
 
 @pytest.fixture(scope="session")
-def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUrls]:
+def server_urls() -> Iterator[ServerUrls]:
     """URLs of the PostgreSQL and NATS servers the tests use (external or embedded)."""
     database_url = os.environ.get(DATABASE_URL_VAR)
     nats_url = os.environ.get(NATS_URL_VAR)
@@ -36,8 +39,14 @@ def server_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerUrls
         pytest.fail(f"set both {DATABASE_URL_VAR} and {NATS_URL_VAR}, or neither")
     # Synchronous on purpose: starting processes needs no event loop, and PR_SET_PDEATHSIG
     # (children die with us) is only used when started from the main thread.
-    with EmbeddedServers(tmp_path_factory.mktemp("servers")) as urls:
-        yield urls
+    # Not under pytest's basetemp: a second pytest session resets that to mode 0700, which
+    # would lock the unprivileged postgres user out of a running server's data directory.
+    data_dir = Path(tempfile.mkdtemp(prefix="loyalty-test-servers-"))
+    try:
+        with EmbeddedServers(data_dir) as urls:
+            yield urls
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def with_database(url: str, database: str) -> str:

@@ -53,6 +53,10 @@ class EnrolIn(Body, kw_only=True):
     profile: ProfileIn | None = None
 
 
+class MergeIn(Body, kw_only=True):
+    source_member_id: UUID
+
+
 class PurchaseItemIn(Body, kw_only=True):
     sku: Ref
     category: Ref | None = None

@@ -8,7 +8,7 @@ from uuid import UUID, uuid4
 from domain.errors import InvalidIdentity
 from domain.identities import Identity, normalise_identity
 from domain.member import Member, Profile
-from service.api.schemas import EnrolIn, IdentityIn, MemberOut
+from service.api.schemas import EnrolIn, IdentityIn, MemberOut, MergeIn
 from service.services import Services
 
 from .context import CommandContext, Reply
@@ -69,6 +69,42 @@ async def link_identity(services: Services, ctx: CommandContext, member_id: UUID
         )
 
     return await execute(services, ctx, [member_id], decide)
+
+
+async def unlink_identity(services: Services, ctx: CommandContext, member_id: UUID, body: IdentityIn) -> Reply:
+    """Unbind one identity from a member (never the last one); it is free to bind again."""
+    identity = normalise(services, body, field="")
+
+    async def decide(uow: UnitOfWork) -> Render:
+        member = await uow.member(member_id)
+        program = await uow.program()
+        member.unlink_identity(identity=identity, channel=ctx.channel, at=ctx.now)
+        uow.release_identity(identity, member_id)
+        return lambda position: member_out(
+            member, now=ctx.now, rules=program.rules, reveal="privacy" in ctx.scopes, position=position
+        )
+
+    return await execute(services, ctx, [member_id], decide)
+
+
+async def merge(services: Services, ctx: CommandContext, target_id: UUID, body: MergeIn) -> Reply:
+    """The target absorbs a duplicate member, in one atomic append to both streams."""
+    source_id = body.source_member_id
+
+    async def decide(uow: UnitOfWork) -> Render:
+        target = await uow.member(target_id)
+        source = await uow.member(source_id)
+        program = await uow.program()
+        moving = list(source.identities)
+        target.merge(source=source, at=ctx.now, channel=ctx.channel, rules=program.rules)
+        for identity in moving:
+            uow.release_identity(identity, source_id)
+            uow.claim_identity(identity, target_id)
+        return lambda position: member_out(
+            target, now=ctx.now, rules=program.rules, reveal="privacy" in ctx.scopes, position=position
+        )
+
+    return await execute(services, ctx, [target_id, source_id], decide)
 
 
 async def get_member(services: Services, member_id: UUID, *, reveal: bool, now: datetime) -> MemberOut:

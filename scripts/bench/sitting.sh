@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# One sitting, side by side on one embedded PostgreSQL, ROUNDS (default 3) rounds of:
+#   (a) loyalty bench, earn only;  (b) loyalty bench, earn=90,redeem=10;
+#   (c) pgbench one-row insert (pgbench.sh);  (d) the eventsourcing Application (es_baseline.sh)
+# each loyalty bench run with a CPU split beside it. Results go to OUT (default
+# bench-results/<UTC time>/); summarise.py prints the medians.
+# Needs the service running (serve.sh). Options via env: ROUNDS, CONCURRENCY (64), DURATION (30),
+# WARMUP (5), MEMBERS (1000), SKIP ("es pgbench" to leave baselines out), TAG (file-name prefix).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+here=$(cd "$(dirname "$0")" && pwd)
+OUT=${OUT:-$REPO/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
+ROUNDS=${ROUNDS:-3}; CONCURRENCY=${CONCURRENCY:-64}; DURATION=${DURATION:-30}; WARMUP=${WARMUP:-5}
+MEMBERS=${MEMBERS:-1000}; SKIP=${SKIP:-}; TAG=${TAG:-}
+mkdir -p "$OUT"
+{
+  echo "date: $(date -u +%FT%TZ)"; echo "host: $(uname -n) $(uname -r)"; echo "nproc: $(nproc)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
+  echo "memory: $(free -g | awk '/Mem:/{print $2}') GiB"; echo "git: $(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet || echo '+dirty')"
+  echo "postgres: $(psql -h 127.0.0.1 -p "$(pg_port)" -U postgres -d postgres -Atc 'show server_version') (fsync $(psql -h 127.0.0.1 -p "$(pg_port)" -U postgres -d postgres -Atc 'show fsync'), synchronous_commit $(psql -h 127.0.0.1 -p "$(pg_port)" -U postgres -d postgres -Atc 'show synchronous_commit'))"
+  echo "settings: rounds=$ROUNDS concurrency=$CONCURRENCY duration=$DURATION warmup=$WARMUP members=$MEMBERS"
+} >>"$OUT/${TAG}machine.txt"
+
+bench() {  # bench NAME MIX
+  local name=$1 mix=$2 r=$3
+  "$here/quiet.sh" 120
+  "$here/cpu_split.sh" "$WARMUP" "$DURATION" >"$OUT/${TAG}$name-$r.cpu.txt" &
+  local cpu=$!
+  echo "+ loyalty bench --url $URL --mix $mix -c $CONCURRENCY -T $DURATION --warmup $WARMUP --members $MEMBERS --seed $r --json"
+  "$REPO/.venv/bin/loyalty" bench --url "$URL" --mix "$mix" -c "$CONCURRENCY" -T "$DURATION" --warmup "$WARMUP" \
+    --members "$MEMBERS" --seed "$r" --json >"$OUT/${TAG}$name-$r.json" || true
+  wait "$cpu" || true
+  python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(f"  {d[\"throughput\"]} cmd/s  p50 {d[\"latency_ms\"][\"p50\"]} ms  p99 {d[\"latency_ms\"][\"p99\"]} ms  errors {d[\"errors\"]}")' "$OUT/${TAG}$name-$r.json"
+  sed 's/^/  /' "$OUT/${TAG}$name-$r.cpu.txt"
+}
+
+for r in $(seq "$ROUNDS"); do
+  echo "== round $r"
+  bench earn "earn=1" "$r"
+  bench mix "earn=90,redeem=10" "$r"
+  if [[ " $SKIP " != *" pgbench "* ]]; then
+    "$here/quiet.sh" 120
+    echo "+ pgbench.sh"; "$here/pgbench.sh" | tee "$OUT/${TAG}pgbench-$r.txt"
+  fi
+  if [[ " $SKIP " != *" es "* ]]; then
+    "$here/quiet.sh" 120
+    echo "+ es_baseline.sh"; "$here/es_baseline.sh" | tee "$OUT/${TAG}es-$r.json"
+  fi
+done
+python3 "$here/summarise.py" "$OUT"

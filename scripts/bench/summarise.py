@@ -1,0 +1,76 @@
+"""Medians of a sitting's results: python3 scripts/bench/summarise.py bench-results/<dir>"""
+
+import glob
+import json
+import os
+import re
+import statistics
+import sys
+from collections import defaultdict
+
+out = sys.argv[1]
+
+
+def med(xs):
+    return round(statistics.median(xs), 1) if xs else None
+
+
+def show(label, xs, unit=""):
+    xs = [x for x in xs if x is not None]
+    if xs:
+        print(f"{label:<44} median {med(xs):>9}{unit}   runs {', '.join(str(round(x, 1)) for x in xs)}")
+
+
+benches = defaultdict(list)
+for path in sorted(glob.glob(os.path.join(out, "*.json"))):
+    name = os.path.basename(path)[:-5]
+    m = re.match(r"(.*)-(\d+)$", name)
+    if not m or m.group(1).endswith("es"):
+        continue
+    try:
+        benches[m.group(1)].append(json.load(open(path)))
+    except ValueError:
+        pass
+for name, runs in sorted(benches.items()):
+    print(f"-- loyalty bench {name} ({len(runs)} runs, concurrency {runs[0]['config']['concurrency']})")
+    show("throughput", [d["throughput"] for d in runs], " cmd/s")
+    for q in ("p50", "p95", "p99", "max"):
+        show(f"latency {q}", [d["latency_ms"].get(q) for d in runs], " ms")
+    for kind in runs[0]["kinds"]:
+        show(f"{kind} throughput", [d["kinds"][kind]["throughput"] for d in runs], " cmd/s")
+        show(f"{kind} p99", [d["kinds"][kind]["latency_ms"].get("p99") for d in runs], " ms")
+        show(f"{kind} refused (expected)", [d["kinds"][kind]["rejected"] for d in runs])
+    show("errors", [d["errors"] for d in runs])
+    show("generator cores", [d["generator_cpu_cores"] for d in runs])
+    cpus = defaultdict(list)
+    for cpu in sorted(glob.glob(os.path.join(out, f"{name}-*.cpu.txt"))):
+        for line in open(cpu):
+            m2 = re.match(r"\s+(.+?)\s+([\d.]+) cores", line)
+            if m2:
+                cpus[m2.group(1)].append(float(m2.group(2)))
+    for g, xs in cpus.items():
+        show(f"cpu: {g}", xs, " cores")
+
+pg = defaultdict(list)
+for path in sorted(glob.glob(os.path.join(out, "*pgbench-*.txt"))):
+    for line in open(path):
+        m = re.match(r"clients=(\d+) tps=([\d.]+) lat_avg_ms=([\d.]+)", line)
+        if m:
+            pg[int(m.group(1))].append((float(m.group(2)), float(m.group(3))))
+if pg:
+    print(f"-- pgbench one-row insert ({len(next(iter(pg.values())))} runs)")
+    for c in sorted(pg):
+        show(f"clients {c} tps", [t for t, _ in pg[c]])
+        show(f"clients {c} latency avg", [lat for _, lat in pg[c]], " ms")
+
+es = defaultdict(list)
+for path in sorted(glob.glob(os.path.join(out, "*es-*.json"))):
+    for line in open(path):
+        line = line.strip()
+        if line.startswith("{"):
+            for k, v in json.loads(line).items():
+                es[k].append(v)
+if es:
+    print(f"-- eventsourcing Application ({len(next(iter(es.values())))} runs)")
+    for k, xs in es.items():
+        show(k, xs)
