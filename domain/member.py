@@ -162,18 +162,33 @@ class Member(LedgerAggregate):
         if source.held > 0:
             raise MergeRefused(
                 "the source member has open holds; capture or release them first",
-                source_member_id=str(source.id), held=source.held,
+                source_member_id=str(source.id),
+                held=source.held,
             )
         # Fresh ids for the incoming lots, and the orders that point at them.
         renumbered = {lot.lot_id: self.last_lot_id + i for i, lot in enumerate(source.lots, start=1)}
         absorbed = events.Absorbed(
-            lots=[Lot(lot_id=renumbered[lot.lot_id], points=lot.points, available_at=lot.available_at,
-                      expires_at=lot.expires_at) for lot in source.lots],
+            lots=[
+                Lot(
+                    lot_id=renumbered[lot.lot_id],
+                    points=lot.points,
+                    available_at=lot.available_at,
+                    expires_at=lot.expires_at,
+                )
+                for lot in source.lots
+            ],
             last_lot_id=self.last_lot_id + len(source.lots),
             accruals=list(source.accruals),
-            orders={ref: OrderRecord(amount=o.amount, currency=o.currency, points=o.points,
-                                     lot_id=renumbered.get(o.lot_id, 0), occurred_at=o.occurred_at)
-                    for ref, o in source.orders.items()},
+            orders={
+                ref: OrderRecord(
+                    amount=o.amount,
+                    currency=o.currency,
+                    points=o.points,
+                    lot_id=renumbered.get(o.lot_id, 0),
+                    occurred_at=o.occurred_at,
+                )
+                for ref, o in source.orders.items()
+            },
             lifetime_earned=source.lifetime_earned,
             lifetime_redeemed=source.lifetime_redeemed,
             expired=source.expired,
@@ -183,10 +198,22 @@ class Member(LedgerAggregate):
             last_activity_at=source.last_activity_at,
         )
         identities = [i for i in source.identities if i not in self.identities]
-        self._members_merged(source_member_id=source.id, target_member_id=self.id, identities=identities,
-                             absorbed=absorbed, at=at, channel=channel)
-        source._members_merged(source_member_id=source.id, target_member_id=self.id, identities=[],
-                               absorbed=None, at=at, channel=channel)
+        self._members_merged(
+            source_member_id=source.id,
+            target_member_id=self.id,
+            identities=identities,
+            absorbed=absorbed,
+            at=at,
+            channel=channel,
+        )
+        source._members_merged(
+            source_member_id=source.id,
+            target_member_id=self.id,
+            identities=[],
+            absorbed=None,
+            at=at,
+            channel=channel,
+        )
         self._evaluate_upgrade(rules=rules, at=at, channel=channel)
 
     def earn_purchase(

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-
-from domain.events import LedgerAggregate
-from domain.identities import Identity
 from uuid import UUID
 
 from msgspec import Struct
 
+from domain.events import LedgerAggregate
+from domain.identities import Identity
 from domain.lots import Lot, LotDraw
 from domain.member_values import Accrual, OrderRecord, Profile, PurchaseItem
 from domain.rules import BreakdownPart

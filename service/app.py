@@ -65,8 +65,14 @@ def _request_logging(app: ASGIApp) -> ASGIApp:
             if member_id is not None:
                 member_id_var.set(str(member_id))
             level = logging.WARNING if status >= 500 else logging.INFO
-            log.log(level, "%s %s %d", scope["method"], scope["path"], status,
-                    extra={"status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 2)})
+            log.log(
+                level,
+                "%s %s %d",
+                scope["method"],
+                scope["path"],
+                status,
+                extra={"status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 2)},
+            )
 
     return middleware
 
@@ -82,7 +88,13 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
             yield
 
     return Litestar(
-        route_handlers=[MembersController, LedgerController, ProgramController, AccessController, HealthController],
+        route_handlers=[
+            MembersController,
+            LedgerController,
+            ProgramController,
+            AccessController,
+            HealthController,
+        ],
         lifespan=[lifespan],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         middleware=[authentication, *([_request_logging] if log_requests else [])],
@@ -91,9 +103,13 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
             title="Loyalty ledger",
             version="1.0.0",
             description="One member, one balance and one set of rules behind every sales channel.",
-            components=Components(security_schemes={
-                "apiKey": SecurityScheme(type="http", scheme="bearer", description="An API key of a channel"),
-            }),
+            components=Components(
+                security_schemes={
+                    "apiKey": SecurityScheme(
+                        type="http", scheme="bearer", description="An API key of a channel"
+                    ),
+                }
+            ),
             security=[{"apiKey": []}],
         ),
         logging_config=None,  # service.logs configures logging, once, for everything

@@ -32,7 +32,9 @@ def _running_embedded(settings: Settings) -> Settings | None:
     except (OSError, ValueError, KeyError):
         return None
     return settings.with_overrides(
-        database_url=urls["database_url"], nats_url=urls["nats_url"], master_key=_embedded_master_key(settings)
+        database_url=urls["database_url"],
+        nats_url=urls["nats_url"],
+        master_key=_embedded_master_key(settings),
     )
 
 
@@ -63,9 +65,14 @@ def servers(settings: Settings, *, reuse_running: bool = False) -> Iterator[Sett
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with EmbeddedServers(settings.data_dir) as urls:
-        log.info("embedded servers started", extra={"database_url": urls.database_url, "nats_url": urls.nats_url})
-        print(f"database: {urls.database_url}\nnats:     {urls.nats_url}\n"
-              f"(also in {settings.data_dir / 'servers.json'})", flush=True)
+        log.info(
+            "embedded servers started", extra={"database_url": urls.database_url, "nats_url": urls.nats_url}
+        )
+        print(
+            f"database: {urls.database_url}\nnats:     {urls.nats_url}\n"
+            f"(also in {settings.data_dir / 'servers.json'})",
+            flush=True,
+        )
         yield settings.with_overrides(
             database_url=urls.database_url, nats_url=urls.nats_url, master_key=_embedded_master_key(settings)
         )
@@ -90,8 +97,15 @@ def cmd_serve(settings: Settings) -> int:
 
     with servers(settings) as resolved:
         config = uvicorn.Config(
-            create_app(resolved), host=resolved.host, port=resolved.port, loop="uvloop", http="httptools",
-            lifespan="on", log_config=None, access_log=False, timeout_graceful_shutdown=20,
+            create_app(resolved),
+            host=resolved.host,
+            port=resolved.port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=20,
         )
         # uvicorn handles SIGTERM/SIGINT: stop accepting, finish in-flight requests, run the
         # lifespan shutdown (appender drains its queue), then we stop the embedded servers.
@@ -183,8 +197,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = settings_from_env().with_overrides(
-        database_url=getattr(args, "database_url", None), nats_url=getattr(args, "nats_url", None),
-        host=getattr(args, "host", None), port=getattr(args, "port", None),
+        database_url=getattr(args, "database_url", None),
+        nats_url=getattr(args, "nats_url", None),
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
         data_dir=getattr(args, "data_dir", None),
     )
     configure_logging(settings.log_format)
@@ -195,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         from service.store.access import SCOPES
 
-        scopes = list(SCOPES) if args.scopes == "all" else [s.strip() for s in args.scopes.split(",") if s.strip()]
+        scopes = (
+            list(SCOPES) if args.scopes == "all" else [s.strip() for s in args.scopes.split(",") if s.strip()]
+        )
         return cmd_keys_create(settings, args.channel, scopes, args.name)
     if args.command == "bench":
         from service.bench import run

@@ -49,7 +49,9 @@ class ConsoleFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         time = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
         extra = " ".join(f"{k}={v}" for k, v in _context(record).items())
-        text = f"{time} {record.levelname:<7} {record.name}: {record.getMessage()}" + (f"  {extra}" if extra else "")
+        text = f"{time} {record.levelname:<7} {record.name}: {record.getMessage()}" + (
+            f"  {extra}" if extra else ""
+        )
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text

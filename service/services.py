@@ -66,8 +66,15 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         if bus is not None:
             await bus.start()
         services = Services(
-            settings=settings, pool=pool, keyring=keyring, store=store, repository=Repository(store),
-            appender=appender, idempotency=IdempotencyRecords(pool), access=Access(pool), nats=bus,
+            settings=settings,
+            pool=pool,
+            keyring=keyring,
+            store=store,
+            repository=Repository(store),
+            appender=appender,
+            idempotency=IdempotencyRecords(pool),
+            access=Access(pool),
+            nats=bus,
         )
         try:
             if settings.admin_key:
@@ -79,4 +86,3 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 await bus.close()
     finally:
         await pool.close()
-

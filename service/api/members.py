@@ -69,18 +69,32 @@ class MembersController(Controller):
     ) -> Response[MemberOut]:
         return reply(await members.link_identity(services, ctx, member_id, data))
 
-    @post("/{member_id:uuid}/identities/unlink", guards=[requires("members")], status_code=201,
-          summary="Unlink an identity from a member (never the last)")
+    @post(
+        "/{member_id:uuid}/identities/unlink",
+        guards=[requires("members")],
+        status_code=201,
+        summary="Unlink an identity from a member (never the last)",
+    )
     async def unlink_identity(
-        self, member_id: FromPath[UUID], data: JSONBody[IdentityIn], services: NamedDependency[Services],
+        self,
+        member_id: FromPath[UUID],
+        data: JSONBody[IdentityIn],
+        services: NamedDependency[Services],
         ctx: NamedDependency[CommandContext],
     ) -> Response[MemberOut]:
         return reply(await members.unlink_identity(services, ctx, member_id, data))
 
-    @post("/{member_id:uuid}/merge", guards=[requires("members")], status_code=201,
-          summary="Merge a duplicate member into this one")
+    @post(
+        "/{member_id:uuid}/merge",
+        guards=[requires("members")],
+        status_code=201,
+        summary="Merge a duplicate member into this one",
+    )
     async def merge(
-        self, member_id: FromPath[UUID], data: JSONBody[MergeIn], services: NamedDependency[Services],
+        self,
+        member_id: FromPath[UUID],
+        data: JSONBody[MergeIn],
+        services: NamedDependency[Services],
         ctx: NamedDependency[CommandContext],
     ) -> Response[MemberOut]:
         return reply(await members.merge(services, ctx, member_id, data))

@@ -40,12 +40,16 @@ def _kind_of(body: EarnIn, now: datetime) -> str:
     given = {f for f in (*_PURCHASE_FIELDS, *_AWARD_FIELDS) if getattr(body, f) is not None}
     if given & set(_AWARD_FIELDS) and given & set(_PURCHASE_FIELDS):
         stray = sorted(given & set(_AWARD_FIELDS))
-        raise InvalidInput([(f, "not allowed in a purchase earn (an award has only points and reason)")
-                            for f in stray])
+        raise InvalidInput(
+            [(f, "not allowed in a purchase earn (an award has only points and reason)") for f in stray]
+        )
     kind = "award" if given & set(_AWARD_FIELDS) else "purchase"
     required = ("points", "reason") if kind == "award" else ("order_ref", "amount", "currency")
-    missing = [(f, f"required for {'an award' if kind == 'award' else 'a purchase'}")
-               for f in required if getattr(body, f) is None]
+    missing = [
+        (f, f"required for {'an award' if kind == 'award' else 'a purchase'}")
+        for f in required
+        if getattr(body, f) is None
+    ]
     if missing:
         raise InvalidInput(missing)
     if body.occurred_at is not None:
@@ -75,24 +79,41 @@ async def earn(services: Services, ctx: CommandContext, member_id: UUID, body: E
         program = await uow.program()
         rules, version = program.rules, program.rules_version
         if kind == "purchase":
-            assert body.order_ref is not None and body.amount is not None and body.currency is not None
+            assert body.order_ref is not None
+            assert body.amount is not None
+            assert body.currency is not None
             result = member.earn_purchase(
-                order_ref=body.order_ref, amount=Decimal(body.amount), currency=body.currency,
-                items=_items(body), occurred_at=body.occurred_at or ctx.now, at=ctx.now,
-                channel=ctx.channel, rules=rules, rules_version=version,
+                order_ref=body.order_ref,
+                amount=Decimal(body.amount),
+                currency=body.currency,
+                items=_items(body),
+                occurred_at=body.occurred_at or ctx.now,
+                at=ctx.now,
+                channel=ctx.channel,
+                rules=rules,
+                rules_version=version,
             )
             uow.claim_order(body.order_ref, member_id)
         else:
-            assert body.points is not None and body.reason is not None
+            assert body.points is not None
+            assert body.reason is not None
             result = member.award(
-                points=body.points, reason=body.reason, at=ctx.now, channel=ctx.channel,
-                rules=rules, rules_version=version,
+                points=body.points,
+                reason=body.reason,
+                at=ctx.now,
+                channel=ctx.channel,
+                rules=rules,
+                rules_version=version,
             )
         return lambda position: EarnOut(
-            member_id=member_id, event_id=uow.event_ids[0] if uow.event_ids else None,
-            points=result.points, breakdown=breakdown_out(result.breakdown),
-            rules_version=result.rules_version, available_at=result.available_at,
-            expires_at=result.expires_at, position=position,
+            member_id=member_id,
+            event_id=uow.event_ids[0] if uow.event_ids else None,
+            points=result.points,
+            breakdown=breakdown_out(result.breakdown),
+            rules_version=result.rules_version,
+            available_at=result.available_at,
+            expires_at=result.expires_at,
+            position=position,
             balance=balance_out(member.balance(now=ctx.now, rules=rules)),
         )
 
@@ -103,7 +124,8 @@ async def quote(services: Services, member_id: UUID, body: EarnIn, *, now: datet
     """What a purchase would earn this member now; nothing is written."""
     if _kind_of(body, now) != "purchase":
         raise InvalidInput([("order_ref", "a quote is for a purchase")])
-    assert body.amount is not None and body.currency is not None
+    assert body.amount is not None
+    assert body.currency is not None
     member = await _member(services, member_id)
     program = await services.repository.program()
     check_amount(Decimal(body.amount), body.currency)
@@ -113,8 +135,11 @@ async def quote(services: Services, member_id: UUID, body: EarnIn, *, now: datet
         )
     quoted = quote_purchase(program.rules, program.rules_version, member.tier, Decimal(body.amount))
     return QuoteOut(
-        member_id=member_id, points=quoted.points, breakdown=breakdown_out(quoted.breakdown),
-        rules_version=quoted.rules_version, tier=quoted.tier,
+        member_id=member_id,
+        points=quoted.points,
+        breakdown=breakdown_out(quoted.breakdown),
+        rules_version=quoted.rules_version,
+        tier=quoted.tier,
     )
 
 
@@ -125,12 +150,20 @@ async def redeem(services: Services, ctx: CommandContext, member_id: UUID, body:
         member = await uow.member(member_id)
         program = await uow.program()
         result = member.redeem(
-            points=body.points, reward_ref=body.reward_ref, order_ref=body.order_ref,
-            at=ctx.now, channel=ctx.channel, rules=program.rules,
+            points=body.points,
+            reward_ref=body.reward_ref,
+            order_ref=body.order_ref,
+            at=ctx.now,
+            channel=ctx.channel,
+            rules=program.rules,
         )
         return lambda position: RedeemOut(
-            member_id=member_id, redemption_id=uow.event_ids[0], points=result.points,
-            reward_ref=body.reward_ref, order_ref=body.order_ref, position=position,
+            member_id=member_id,
+            redemption_id=uow.event_ids[0],
+            points=result.points,
+            reward_ref=body.reward_ref,
+            order_ref=body.order_ref,
+            position=position,
             balance=balance_out(member.balance(now=ctx.now, rules=program.rules)),
         )
 
@@ -144,7 +177,9 @@ async def _member(services: Services, member_id: UUID) -> Member:
     return member
 
 
-async def balance(services: Services, member_id: UUID, *, now: datetime, as_of: datetime | None) -> BalanceAtOut:
+async def balance(
+    services: Services, member_id: UUID, *, now: datetime, as_of: datetime | None
+) -> BalanceAtOut:
     """The balance now, or as it was at `as_of` (replayed from the log)."""
     program: Program = await services.repository.program()
     if as_of is None:
@@ -159,7 +194,9 @@ async def balance(services: Services, member_id: UUID, *, now: datetime, as_of: 
             await _member(services, member_id)  # 404 if it never existed
             raise InvalidInput([("as_of", "is before the member enrolled")])
         member = replayed
-    return BalanceAtOut(member_id=member_id, as_of=at, balance=balance_out(member.balance(now=at, rules=program.rules)))
+    return BalanceAtOut(
+        member_id=member_id, as_of=at, balance=balance_out(member.balance(now=at, rules=program.rules))
+    )
 
 
 async def history(services: Services, member_id: UUID, *, after: int, limit: int) -> HistoryOut:
@@ -168,8 +205,13 @@ async def history(services: Services, member_id: UUID, *, after: int, limit: int
     events = await services.store.stream_history(member_id, after=after, limit=limit)
     items = [
         HistoryItemOut(
-            position=e.position, event_id=e.event_id, stream_version=e.stream_version, type=e.event_type,
-            channel=e.channel, points=_signed_points(e.event_type, e.event), occurred_at=e.occurred_at,
+            position=e.position,
+            event_id=e.event_id,
+            stream_version=e.stream_version,
+            type=e.event_type,
+            channel=e.channel,
+            points=_signed_points(e.event_type, e.event),
+            occurred_at=e.occurred_at,
             recorded_at=e.recorded_at,
         )
         for e in events

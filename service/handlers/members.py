@@ -20,7 +20,9 @@ from .views import member_out
 def normalise(services: Services, identity: IdentityIn, *, field: str) -> Identity:
     """Normalise one identity, naming the field that is wrong."""
     try:
-        return normalise_identity(identity.kind, identity.value, default_region=services.settings.default_region)
+        return normalise_identity(
+            identity.kind, identity.value, default_region=services.settings.default_region
+        )
     except InvalidIdentity as exc:
         inner = str(exc.extra.get("field", "value"))
         name = f"{field}.{inner}" if field else inner
@@ -42,8 +44,12 @@ async def enrol(services: Services, ctx: CommandContext, body: EnrolIn) -> Reply
     async def decide(uow: UnitOfWork) -> Render:
         program = await uow.program()
         member = Member.enrol(
-            member_id=member_id, identities=identities, profile=profile,
-            channel=ctx.channel, at=ctx.now, rules=program.rules,
+            member_id=member_id,
+            identities=identities,
+            profile=profile,
+            channel=ctx.channel,
+            at=ctx.now,
+            rules=program.rules,
         )
         uow.new_member(member)
         for identity in identities:
@@ -71,7 +77,9 @@ async def link_identity(services: Services, ctx: CommandContext, member_id: UUID
     return await execute(services, ctx, [member_id], decide)
 
 
-async def unlink_identity(services: Services, ctx: CommandContext, member_id: UUID, body: IdentityIn) -> Reply:
+async def unlink_identity(
+    services: Services, ctx: CommandContext, member_id: UUID, body: IdentityIn
+) -> Reply:
     """Unbind one identity from a member (never the last one); it is free to bind again."""
     identity = normalise(services, body, field="")
 

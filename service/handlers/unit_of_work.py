@@ -115,21 +115,26 @@ class UnitOfWork:
                 stored: StoredEvent = codec.encode(domain_event, key)
                 event_id = uuid4()
                 self.event_ids.append(event_id)
-                events.append(NewEvent(
-                    stream_id=stream_id,
-                    stream_version=stored.originator_version,
-                    event_type=event_type(type(domain_event)),
-                    topic=stored.topic,
-                    data=stored.state,
-                    occurred_at=getattr(domain_event, "occurred_at", None) or self.ctx.now,
-                    event_id=event_id,
-                ))
+                events.append(
+                    NewEvent(
+                        stream_id=stream_id,
+                        stream_version=stored.originator_version,
+                        event_type=event_type(type(domain_event)),
+                        topic=stored.topic,
+                        data=stored.state,
+                        occurred_at=getattr(domain_event, "occurred_at", None) or self.ctx.now,
+                        event_id=event_id,
+                    )
+                )
         ctx = self.ctx
         idempotency = None
         if ctx.idempotency_key is not None:
             idempotency = IdempotencyRecord(
-                channel=ctx.channel, key=ctx.idempotency_key, request_hash=ctx.request_hash,
-                status=status, render=lambda position: _encoder.encode(render(position)),
+                channel=ctx.channel,
+                key=ctx.idempotency_key,
+                request_hash=ctx.request_hash,
+                status=status,
+                render=lambda position: _encoder.encode(render(position)),
             )
         return AppendRequest(
             events=events,

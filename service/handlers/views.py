@@ -12,9 +12,14 @@ from service.api.schemas import BalanceOut, BreakdownOut, IdentityOut, MemberOut
 
 def balance_out(balance: Balance) -> BalanceOut:
     return BalanceOut(
-        available=balance.available, pending=balance.pending, held=balance.held,
-        lifetime_earned=balance.lifetime_earned, lifetime_redeemed=balance.lifetime_redeemed,
-        expired=balance.expired, qualifying=balance.qualifying, tier=balance.tier,
+        available=balance.available,
+        pending=balance.pending,
+        held=balance.held,
+        lifetime_earned=balance.lifetime_earned,
+        lifetime_redeemed=balance.lifetime_redeemed,
+        expired=balance.expired,
+        qualifying=balance.qualifying,
+        tier=balance.tier,
     )
 
 

@@ -11,11 +11,29 @@ from uuid import UUID, uuid4
 import asyncpg
 
 SCOPES = (
-    "read", "earn", "award", "redeem", "adjust", "transfer", "members", "privacy", "rules",
-    "analytics", "audit", "admin",
+    "read",
+    "earn",
+    "award",
+    "redeem",
+    "adjust",
+    "transfer",
+    "members",
+    "privacy",
+    "rules",
+    "analytics",
+    "audit",
+    "admin",
 )
 CHANNEL_KINDS = (
-    "pos", "app", "web", "mini_program", "marketplace", "delivery", "social", "partner", "internal",
+    "pos",
+    "app",
+    "web",
+    "mini_program",
+    "marketplace",
+    "delivery",
+    "social",
+    "partner",
+    "internal",
 )
 ADMIN_CHANNEL = "admin"
 _CACHE_SECONDS = 5.0  # how long a revoked key may still be accepted by an instance
@@ -69,11 +87,12 @@ class Access:
             return hit[1]
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
-                "SELECT key_id, channel, scopes FROM api_keys"
-                " WHERE secret_hash = $1 AND revoked_at IS NULL",
+                "SELECT key_id, channel, scopes FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
                 digest,
             )
-        principal = None if row is None else Principal(row["key_id"], row["channel"], frozenset(row["scopes"]))
+        principal = (
+            None if row is None else Principal(row["key_id"], row["channel"], frozenset(row["scopes"]))
+        )
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (now, principal)
@@ -83,7 +102,9 @@ class Access:
         async with self._pool.acquire() as conn:
             done = await conn.execute(
                 "INSERT INTO channels (id, name, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                channel.id, channel.name, channel.kind,
+                channel.id,
+                channel.name,
+                channel.kind,
             )
         if done.endswith(" 0"):
             raise ChannelExists(channel.id)
@@ -103,7 +124,11 @@ class Access:
                 await conn.execute(
                     "INSERT INTO api_keys (key_id, channel, scopes, name, secret_hash)"
                     " VALUES ($1, $2, $3, $4, $5)",
-                    key_id, channel, sorted(set(scopes)), name, _hash(secret),
+                    key_id,
+                    channel,
+                    sorted(set(scopes)),
+                    name,
+                    _hash(secret),
                 )
             except asyncpg.ForeignKeyViolationError:
                 raise UnknownChannel(channel) from None
@@ -131,6 +156,9 @@ class Access:
             await conn.execute(
                 "INSERT INTO api_keys (key_id, channel, scopes, name, secret_hash)"
                 " VALUES ($1, $2, $3, 'admin (LOYALTY_ADMIN_KEY)', $4)",
-                uuid4(), ADMIN_CHANNEL, list(SCOPES), _hash(secret),
+                uuid4(),
+                ADMIN_CHANNEL,
+                list(SCOPES),
+                _hash(secret),
             )
         return True

@@ -298,14 +298,18 @@ class _Plan:
             actual = self.versions.get(stream_id, 0)
             if actual != expected:
                 return StreamConflict(stream_id, expected, actual)
-        for order_ref, member_id in request.order_claims:
+        for order_ref, _ in request.order_claims:
             owner = self.orders.get(order_ref)
             if owner is not None:
                 return OrderClaimed(order_ref, owner)
         released = {(c.kind, c.value_hash) for c in request.identity_releases}
         for claim in request.identity_claims:
             owner = self.identities.get((claim.kind, claim.value_hash))
-            if owner is not None and owner != claim.member_id and (claim.kind, claim.value_hash) not in released:
+            if (
+                owner is not None
+                and owner != claim.member_id
+                and (claim.kind, claim.value_hash) not in released
+            ):
                 return IdentityClaimed(claim.kind, owner)
         # Admitted: reserve versions, claims and positions for the requests after it.
         positions = list(range(self.next_position, self.next_position + len(request.events)))
@@ -332,11 +336,22 @@ class _Plan:
         for request in requests:
             meta = request.metadata
             for event, position in zip(request.events, self.positions[id(request)], strict=True):
-                event_rows.append((
-                    position, event.event_id, event.stream_id, event.stream_version, event.event_type,
-                    event.topic, event.data, meta.channel, meta.api_key_id, meta.correlation_id,
-                    meta.causation_id, event.occurred_at,
-                ))
+                event_rows.append(
+                    (
+                        position,
+                        event.event_id,
+                        event.stream_id,
+                        event.stream_version,
+                        event.event_type,
+                        event.topic,
+                        event.data,
+                        meta.channel,
+                        meta.api_key_id,
+                        meta.correlation_id,
+                        meta.causation_id,
+                        event.occurred_at,
+                    )
+                )
         if event_rows:
             await conn.copy_records_to_table("events", records=event_rows, columns=_EVENT_COLUMNS)
         idem_rows = [self.responses[id(r)] for r in requests if id(r) in self.responses]
@@ -361,14 +376,18 @@ class _Plan:
             await conn.execute(
                 "INSERT INTO order_refs (order_ref, member_id, position)"
                 " SELECT o, m, $3 FROM unnest($1::text[], $2::uuid[]) AS t(o, m)",
-                [o for o, _ in orders], [m for _, m in orders], last,
+                [o for o, _ in orders],
+                [m for _, m in orders],
+                last,
             )
         releases = [c for r in requests for c in r.identity_releases]
         if releases:
             await conn.execute(
                 "DELETE FROM identities WHERE (kind, value_hash, member_id) IN"
                 " (SELECT * FROM unnest($1::text[], $2::bytea[], $3::uuid[]))",
-                [c.kind for c in releases], [c.value_hash for c in releases], [c.member_id for c in releases],
+                [c.kind for c in releases],
+                [c.value_hash for c in releases],
+                [c.member_id for c in releases],
             )
         claims = [c for r in requests for c in r.identity_claims]
         if claims:
@@ -377,14 +396,18 @@ class _Plan:
                 " SELECT k, h, m, $4 FROM unnest($1::text[], $2::bytea[], $3::uuid[]) AS t(k, h, m)"
                 " ON CONFLICT (kind, value_hash) DO UPDATE SET member_id = EXCLUDED.member_id,"
                 " position = EXCLUDED.position",
-                [c.kind for c in claims], [c.value_hash for c in claims], [c.member_id for c in claims], last,
+                [c.kind for c in claims],
+                [c.value_hash for c in claims],
+                [c.member_id for c in claims],
+                last,
             )
         keys = [k for r in requests for k in r.member_keys]
         if keys:
             await conn.execute(
                 "INSERT INTO member_keys (member_id, wrapped_key)"
                 " SELECT * FROM unnest($1::uuid[], $2::bytea[])",
-                [m for m, _ in keys], [w for _, w in keys],
+                [m for m, _ in keys],
+                [w for _, w in keys],
             )
         tracking = [r.tracking for r in requests if r.tracking is not None]
         if tracking:
@@ -403,6 +426,16 @@ class _Plan:
 
 
 _EVENT_COLUMNS = (
-    "position", "event_id", "stream_id", "stream_version", "event_type", "topic", "data",
-    "channel", "api_key_id", "correlation_id", "causation_id", "occurred_at",
+    "position",
+    "event_id",
+    "stream_id",
+    "stream_version",
+    "event_type",
+    "topic",
+    "data",
+    "channel",
+    "api_key_id",
+    "correlation_id",
+    "causation_id",
+    "occurred_at",
 )

@@ -50,9 +50,7 @@ class EventStore:
         """The member's unwrapped data key (None if there is none or it was shredded)."""
         if member_id in self._keys:
             return self._keys[member_id]
-        wrapped = await conn.fetchval(
-            "SELECT wrapped_key FROM member_keys WHERE member_id = $1", member_id
-        )
+        wrapped = await conn.fetchval("SELECT wrapped_key FROM member_keys WHERE member_id = $1", member_id)
         key = None if wrapped is None else self.keyring.unwrap(member_id, wrapped)
         if len(self._keys) > 200_000:
             self._keys.clear()
@@ -87,13 +85,15 @@ class EventStore:
                 rows = await conn.fetch(
                     "SELECT stream_version, topic, data FROM events"
                     " WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version",
-                    stream_id, after,
+                    stream_id,
+                    after,
                 )
             else:
                 rows = await conn.fetch(
                     "SELECT stream_version, topic, data FROM events"
                     " WHERE stream_id = $1 AND recorded_at <= $2 ORDER BY stream_version",
-                    stream_id, until,
+                    stream_id,
+                    until,
                 )
         events = [
             self.codec.decode(StoredEvent(stream_id, r["stream_version"], r["topic"], r["data"]), key)
@@ -111,19 +111,22 @@ class EventStore:
                 " ON CONFLICT (stream_id) DO UPDATE SET stream_version = EXCLUDED.stream_version,"
                 " topic = EXCLUDED.topic, data = EXCLUDED.data, recorded_at = now()"
                 " WHERE snapshots.stream_version < EXCLUDED.stream_version",
-                stored.originator_id, stored.originator_version, stored.topic, stored.state,
+                stored.originator_id,
+                stored.originator_version,
+                stored.topic,
+                stored.state,
             )
 
-    async def stream_history(
-        self, stream_id: UUID, *, after: int, limit: int
-    ) -> list[RecordedEvent]:
+    async def stream_history(self, stream_id: UUID, *, after: int, limit: int) -> list[RecordedEvent]:
         """A page of one stream's events, by position."""
         async with self.pool.acquire() as conn:
             key = await self.member_key(conn, stream_id)
             rows = await conn.fetch(
                 f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND position > $2"
                 " ORDER BY position LIMIT $3",
-                stream_id, after, limit,
+                stream_id,
+                after,
+                limit,
             )
         return [self._recorded(r, key) for r in rows]
 
@@ -132,7 +135,8 @@ class EventStore:
         async with self.pool.acquire() as conn:
             rows = await conn.fetch(
                 f"SELECT {_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2",
-                after, limit,
+                after,
+                limit,
             )
             keys = {r["stream_id"]: await self.member_key(conn, r["stream_id"]) for r in rows}
         return [self._recorded(r, keys[r["stream_id"]]) for r in rows]
@@ -142,17 +146,25 @@ class EventStore:
             StoredEvent(r["stream_id"], r["stream_version"], r["topic"], r["data"]), key
         )
         return RecordedEvent(
-            position=r["position"], event_id=r["event_id"], stream_id=r["stream_id"],
-            stream_version=r["stream_version"], event_type=r["event_type"], channel=r["channel"],
-            api_key_id=r["api_key_id"], occurred_at=r["occurred_at"], recorded_at=r["recorded_at"],
+            position=r["position"],
+            event_id=r["event_id"],
+            stream_id=r["stream_id"],
+            stream_version=r["stream_version"],
+            event_type=r["event_type"],
+            channel=r["channel"],
+            api_key_id=r["api_key_id"],
+            occurred_at=r["occurred_at"],
+            recorded_at=r["recorded_at"],
             event=event,
         )
 
     async def stream_version(self, stream_id: UUID) -> int:
         async with self.pool.acquire() as conn:
-            return int(await conn.fetchval(
-                "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1", stream_id
-            ))
+            return int(
+                await conn.fetchval(
+                    "SELECT coalesce(max(stream_version), 0) FROM events WHERE stream_id = $1", stream_id
+                )
+            )
 
     async def identity_owner(self, kind: str, value_hash: bytes) -> UUID | None:
         async with self.pool.acquire() as conn:

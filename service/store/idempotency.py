@@ -32,7 +32,8 @@ class IdempotencyRecords:
             row = await conn.fetchrow(
                 "SELECT request_hash, status, response FROM idempotency_keys"
                 f" WHERE channel = $1 AND key = $2 AND created_at > now() - interval '{RETENTION}'",
-                channel, key,
+                channel,
+                key,
             )
         if row is None:
             return None

@@ -36,8 +36,6 @@ async def migrate(conn: asyncpg.Connection) -> list[str]:
             if version in done:
                 continue
             await conn.execute(sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
-            )
+            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
             applied_now.append(name)
     return applied_now

@@ -50,13 +50,33 @@ _WORD_START = re.compile(r"(?<!^)(?=[A-Z])")  # the rule of domain.events.event_
 
 # SQLSTATE class -> the library's (DB-API) exception, as psycopg maps them.
 _BY_SQLSTATE_CLASS: dict[str, type[PersistenceError]] = {
-    "08": OperationalError, "0A": NotSupportedError, "20": ProgrammingError,
-    "21": ProgrammingError, "22": DataError, "23": IntegrityError, "24": InternalError,
-    "25": InternalError, "26": InternalError, "28": OperationalError, "2B": InternalError,
-    "2D": InternalError, "2F": InternalError, "34": ProgrammingError, "38": InternalError,
-    "39": InternalError, "3B": InternalError, "3D": ProgrammingError, "3F": ProgrammingError,
-    "40": OperationalError, "42": ProgrammingError, "53": OperationalError, "54": OperationalError,
-    "55": OperationalError, "57": OperationalError, "58": OperationalError, "XX": InternalError,
+    "08": OperationalError,
+    "0A": NotSupportedError,
+    "20": ProgrammingError,
+    "21": ProgrammingError,
+    "22": DataError,
+    "23": IntegrityError,
+    "24": InternalError,
+    "25": InternalError,
+    "26": InternalError,
+    "28": OperationalError,
+    "2B": InternalError,
+    "2D": InternalError,
+    "2F": InternalError,
+    "34": ProgrammingError,
+    "38": InternalError,
+    "39": InternalError,
+    "3B": InternalError,
+    "3D": ProgrammingError,
+    "3F": ProgrammingError,
+    "40": OperationalError,
+    "42": ProgrammingError,
+    "53": OperationalError,
+    "54": OperationalError,
+    "55": OperationalError,
+    "57": OperationalError,
+    "58": OperationalError,
+    "XX": InternalError,
 }
 
 
@@ -190,8 +210,12 @@ class AsyncpgRecorder(Recorder):
         request = AppendRequest(
             events=[
                 NewEvent(
-                    stream_id=_stream_id(e.originator_id), stream_version=e.originator_version,
-                    event_type=event_type_of(e.topic), topic=e.topic, data=e.state, occurred_at=now,
+                    stream_id=_stream_id(e.originator_id),
+                    stream_version=e.originator_version,
+                    event_type=event_type_of(e.topic),
+                    topic=e.topic,
+                    data=e.state,
+                    occurred_at=now,
                 )
                 for e in stored_events
             ],
@@ -279,8 +303,11 @@ class AsyncpgApplicationRecorder(AsyncpgAggregateRecorder, ApplicationRecorder):
         rows = self._run(self._fetch(sql, *args))
         return [
             Notification(
-                id=r["position"], originator_id=r["stream_id"], originator_version=r["stream_version"],
-                topic=r["topic"], state=r["data"],
+                id=r["position"],
+                originator_id=r["stream_id"],
+                originator_version=r["stream_version"],
+                topic=r["topic"],
+                state=r["data"],
             )
             for r in rows
         ]

@@ -52,7 +52,9 @@ class Api:
 
     async def enrol(self, key: str, phone: str | None = None) -> str:
         phone = phone or f"+8613{secrets.randbelow(10**9):09d}"
-        response = await self.post("/v1/members", {"identities": [{"kind": "phone", "value": phone}]}, key=key)
+        response = await self.post(
+            "/v1/members", {"identities": [{"kind": "phone", "value": phone}]}, key=key
+        )
         assert response.status_code == 201, response.text
         return str(response.json()["member_id"])
 

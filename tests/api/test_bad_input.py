@@ -43,11 +43,16 @@ async def test_bad_ledger_input_is_refused_with_the_field_named(
 ) -> None:
     api, key, member_id = member_with_points.api, member_with_points.key, member_with_points.member_id
     position = await api.last_position()
-    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex,
-               "Content-Type": "application/json"}
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Idempotency-Key": uuid.uuid4().hex,
+        "Content-Type": "application/json",
+    }
     content = body if isinstance(body, bytes) else None
     response = await api.client.post(
-        f"/v1/members/{member_id}/{suffix}", headers=headers, content=content,
+        f"/v1/members/{member_id}/{suffix}",
+        headers=headers,
+        content=content,
         json=None if content is not None else body,
     )
 
@@ -70,18 +75,23 @@ async def test_unknown_member_is_404(member_with_points: MemberWithPoints) -> No
 
 
 async def test_malformed_member_id_is_a_client_error(member_with_points: MemberWithPoints) -> None:
-    response = await member_with_points.api.post("/v1/members/not-a-uuid/earn", PURCHASE, key=member_with_points.key)
+    response = await member_with_points.api.post(
+        "/v1/members/not-a-uuid/earn", PURCHASE, key=member_with_points.key
+    )
     assert 400 <= response.status_code < 500
     assert response.headers["content-type"].startswith("application/problem+json")
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer nope", "Basic abc", "Bearer"])
-async def test_missing_or_wrong_key_is_401(member_with_points: MemberWithPoints, authorization: str | None) -> None:
+async def test_missing_or_wrong_key_is_401(
+    member_with_points: MemberWithPoints, authorization: str | None
+) -> None:
     api = member_with_points.api
     headers = {"Idempotency-Key": "x"} | ({"Authorization": authorization} if authorization else {})
     position = await api.last_position()
-    response = await api.client.post(f"/v1/members/{member_with_points.member_id}/earn", json=PURCHASE,
-                                     headers=headers)
+    response = await api.client.post(
+        f"/v1/members/{member_with_points.member_id}/earn", json=PURCHASE, headers=headers
+    )
     assert response.status_code == 401
     assert response.headers["content-type"].startswith("application/problem+json")
     assert await api.last_position() == position
@@ -100,11 +110,13 @@ async def test_state_changing_post_needs_a_valid_idempotency_key(
     member_with_points: MemberWithPoints, idem: str | None
 ) -> None:
     api = member_with_points.api
-    headers = {"Authorization": f"Bearer {member_with_points.key}"} | ({"Idempotency-Key": idem} if idem is not None
-                                                                     else {})
+    headers = {"Authorization": f"Bearer {member_with_points.key}"} | (
+        {"Idempotency-Key": idem} if idem is not None else {}
+    )
     position = await api.last_position()
-    response = await api.client.post(f"/v1/members/{member_with_points.member_id}/redeem", json={"points": 1},
-                                     headers=headers)
+    response = await api.client.post(
+        f"/v1/members/{member_with_points.member_id}/redeem", json={"points": 1}, headers=headers
+    )
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["field"] == "Idempotency-Key"
     assert await api.last_position() == position
@@ -126,7 +138,9 @@ async def test_invalid_rules_are_refused_naming_each_field(member_with_points: M
     rules = (await api.get("/v1/program", key=hq)).json()["rules"]
     rules["tiers"][1]["threshold"] = 0
     rules["currency"] = "XXX"
-    response = await api.client.put("/v1/program/rules", json=rules, headers={"Authorization": f"Bearer {hq}"})
+    response = await api.client.put(
+        "/v1/program/rules", json=rules, headers={"Authorization": f"Bearer {hq}"}
+    )
     assert response.status_code == 422, response.text
     fields = {e["field"] for e in response.json()["errors"]}
     assert {"currency", "tiers[1].threshold"} <= fields

@@ -16,10 +16,14 @@ async def test_fifty_concurrent_redemptions_from_two_channels_never_overspend(
     keys = [member_with_points.key, app_key]
 
     # 50 redemptions of 30 points each: 1,500 asked for, 1,000 available.
-    responses = await asyncio.gather(*(
-        api.post(f"/v1/members/{member_id}/redeem", {"points": 30}, key=keys[i % 2], idem=uuid.uuid4().hex)
-        for i in range(50)
-    ))
+    responses = await asyncio.gather(
+        *(
+            api.post(
+                f"/v1/members/{member_id}/redeem", {"points": 30}, key=keys[i % 2], idem=uuid.uuid4().hex
+            )
+            for i in range(50)
+        )
+    )
 
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {201, 409}, statuses
@@ -45,11 +49,16 @@ async def test_concurrent_earns_for_many_members_all_commit_with_distinct_positi
     api, key = member_with_points.api, member_with_points.key
     members = [await api.enrol(key) for _ in range(10)]
 
-    responses = await asyncio.gather(*(
-        api.post(f"/v1/members/{members[i % 10]}/earn",
-                 {"order_ref": f"C-{i}", "amount": "10", "currency": "CNY"}, key=key)
-        for i in range(100)
-    ))
+    responses = await asyncio.gather(
+        *(
+            api.post(
+                f"/v1/members/{members[i % 10]}/earn",
+                {"order_ref": f"C-{i}", "amount": "10", "currency": "CNY"},
+                key=key,
+            )
+            for i in range(100)
+        )
+    )
 
     assert [r.status_code for r in responses] == [201] * 100
     positions = [r.json()["position"] for r in responses]

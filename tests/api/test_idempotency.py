@@ -50,8 +50,9 @@ async def test_same_key_from_another_channel_is_another_command(member_with_poin
     api, member_id = member_with_points.api, member_with_points.member_id
     app_key = await api.channel_key("app", ["read", "redeem"], kind="app")
 
-    pos_redeem = await api.post(f"/v1/members/{member_id}/redeem", {"points": 10}, key=member_with_points.key,
-                                idem="same")
+    pos_redeem = await api.post(
+        f"/v1/members/{member_id}/redeem", {"points": 10}, key=member_with_points.key, idem="same"
+    )
     app_redeem = await api.post(f"/v1/members/{member_id}/redeem", {"points": 10}, key=app_key, idem="same")
 
     assert pos_redeem.status_code == 201
@@ -80,7 +81,9 @@ async def test_an_order_earns_once_whichever_channel_sends_it(pos: Pos) -> None:
     assert await api.last_position() == position + 1  # only the second member's enrolment
 
 
-async def test_insufficient_points_is_refused_and_writes_nothing(member_with_points: MemberWithPoints) -> None:
+async def test_insufficient_points_is_refused_and_writes_nothing(
+    member_with_points: MemberWithPoints,
+) -> None:
     api, key, member_id = member_with_points.api, member_with_points.key, member_with_points.member_id
     position = await api.last_position()
 

@@ -13,8 +13,16 @@ from tests.api.conftest import Pos
 @pytest.mark.parametrize(
     ("kind", "stored", "forms"),
     [
-        ("phone", "+86 138 0013 8000", ["13800138000", "+8613800138000", "138-0013-8000", "(+86) 138 0013 8000"]),
-        ("email", "Li.Lei@Example.COM", ["li.lei@example.com", "  LI.LEI@example.com ", "Li.Lei@Example.COM"]),
+        (
+            "phone",
+            "+86 138 0013 8000",
+            ["13800138000", "+8613800138000", "138-0013-8000", "(+86) 138 0013 8000"],
+        ),
+        (
+            "email",
+            "Li.Lei@Example.COM",
+            ["li.lei@example.com", "  LI.LEI@example.com ", "Li.Lei@Example.COM"],
+        ),
     ],
 )
 async def test_any_format_of_an_identity_finds_the_same_member(
@@ -38,10 +46,12 @@ async def test_twenty_members_racing_for_one_identity_leave_exactly_one_owner(po
     api = pos.api
     members = [await api.enrol(pos.key) for _ in range(20)]
 
-    responses = await asyncio.gather(*(
-        api.post(f"/v1/members/{m}/identities", {"kind": "app_user", "value": "wanted-1"}, key=pos.key)
-        for m in members
-    ))
+    responses = await asyncio.gather(
+        *(
+            api.post(f"/v1/members/{m}/identities", {"kind": "app_user", "value": "wanted-1"}, key=pos.key)
+            for m in members
+        )
+    )
 
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [201] + [409] * 19, [r.text for r in responses if r.status_code not in (201, 409)]
@@ -53,10 +63,12 @@ async def test_twenty_members_racing_for_one_identity_leave_exactly_one_owner(po
 
 async def test_concurrent_enrolments_with_one_identity_create_one_member(pos: Pos) -> None:
     api = pos.api
-    responses = await asyncio.gather(*(
-        api.post("/v1/members", {"identities": [{"kind": "device", "value": "dev-42"}]}, key=pos.key)
-        for _ in range(10)
-    ))
+    responses = await asyncio.gather(
+        *(
+            api.post("/v1/members", {"identities": [{"kind": "device", "value": "dev-42"}]}, key=pos.key)
+            for _ in range(10)
+        )
+    )
     assert sorted(r.status_code for r in responses) == [201] + [409] * 9
 
 
@@ -65,12 +77,18 @@ async def test_unlinked_identity_is_free_again_but_the_last_one_stays(pos: Pos) 
     first = await api.enrol(pos.key, phone="+8613800000001")
     await api.post(f"/v1/members/{first}/identities", {"kind": "email", "value": "x@y.cn"}, key=pos.key)
 
-    unlinked = await api.post(f"/v1/members/{first}/identities/unlink", {"kind": "email", "value": "X@Y.cn"},
-                              key=pos.key)
-    last = await api.post(f"/v1/members/{first}/identities/unlink", {"kind": "phone", "value": "+8613800000001"},
-                          key=pos.key)
-    second = await api.post("/v1/members", {"identities": [{"kind": "email", "value": "x@y.cn"}]}, key=pos.key)
-    gone = await api.get("/v1/members/lookup", key=pos.key, params={"kind": "phone", "value": "+8613800000009"})
+    unlinked = await api.post(
+        f"/v1/members/{first}/identities/unlink", {"kind": "email", "value": "X@Y.cn"}, key=pos.key
+    )
+    last = await api.post(
+        f"/v1/members/{first}/identities/unlink", {"kind": "phone", "value": "+8613800000001"}, key=pos.key
+    )
+    second = await api.post(
+        "/v1/members", {"identities": [{"kind": "email", "value": "x@y.cn"}]}, key=pos.key
+    )
+    gone = await api.get(
+        "/v1/members/lookup", key=pos.key, params={"kind": "phone", "value": "+8613800000009"}
+    )
 
     assert unlinked.status_code == 201, unlinked.text
     assert [i["kind"] for i in unlinked.json()["identities"]] == ["phone"]
@@ -84,14 +102,22 @@ async def test_merge_adds_up_moves_identities_and_retires_the_source(pos: Pos) -
     api, key = pos.api, pos.key
     app_key = await api.channel_key("app", ["read", "earn", "redeem", "members"], kind="app")
     target = await api.enrol(key, phone="+8613900000001")
-    source_resp = await api.post("/v1/members", {"identities": [{"kind": "email", "value": "dup@x.cn"},
-                                                                 {"kind": "app_user", "value": "u-77"}]}, key=app_key)
+    source_resp = await api.post(
+        "/v1/members",
+        {"identities": [{"kind": "email", "value": "dup@x.cn"}, {"kind": "app_user", "value": "u-77"}]},
+        key=app_key,
+    )
     source = source_resp.json()["member_id"]
-    await api.post(f"/v1/members/{target}/earn", {"order_ref": "T-1", "amount": "300", "currency": "CNY"}, key=key)
-    await api.post(f"/v1/members/{source}/earn", {"order_ref": "S-1", "amount": "500", "currency": "CNY"},
-                   key=app_key)
+    await api.post(
+        f"/v1/members/{target}/earn", {"order_ref": "T-1", "amount": "300", "currency": "CNY"}, key=key
+    )
+    await api.post(
+        f"/v1/members/{source}/earn", {"order_ref": "S-1", "amount": "500", "currency": "CNY"}, key=app_key
+    )
     await api.post(f"/v1/members/{source}/redeem", {"points": 120}, key=app_key)
-    before = {m: (await api.get(f"/v1/members/{m}/balance", key=key)).json()["balance"] for m in (target, source)}
+    before = {
+        m: (await api.get(f"/v1/members/{m}/balance", key=key)).json()["balance"] for m in (target, source)
+    }
 
     merged = await api.post(f"/v1/members/{target}/merge", {"source_member_id": source}, key=key)
 
@@ -105,8 +131,9 @@ async def test_merge_adds_up_moves_identities_and_retires_the_source(pos: Pos) -
     view = (await api.get(f"/v1/members/{source}", key=key)).json()
     assert view["status"] == "merged"
     assert view["merged_into"] == target
-    refused = await api.post(f"/v1/members/{source}/earn", {"order_ref": "S-2", "amount": "5", "currency": "CNY"},
-                             key=app_key)
+    refused = await api.post(
+        f"/v1/members/{source}/earn", {"order_ref": "S-2", "amount": "5", "currency": "CNY"}, key=app_key
+    )
     assert refused.status_code == 409
     assert refused.json()["type"].endswith("/member_merged")
     assert refused.json()["merged_into"] == target
@@ -115,8 +142,9 @@ async def test_merge_adds_up_moves_identities_and_retires_the_source(pos: Pos) -
         history = (await api.get(f"/v1/members/{member_id}/history", key=key)).json()["events"]
         assert "members_merged" in [e["type"] for e in history]
     # The source's orders moved too: its order cannot earn again anywhere.
-    again = await api.post(f"/v1/members/{target}/earn", {"order_ref": "S-1", "amount": "500", "currency": "CNY"},
-                           key=key)
+    again = await api.post(
+        f"/v1/members/{target}/earn", {"order_ref": "S-1", "amount": "500", "currency": "CNY"}, key=key
+    )
     assert again.status_code == 409
 
     # A replay from zero (no cache, no snapshot) gives the same state.
@@ -129,7 +157,8 @@ async def test_merge_adds_up_moves_identities_and_retires_the_source(pos: Pos) -
     assert replayed is not None
     assert (await api.get(f"/v1/members/{target}/balance", key=key)).json()["balance"] == after
     retired = await repository.get(Member, UUID(source))
-    assert retired is not None and str(retired.merged_into) == target
+    assert retired is not None
+    assert str(retired.merged_into) == target
 
 
 async def test_merge_into_itself_or_into_a_merged_member_is_refused(pos: Pos) -> None:

@@ -9,8 +9,11 @@ async def test_enrol_earn_redeem_then_balance_and_history_agree(pos: Pos) -> Non
     api, key = pos.api, pos.key
 
     # Enrol with a phone number written the way a cashier types it.
-    enrolled = await api.post("/v1/members", {"identities": [{"kind": "phone", "value": "138 0013 8000"}],
-                                              "profile": {"name": "Li Lei"}}, key=key)
+    enrolled = await api.post(
+        "/v1/members",
+        {"identities": [{"kind": "phone", "value": "138 0013 8000"}], "profile": {"name": "Li Lei"}},
+        key=key,
+    )
     assert enrolled.status_code == 201, enrolled.text
     member = enrolled.json()
     member_id = member["member_id"]
@@ -19,8 +22,11 @@ async def test_enrol_earn_redeem_then_balance_and_history_agree(pos: Pos) -> Non
     assert member["balance"]["available"] == 0
 
     # Earn for a purchase of 128.50 CNY: 1 point per unit, rounded down.
-    earned = await api.post(f"/v1/members/{member_id}/earn",
-                            {"order_ref": "POS-0001", "amount": "128.50", "currency": "CNY"}, key=key)
+    earned = await api.post(
+        f"/v1/members/{member_id}/earn",
+        {"order_ref": "POS-0001", "amount": "128.50", "currency": "CNY"},
+        key=key,
+    )
     assert earned.status_code == 201, earned.text
     body = earned.json()
     assert body["points"] == 128
@@ -30,7 +36,9 @@ async def test_enrol_earn_redeem_then_balance_and_history_agree(pos: Pos) -> Non
     assert body["position"] > member["position"]
 
     # Redeem part of it.
-    redeemed = await api.post(f"/v1/members/{member_id}/redeem", {"points": 100, "reward_ref": "coffee"}, key=key)
+    redeemed = await api.post(
+        f"/v1/members/{member_id}/redeem", {"points": 100, "reward_ref": "coffee"}, key=key
+    )
     assert redeemed.status_code == 201, redeemed.text
     assert redeemed.json()["balance"]["available"] == 28
     assert redeemed.json()["balance"]["lifetime_redeemed"] == 100
@@ -46,7 +54,9 @@ async def test_enrol_earn_redeem_then_balance_and_history_agree(pos: Pos) -> Non
     assert [e["position"] for e in history] == sorted(e["position"] for e in history)
 
     # Any format of the same phone number finds the member.
-    found = await api.get("/v1/members/lookup", key=key, params={"kind": "phone", "value": "+86 138-0013-8000"})
+    found = await api.get(
+        "/v1/members/lookup", key=key, params={"kind": "phone", "value": "+86 138-0013-8000"}
+    )
     assert found.status_code == 200, found.text
     assert found.json()["member_id"] == member_id
 
@@ -54,11 +64,14 @@ async def test_enrol_earn_redeem_then_balance_and_history_agree(pos: Pos) -> Non
 async def test_balance_as_of_an_earlier_instant_is_replayed(pos: Pos) -> None:
     api, key = pos.api, pos.key
     member_id = await api.enrol(key)
-    first = await api.post(f"/v1/members/{member_id}/earn",
-                           {"order_ref": "A-1", "amount": "300", "currency": "CNY"}, key=key)
+    first = await api.post(
+        f"/v1/members/{member_id}/earn", {"order_ref": "A-1", "amount": "300", "currency": "CNY"}, key=key
+    )
     history = (await api.get(f"/v1/members/{member_id}/history", key=key)).json()["events"]
     after_first = history[-1]["recorded_at"]
-    await api.post(f"/v1/members/{member_id}/earn", {"order_ref": "A-2", "amount": "200", "currency": "CNY"}, key=key)
+    await api.post(
+        f"/v1/members/{member_id}/earn", {"order_ref": "A-2", "amount": "200", "currency": "CNY"}, key=key
+    )
 
     then = await api.get(f"/v1/members/{member_id}/balance", key=key, params={"as_of": after_first})
     now = await api.get(f"/v1/members/{member_id}/balance", key=key)
@@ -72,7 +85,9 @@ async def test_balance_as_of_an_earlier_instant_is_replayed(pos: Pos) -> None:
 async def test_award_needs_the_award_scope(pos: Pos) -> None:
     api = pos.api
     member_id = await api.enrol(pos.key)
-    refused = await api.post(f"/v1/members/{member_id}/earn", {"points": 50, "reason": "birthday"}, key=pos.key)
+    refused = await api.post(
+        f"/v1/members/{member_id}/earn", {"points": 50, "reason": "birthday"}, key=pos.key
+    )
     crm = await api.channel_key("crm", ["read", "award"], kind="internal")
     awarded = await api.post(f"/v1/members/{member_id}/earn", {"points": 50, "reason": "birthday"}, key=crm)
 
@@ -88,7 +103,8 @@ async def test_quote_writes_nothing(pos: Pos) -> None:
     member_id = await api.enrol(pos.key)
     before = await api.last_position()
     quote = await api.client.post(
-        "/v1/quotes/earn", json={"member_id": member_id, "order_ref": "Q-1", "amount": "99.99", "currency": "CNY"},
+        "/v1/quotes/earn",
+        json={"member_id": member_id, "order_ref": "Q-1", "amount": "99.99", "currency": "CNY"},
         headers={"Authorization": f"Bearer {pos.key}"},
     )
     assert quote.status_code == 200, quote.text
@@ -103,10 +119,13 @@ async def test_rules_change_applies_to_later_earns_and_old_versions_stay_readabl
     rules = program["rules"]
     rules["earn"]["points_per_unit"] = "2"
 
-    published = await api.client.put("/v1/program/rules", json=rules, headers={"Authorization": f"Bearer {admin}"})
+    published = await api.client.put(
+        "/v1/program/rules", json=rules, headers={"Authorization": f"Bearer {admin}"}
+    )
     member_id = await api.enrol(pos.key)
-    earned = await api.post(f"/v1/members/{member_id}/earn",
-                            {"order_ref": "R-1", "amount": "10", "currency": "CNY"}, key=pos.key)
+    earned = await api.post(
+        f"/v1/members/{member_id}/earn", {"order_ref": "R-1", "amount": "10", "currency": "CNY"}, key=pos.key
+    )
     old = await api.get("/v1/program/rules/1", key=admin)
 
     assert published.status_code == 200, published.text

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
-import pytest
 import pytest_asyncio
 
 from service.store.appender import (
@@ -29,8 +28,14 @@ from service.store.migrate import migrate
 
 
 def event(stream_id: uuid.UUID, version: int) -> NewEvent:
-    return NewEvent(stream_id=stream_id, stream_version=version, event_type="thing_happened",
-                    topic="tests:Thing", data=b"{}", occurred_at=datetime.now(UTC))
+    return NewEvent(
+        stream_id=stream_id,
+        stream_version=version,
+        event_type="thing_happened",
+        topic="tests:Thing",
+        data=b"{}",
+        occurred_at=datetime.now(UTC),
+    )
 
 
 @pytest_asyncio.fixture
@@ -68,7 +73,9 @@ async def test_two_instances_appending_at_once_get_gapless_positions_in_commit_o
         last = 0
         while True:
             finished = done.is_set()
-            rows = await pools[0].fetch("SELECT position FROM events WHERE position > $1 ORDER BY position", last)
+            rows = await pools[0].fetch(
+                "SELECT position FROM events WHERE position > $1 ORDER BY position", last
+            )
             for row in rows:
                 seen.append(row["position"])
                 last = row["position"]
@@ -79,8 +86,12 @@ async def test_two_instances_appending_at_once_get_gapless_positions_in_commit_o
     async def writer(appender: Appender, stream_id: uuid.UUID) -> None:
         for _ in range(25):
             versions[stream_id] += 1
-            await appender.append(AppendRequest(events=[event(stream_id, versions[stream_id])],
-                                                expected={stream_id: versions[stream_id] - 1}))
+            await appender.append(
+                AppendRequest(
+                    events=[event(stream_id, versions[stream_id])],
+                    expected={stream_id: versions[stream_id] - 1},
+                )
+            )
 
     follower = asyncio.create_task(reader())
     await asyncio.gather(*(writer(appenders[i % 2], s) for i, s in enumerate(streams)))
@@ -96,13 +107,17 @@ async def test_two_instances_appending_at_once_get_gapless_positions_in_commit_o
     assert all(v == list(range(1, 26)) for v in by_stream.values())
 
 
-async def test_racing_appends_at_the_same_version_one_wins_the_rest_conflict(appenders: list[Appender]) -> None:
+async def test_racing_appends_at_the_same_version_one_wins_the_rest_conflict(
+    appenders: list[Appender],
+) -> None:
     stream_id = uuid.uuid4()
     await appenders[0].append(AppendRequest(events=[event(stream_id, 1)], expected={stream_id: 0}))
 
     results = await asyncio.gather(
-        *(appenders[i % 2].append(AppendRequest(events=[event(stream_id, 2)], expected={stream_id: 1}))
-          for i in range(10)),
+        *(
+            appenders[i % 2].append(AppendRequest(events=[event(stream_id, 2)], expected={stream_id: 1}))
+            for i in range(10)
+        ),
         return_exceptions=True,
     )
 
@@ -142,18 +157,24 @@ async def test_a_request_failing_in_the_database_does_not_sink_its_batch(appende
 async def test_an_order_is_claimed_once_even_within_one_batch(appenders: list[Appender]) -> None:
     member_a, member_b = uuid.uuid4(), uuid.uuid4()
     results = await asyncio.gather(
-        appenders[0].append(AppendRequest(events=[event(member_a, 1)], expected={}, order_claims=[("O-1", member_a)])),
-        appenders[0].append(AppendRequest(events=[event(member_b, 1)], expected={}, order_claims=[("O-1", member_b)])),
+        appenders[0].append(
+            AppendRequest(events=[event(member_a, 1)], expected={}, order_claims=[("O-1", member_a)])
+        ),
+        appenders[0].append(
+            AppendRequest(events=[event(member_b, 1)], expected={}, order_claims=[("O-1", member_b)])
+        ),
         return_exceptions=True,
     )
     later = await asyncio.gather(
-        appenders[1].append(AppendRequest(events=[event(uuid.uuid4(), 1)], expected={},
-                                          order_claims=[("O-1", uuid.uuid4())])),
+        appenders[1].append(
+            AppendRequest(events=[event(uuid.uuid4(), 1)], expected={}, order_claims=[("O-1", uuid.uuid4())])
+        ),
         return_exceptions=True,
     )
 
     assert isinstance(results[0], Committed)
-    assert isinstance(results[1], OrderClaimed) and results[1].member_id == member_a
+    assert isinstance(results[1], OrderClaimed)
+    assert results[1].member_id == member_a
     assert isinstance(later[0], OrderClaimed)
 
 
@@ -161,32 +182,49 @@ async def test_an_identity_has_one_owner_across_instances(appenders: list[Append
     value_hash = random.randbytes(32)
     members = [uuid.uuid4() for _ in range(20)]
     results = await asyncio.gather(
-        *(appenders[i % 2].append(AppendRequest(events=[event(m, 1)], expected={m: 0},
-                                                identity_claims=[IdentityClaim("phone", value_hash, m)]))
-          for i, m in enumerate(members)),
+        *(
+            appenders[i % 2].append(
+                AppendRequest(
+                    events=[event(m, 1)],
+                    expected={m: 0},
+                    identity_claims=[IdentityClaim("phone", value_hash, m)],
+                )
+            )
+            for i, m in enumerate(members)
+        ),
         return_exceptions=True,
     )
     winners = [m for m, r in zip(members, results, strict=True) if isinstance(r, Committed)]
     assert len(winners) == 1
-    assert all(isinstance(r, IdentityClaimed) and r.member_id == winners[0]
-               for r in results if not isinstance(r, Committed))
+    assert all(
+        isinstance(r, IdentityClaimed) and r.member_id == winners[0]
+        for r in results
+        if not isinstance(r, Committed)
+    )
 
 
 async def test_idempotency_key_replays_or_refuses_even_within_one_batch(appenders: list[Appender]) -> None:
     def request(body_hash: bytes) -> AppendRequest:
         stream_id = uuid.uuid4()
         return AppendRequest(
-            events=[event(stream_id, 1)], expected={stream_id: 0},
-            idempotency=IdempotencyRecord("pos", "key-1", body_hash, 201, lambda p: f'{{"position":{p}}}'.encode()),
+            events=[event(stream_id, 1)],
+            expected={stream_id: 0},
+            idempotency=IdempotencyRecord(
+                "pos", "key-1", body_hash, 201, lambda p: f'{{"position":{p}}}'.encode()
+            ),
         )
 
     first, same, other = await asyncio.gather(
-        appenders[0].append(request(b"A")), appenders[0].append(request(b"A")), appenders[0].append(request(b"B")),
+        appenders[0].append(request(b"A")),
+        appenders[0].append(request(b"A")),
+        appenders[0].append(request(b"B")),
         return_exceptions=True,
     )
     again = await appenders[1].append(request(b"A"))
 
     assert isinstance(first, Committed)
-    assert isinstance(same, Replayed) and same.response == first.response
+    assert isinstance(same, Replayed)
+    assert same.response == first.response
     assert isinstance(other, IdempotencyKeyReused)
-    assert isinstance(again, Replayed) and again.response == first.response
+    assert isinstance(again, Replayed)
+    assert again.response == first.response

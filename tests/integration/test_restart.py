@@ -54,7 +54,8 @@ class Service:
     async def ready(self) -> None:
         async with httpx.AsyncClient() as client:
             for _ in range(300):
-                assert self.process is not None and self.process.poll() is None, self.log.read_text()
+                assert self.process is not None
+                assert self.process.poll() is None, self.log.read_text()
                 try:
                     if (await client.get(f"{self.url}/health/ready")).status_code == 200:
                         return
@@ -83,8 +84,11 @@ async def test_sigterm_with_requests_in_flight_loses_nothing(service: Service) -
     await service.ready()
     auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
     async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
-        enrolled = await client.post("/v1/members", json={"identities": [{"kind": "app_user", "value": "u-1"}]},
-                                     headers=auth | {"Idempotency-Key": "enrol-1"})
+        enrolled = await client.post(
+            "/v1/members",
+            json={"identities": [{"kind": "app_user", "value": "u-1"}]},
+            headers=auth | {"Idempotency-Key": "enrol-1"},
+        )
         assert enrolled.status_code == 201, enrolled.text
         member_id = enrolled.json()["member_id"]
 
@@ -112,20 +116,27 @@ async def test_sigterm_with_requests_in_flight_loses_nothing(service: Service) -
     service.start()
     await service.ready()
     async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
-        history = (await client.get(f"/v1/members/{member_id}/history", params={"limit": 1000},
-                                    headers=auth)).json()["events"]
+        history = (
+            await client.get(f"/v1/members/{member_id}/history", params={"limit": 1000}, headers=auth)
+        ).json()["events"]
         earned = {e["event_id"] for e in history if e["type"] == "points_earned"}
         # Every acknowledged earn survived the restart.
         assert len(earned) >= len(acknowledged)
         # Retrying everything with the same keys makes each earn count exactly once.
-        retried = [await client.post(f"/v1/members/{member_id}/earn",
-                                     json={"order_ref": f"R-{i}", "amount": "10", "currency": "CNY"},
-                                     headers=auth | {"Idempotency-Key": f"earn-{i}"}) for i in range(200)]
+        retried = [
+            await client.post(
+                f"/v1/members/{member_id}/earn",
+                json={"order_ref": f"R-{i}", "amount": "10", "currency": "CNY"},
+                headers=auth | {"Idempotency-Key": f"earn-{i}"},
+            )
+            for i in range(200)
+        ]
         assert all(r.status_code == 201 for r in retried), [r.text for r in retried if r.status_code != 201]
         assert all(retried[i].headers.get("idempotent-replayed") == "true" for i in acknowledged)
         balance = (await client.get(f"/v1/members/{member_id}/balance", headers=auth)).json()["balance"]
-        history = (await client.get(f"/v1/members/{member_id}/history", params={"limit": 1000},
-                                    headers=auth)).json()["events"]
+        history = (
+            await client.get(f"/v1/members/{member_id}/history", params={"limit": 1000}, headers=auth)
+        ).json()["events"]
     assert len([e for e in history if e["type"] == "points_earned"]) == 200
     assert balance["lifetime_earned"] == sum(r.json()["points"] for r in retried)
     assert service.terminate() == 0
@@ -137,18 +148,27 @@ async def test_restart_keeps_members_keys_and_rules(service: Service) -> None:
     auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
     async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
         await client.post("/v1/channels", json={"id": "app", "name": "App", "kind": "app"}, headers=auth)
-        key = (await client.post("/v1/api-keys", json={"channel": "app", "scopes": ["read", "members"]},
-                                 headers=auth)).json()["key"]
-        member = await client.post("/v1/members", json={"identities": [{"kind": "email", "value": "A@B.cn"}]},
-                                   headers={"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex})
+        key = (
+            await client.post(
+                "/v1/api-keys", json={"channel": "app", "scopes": ["read", "members"]}, headers=auth
+            )
+        ).json()["key"]
+        member = await client.post(
+            "/v1/members",
+            json={"identities": [{"kind": "email", "value": "A@B.cn"}]},
+            headers={"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex},
+        )
         assert member.status_code == 201
     assert service.terminate() == 0
 
     service.start()
     await service.ready()
     async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
-        found = await client.get("/v1/members/lookup", params={"kind": "email", "value": " a@b.CN "},
-                                 headers={"Authorization": f"Bearer {key}"})
+        found = await client.get(
+            "/v1/members/lookup",
+            params={"kind": "email", "value": " a@b.CN "},
+            headers={"Authorization": f"Bearer {key}"},
+        )
     assert found.status_code == 200, found.text
     assert found.json()["member_id"] == member.json()["member_id"]
     assert service.terminate() == 0

@@ -19,11 +19,14 @@ SOURCE_ID = UUID("00000000-0000-4000-8000-000000000002")
 
 def app_member() -> Member:
     """The same person, enrolled again in the app with an e-mail address."""
-    member = Member.enrol(
-        member_id=SOURCE_ID, identities=[normalise_identity("email", "Li.Lei@Example.com")], profile=None,
-        channel="app", at=T0, rules=DEFAULT_RULES,
+    return Member.enrol(
+        member_id=SOURCE_ID,
+        identities=[normalise_identity("email", "Li.Lei@Example.com")],
+        profile=None,
+        channel="app",
+        at=T0,
+        rules=DEFAULT_RULES,
     )
-    return member
 
 
 def test_merge_moves_lots_totals_identities_and_retires_the_source() -> None:
@@ -106,8 +109,12 @@ def test_merge_is_refused_while_the_source_has_open_holds() -> None:
 
 def test_both_sides_of_a_merge_replay_to_the_same_state_through_the_transcoder() -> None:
     target = Member.enrol(
-        member_id=UUID(int=1), identities=[normalise_identity("phone", "138 1234 5678")], profile=None,
-        channel="pos", at=T0, rules=DEFAULT_RULES,
+        member_id=UUID(int=1),
+        identities=[normalise_identity("phone", "138 1234 5678")],
+        profile=None,
+        channel="pos",
+        at=T0,
+        rules=DEFAULT_RULES,
     )
     buy(target, "300", order_ref="POS-1")
     source = app_member()
