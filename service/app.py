@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -44,7 +45,7 @@ def _request_logging(app: ASGIApp) -> ASGIApp:
             return
         started = time.perf_counter()
         headers = dict(scope.get("headers") or [])
-        request_id_var.set((headers.get(b"x-request-id") or b"").decode("latin-1")[:100] or None)
+        request_id_var.set((headers.get(b"x-request-id") or b"").decode("latin-1")[:100] or uuid.uuid4().hex)
         channel_var.set(None)
         member_id_var.set(None)
         status = 500
@@ -59,19 +60,24 @@ def _request_logging(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send_wrapper)
         finally:
             user = scope.get("user")
-            if user is not None:
-                channel_var.set(getattr(user, "channel", None))
             member_id = (scope.get("path_params") or {}).get("member_id")
-            if member_id is not None:
-                member_id_var.set(str(member_id))
+            ids = {
+                "request_id": request_id_var.get(),
+                "channel": getattr(user, "channel", None),
+                "member_id": None if member_id is None else str(member_id),
+            }
             level = logging.WARNING if status >= 500 else logging.INFO
             log.log(
                 level,
                 "%s %s %d",
                 scope["method"],
-                scope["path"],
+                scope["path"],  # never the query string: lookups carry identities there
                 status,
-                extra={"status": status, "duration_ms": round((time.perf_counter() - started) * 1000, 2)},
+                extra={
+                    **{k: v for k, v in ids.items() if v is not None},
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                },
             )
 
     return middleware

@@ -21,14 +21,24 @@ member_id_var: ContextVar[str | None] = ContextVar("member_id", default=None)
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
+class RequestContextFilter(logging.Filter):
+    """Copies the current request's ids onto each record when it is logged (not when it is
+    formatted, which may happen elsewhere)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, var in (
+            ("request_id", request_id_var),
+            ("channel", channel_var),
+            ("member_id", member_id_var),
+        ):
+            value = var.get()
+            if value is not None and not hasattr(record, name):
+                setattr(record, name, value)
+        return True
+
+
 def _context(record: logging.LogRecord) -> dict[str, Any]:
-    fields: dict[str, Any] = {}
-    for name, var in (("request_id", request_id_var), ("channel", channel_var), ("member_id", member_id_var)):
-        value = var.get()
-        if value is not None:
-            fields[name] = value
-    fields.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")})
-    return fields
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):
@@ -62,6 +72,7 @@ def configure_logging(fmt: str = "auto", level: int = logging.INFO) -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if use_json else ConsoleFormatter())
+    handler.addFilter(RequestContextFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -17,6 +17,7 @@ from litestar.middleware.base import DefineMiddleware
 
 from service.handlers.context import CommandContext
 from service.handlers.errors import InvalidInput
+from service.logs import channel_var, request_id_var
 from service.services import Services
 from service.store.access import Principal
 
@@ -38,6 +39,7 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
         principal = await services.access.authenticate(key.strip())
         if principal is None:
             raise NotAuthorizedException("the API key is not valid")
+        channel_var.set(principal.channel)
         return AuthenticationResult(user=principal, auth=key)
 
 
@@ -79,7 +81,7 @@ async def command_context(request: Request[Principal, Any, Any]) -> CommandConte
     for part in (request.method.encode(), request.url.path.encode(), body):
         digest.update(len(part).to_bytes(8, "big"))
         digest.update(part)
-    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    request_id = request_id_var.get() or request.headers.get("x-request-id") or uuid.uuid4().hex
     return CommandContext(
         channel=principal.channel,
         api_key_id=str(principal.key_id),

@@ -37,8 +37,10 @@ class Api:
         headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": idem or uuid.uuid4().hex}
         return await self.client.post(path, json=body, headers=headers, **kw)
 
-    async def get(self, path: str, *, key: str, **kw: Any) -> Any:
-        return await self.client.get(path, headers={"Authorization": f"Bearer {key}"}, **kw)
+    async def get(self, path: str, *, key: str, headers: dict[str, str] | None = None, **kw: Any) -> Any:
+        return await self.client.get(
+            path, headers={"Authorization": f"Bearer {key}", **(headers or {})}, **kw
+        )
 
     async def channel_key(self, channel: str, scopes: list[str], kind: str = "pos") -> str:
         """Register a channel (if new) and return a fresh API key for it."""
