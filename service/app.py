@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -26,6 +26,7 @@ from service.api.program import ProgramController
 from service.config import Settings
 from service.handlers.program import ensure_program
 from service.logs import channel_var, member_id_var, request_id_var
+from service.metrics import CONTENT_TYPE, Metrics, appender_metrics
 from service.services import Services, open_services
 
 log = logging.getLogger("service.requests")
@@ -36,60 +37,81 @@ def _services(state: State) -> Services:
     return services
 
 
-def _request_logging(app: ASGIApp) -> ASGIApp:
-    """One log line per request: method, route, status, duration, ids — never bodies or queries."""
+def _observe(metrics: Metrics, *, log_requests: bool) -> Any:
+    """Middleware: one log line and one metrics sample per request (method, route, status,
+    duration, ids) — never bodies or query strings."""
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        headers = dict(scope.get("headers") or [])
-        request_id_var.set((headers.get(b"x-request-id") or b"").decode("latin-1")[:100] or uuid.uuid4().hex)
-        channel_var.set(None)
-        member_id_var.set(None)
-        status = 500
+    def factory(app: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            headers = dict(scope.get("headers") or [])
+            request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:100] or uuid.uuid4().hex
+            request_id_var.set(request_id)
+            channel_var.set(None)
+            member_id_var.set(None)
+            status = 500
 
-        async def send_wrapper(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+            async def send_wrapper(message: Any) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
 
-        try:
-            await app(scope, receive, send_wrapper)
-        finally:
-            user = scope.get("user")
-            member_id = (scope.get("path_params") or {}).get("member_id")
-            ids = {
-                "request_id": request_id_var.get(),
-                "channel": getattr(user, "channel", None),
-                "member_id": None if member_id is None else str(member_id),
-            }
-            level = logging.WARNING if status >= 500 else logging.INFO
-            log.log(
-                level,
-                "%s %s %d",
-                scope["method"],
-                scope["path"],  # never the query string: lookups carry identities there
-                status,
-                extra={
-                    **{k: v for k, v in ids.items() if v is not None},
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                },
-            )
+            try:
+                await app(scope, receive, send_wrapper)
+            finally:
+                seconds = time.perf_counter() - started
+                route = scope.get("path_template") or "unmatched"
+                metrics.observe_request(scope["method"], route, status, seconds)
+                if log_requests:
+                    _log_request(scope, status, seconds, request_id)
 
-    return middleware
+        return middleware
+
+    return factory
+
+
+def _log_request(scope: Scope, status: int, seconds: float, request_id: str) -> None:
+    user = scope.get("user")
+    member_id = (scope.get("path_params") or {}).get("member_id")
+    ids = {
+        "request_id": request_id,
+        "channel": getattr(user, "channel", None),
+        "member_id": None if member_id is None else str(member_id),
+    }
+    log.log(
+        logging.WARNING if status >= 500 else logging.INFO,
+        "%s %s %d",
+        scope["method"],
+        scope["path"],  # never the query string: lookups carry identities there
+        status,
+        extra={
+            **{k: v for k, v in ids.items() if v is not None},
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+        },
+    )
+
+
+@get("/metrics", include_in_schema=False, sync_to_thread=False)
+def metrics_endpoint(state: State) -> Response[bytes]:
+    """Prometheus exposition (public, like /health: it holds no personal data)."""
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
 def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
     """Build the app; its lifespan opens the services (pool, appender, NATS) and closes them."""
 
+    metrics = Metrics()
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_services(settings) as services:
             await ensure_program(services)
+            metrics.watch(lambda: appender_metrics(services.appender))
             app.state.services = services
             yield
 
@@ -100,10 +122,12 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
             ProgramController,
             AccessController,
             HealthController,
+            metrics_endpoint,
         ],
+        state=State({"metrics": metrics}),
         lifespan=[lifespan],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
-        middleware=[authentication, *([_request_logging] if log_requests else [])],
+        middleware=[_observe(metrics, log_requests=log_requests), authentication],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
             title="Loyalty ledger",

@@ -155,6 +155,11 @@ class Appender:
         self.batches = 0
         self.appended = 0
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for the writer (a gauge for /metrics)."""
+        return self._queue.qsize()
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="appender")
 

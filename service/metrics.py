@@ -1,0 +1,68 @@
+"""Prometheus metrics: HTTP requests, appends, and the followers of the log (relay, projections).
+
+Request metrics are counted by the request middleware; the rest are read from the running
+components at scrape time, so a scrape always reports current positions and lags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    """One registry per app (tests build several apps in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "loyalty_http_requests",
+            "HTTP requests by route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "loyalty_http_request_duration_seconds",
+            "HTTP request duration by route template.",
+            ["method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    def watch(self, read: Callable[[], Iterable[Metric]]) -> None:
+        """Report what `read` yields at each scrape."""
+        self.registry.register(_Reader(read))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Reader(Collector):
+    def __init__(self, read: Callable[[], Iterable[Metric]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self._read())
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+def appender_metrics(appender: Any) -> Iterable[Metric]:
+    batches = CounterMetricFamily("loyalty_append_batches", "Group-commit transactions committed.")
+    batches.add_metric([], appender.batches)
+    events = CounterMetricFamily("loyalty_appended_events", "Events appended by this instance.")
+    events.add_metric([], appender.appended)
+    queued = GaugeMetricFamily("loyalty_append_queue", "Append requests waiting for the writer.")
+    queued.add_metric([], appender.queued)
+    return [batches, events, queued]

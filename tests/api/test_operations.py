@@ -1,0 +1,30 @@
+"""What an SRE looks at: liveness, readiness, metrics."""
+
+from __future__ import annotations
+
+from tests.api.conftest import Pos
+
+
+async def test_health_and_metrics_are_public_and_report_the_service(pos: Pos) -> None:
+    api = pos.api
+    member_id = await api.enrol(pos.key)
+    await api.post(
+        f"/v1/members/{member_id}/earn", {"order_ref": "M-1", "amount": "5", "currency": "CNY"}, key=pos.key
+    )
+
+    live = await api.client.get("/health/live")
+    ready = await api.client.get("/health/ready")
+    metrics = await api.client.get("/metrics")
+
+    assert live.status_code == 200
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"]["database"]["ok"] is True
+    assert ready.json()["checks"]["database"]["position"] == await api.last_position()
+    assert metrics.status_code == 200
+    text = metrics.text
+    assert (
+        'loyalty_http_requests_total{method="POST",route="/v1/members/{member_id}/earn",status="201"} 1.0'
+        in text
+    )
+    assert "loyalty_appended_events_total" in text
+    assert "loyalty_append_queue 0.0" in text
