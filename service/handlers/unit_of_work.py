@@ -19,6 +19,7 @@ from uuid import UUID, uuid4
 import msgspec
 from eventsourcing.persistence import StoredEvent
 
+from domain.errors import DomainError
 from domain.events import event_type
 from domain.identities import Identity
 from domain.member import Member
@@ -156,11 +157,12 @@ async def execute(
     *,
     status: int = 201,
 ) -> Reply:
-    """Run a command to completion: replay its first answer, or decide and append it."""
-    if ctx.idempotency_key is not None:
-        replay = await services.idempotency.lookup(ctx.channel, ctx.idempotency_key, ctx.request_hash)
-        if replay is not None:
-            return Reply(replay.status, replay.response, replayed=True)
+    """Run a command to completion: decide and append it, or replay its first answer.
+
+    The idempotency key is looked up only when the decision is refused (a retried redemption
+    may no longer fit the balance; a retried earn finds its order taken): on the happy path the
+    appender checks it under the append lock, which costs no extra round trip.
+    """
     repository = services.repository
     for attempt in range(MAX_ATTEMPTS):
         async with repository.locked(streams):
@@ -169,19 +171,21 @@ async def execute(
                 render = await decide(uow)
                 outcome = await services.appender.append(uow.request(render, status))
             except StreamConflict:
-                for aggregate in uow.aggregates():
-                    repository.forget(aggregate.id)
+                _forget(repository, uow, changed_only=False)
                 conflict = True
+            except DomainError:
+                _forget(repository, uow, changed_only=True)
+                replay = await _first_answer(services, ctx)
+                if replay is not None:
+                    return replay
+                raise
             except BaseException:
-                # The cached copies hold changes that were not committed.
-                for aggregate in uow.aggregates():
-                    repository.forget(aggregate.id)
+                _forget(repository, uow, changed_only=False)
                 raise
             else:
                 conflict = False
                 if isinstance(outcome, Replayed):
-                    for aggregate in uow.aggregates():
-                        repository.forget(aggregate.id)
+                    _forget(repository, uow, changed_only=False)
                     return Reply(outcome.status, outcome.response, replayed=True)
                 for aggregate in uow.aggregates():
                     repository.keep(aggregate)
@@ -193,3 +197,18 @@ async def execute(
             # Another instance changed the stream: back off a little, with jitter, and retry.
             await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311
     raise Busy("the member is being changed by many commands at once; retry")
+
+
+def _forget(repository: Any, uow: UnitOfWork, *, changed_only: bool) -> None:
+    """Drop cached aggregates that may hold changes that were not committed (or are stale)."""
+    for aggregate in uow.aggregates():
+        if not changed_only or aggregate.pending_events:
+            repository.forget(aggregate.id)
+
+
+async def _first_answer(services: Services, ctx: CommandContext) -> Reply | None:
+    """The recorded answer to this idempotency key, if the command already succeeded once."""
+    if ctx.idempotency_key is None:
+        return None
+    replay = await services.idempotency.lookup(ctx.channel, ctx.idempotency_key, ctx.request_hash)
+    return None if replay is None else Reply(replay.status, replay.response, replayed=True)
