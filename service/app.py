@@ -23,10 +23,11 @@ from service.api.health import HealthController
 from service.api.ledger import LedgerController
 from service.api.members import MembersController
 from service.api.program import ProgramController
+from service.bus.asyncapi import asyncapi_document
 from service.config import Settings
 from service.handlers.program import ensure_program
 from service.logs import channel_var, member_id_var, request_id_var
-from service.metrics import CONTENT_TYPE, Metrics, appender_metrics
+from service.metrics import CONTENT_TYPE, Metrics, appender_metrics, relay_metrics
 from service.services import Services, open_services
 
 log = logging.getLogger("service.requests")
@@ -96,6 +97,13 @@ def _log_request(scope: Scope, status: int, seconds: float, request_id: str) -> 
     )
 
 
+@get("/asyncapi.json", include_in_schema=False, sync_to_thread=False)
+def asyncapi_endpoint(state: State) -> dict[str, Any]:
+    """The AsyncAPI 3 document of the events on NATS (also committed as docs/asyncapi.json)."""
+    document: dict[str, Any] = state.asyncapi
+    return document
+
+
 @get("/metrics", include_in_schema=False, sync_to_thread=False)
 def metrics_endpoint(state: State) -> Response[bytes]:
     """Prometheus exposition (public, like /health: it holds no personal data)."""
@@ -112,6 +120,9 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
         async with open_services(settings) as services:
             await ensure_program(services)
             metrics.watch(lambda: appender_metrics(services.appender))
+            if services.relay is not None:
+                relay = services.relay
+                metrics.watch(lambda: relay_metrics(relay))
             app.state.services = services
             yield
 
@@ -123,8 +134,14 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
             AccessController,
             HealthController,
             metrics_endpoint,
+            asyncapi_endpoint,
         ],
-        state=State({"metrics": metrics}),
+        state=State(
+            {
+                "metrics": metrics,
+                "asyncapi": asyncapi_document(settings, subject_prefix=settings.subject_prefix),
+            }
+        ),
         lifespan=[lifespan],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         middleware=[_observe(metrics, log_requests=log_requests), authentication],

@@ -24,6 +24,7 @@ class Settings:
     stream_name: str = "LOYALTY"
     stream_replicas: int = 1
     stream_max_age_days: int = 0  # 0 = keep forever
+    subject_prefix: str = "loyalty.events"
 
     @property
     def embedded(self) -> bool:
@@ -67,4 +68,5 @@ def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
         stream_name=get("LOYALTY_STREAM_NAME") or "LOYALTY",
         stream_replicas=_int("LOYALTY_STREAM_REPLICAS", 1),
         stream_max_age_days=_int("LOYALTY_STREAM_MAX_AGE_DAYS", 0),
+        subject_prefix=get("LOYALTY_SUBJECT_PREFIX") or "loyalty.events",
     )

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -66,3 +66,28 @@ def appender_metrics(appender: Any) -> Iterable[Metric]:
     queued = GaugeMetricFamily("loyalty_append_queue", "Append requests waiting for the writer.")
     queued.add_metric([], appender.queued)
     return [batches, events, queued]
+
+
+def relay_metrics(relay: Any) -> Iterable[Metric]:
+    status = relay.status()
+    gauges = {
+        "loyalty_relay_active": ("1 when this instance is the active relay.", int(status.active)),
+        "loyalty_relay_nats_connected": ("1 when connected to NATS.", int(status.nats_connected)),
+        "loyalty_relay_position": ("Last position published to JetStream.", status.published_position),
+        "loyalty_relay_head_position": ("Last position in the event log.", status.head_position),
+        "loyalty_relay_lag_events": ("Committed events not yet published.", status.lag_events),
+        "loyalty_relay_lag_seconds": ("Age of the oldest unpublished event.", status.lag_seconds),
+    }
+    for name, (doc, value) in gauges.items():
+        gauge = GaugeMetricFamily(name, doc)
+        gauge.add_metric([], value)
+        yield gauge
+    published = CounterMetricFamily("loyalty_relay_published", "Events published by this instance.")
+    published.add_metric([], status.published)
+    yield published
+    latency = HistogramMetricFamily(
+        "loyalty_relay_commit_to_ack_seconds", "From an event's commit to its JetStream acknowledgement."
+    )
+    buckets = [(str(bound), count) for bound, count in status.ack_latency_buckets]
+    latency.add_metric([], [*buckets, ("+Inf", status.ack_latency_count)], status.ack_latency_sum)
+    yield latency

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from service.bus.connection import NatsConnection
+from service.bus.relay import Relay
 from service.config import Settings
 from service.store.access import Access
 from service.store.appender import Appender
@@ -36,6 +37,7 @@ class Services:
     idempotency: IdempotencyRecords
     access: Access
     nats: NatsConnection | None
+    relay: Relay | None
 
 
 def master_key(settings: Settings) -> bytes:
@@ -63,8 +65,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         appender = Appender(pool)
         await appender.start()
         bus = NatsConnection(settings.nats_url) if settings.nats_url else None
+        relay = None
         if bus is not None:
             await bus.start()
+            relay = Relay(store, bus, settings, subject_prefix=settings.subject_prefix)
+            await relay.start()
         services = Services(
             settings=settings,
             pool=pool,
@@ -75,6 +80,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             idempotency=IdempotencyRecords(pool),
             access=Access(pool),
             nats=bus,
+            relay=relay,
         )
         try:
             if settings.admin_key:
@@ -82,6 +88,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             yield services
         finally:
             await appender.stop()
+            if relay is not None:
+                await relay.stop()  # publishes what was just committed, if that is quick
             if bus is not None:
                 await bus.close()
     finally:

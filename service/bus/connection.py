@@ -36,13 +36,17 @@ class NatsConnection:
         while True:
             try:
                 self.client = await nats.connect(
-                    self.url, name="loyalty-ledger", max_reconnect_attempts=-1, reconnect_time_wait=1,
-                    connect_timeout=2, allow_reconnect=True,
+                    self.url,
+                    name="loyalty-ledger",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    connect_timeout=2,
+                    allow_reconnect=True,
                 )
                 self.connected.set()
                 log.info("connected to NATS")
                 return
-            except Exception as exc:  # noqa: BLE001 - any failure: retry, the service keeps serving
+            except Exception as exc:
                 log.warning("NATS unreachable; retrying", extra={"error": type(exc).__name__})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -1,0 +1,663 @@
+"""The relay: publishes every committed event, in position order, to the JetStream stream.
+
+PostgreSQL is the source of truth and NATS the broadcast. Commands never wait for the relay:
+it follows the log (`events` by position) and publishes behind it, so while NATS is down the
+events wait in the log and go out, in order, when it returns.
+
+- One relay is active across all instances: the one holding a session-level advisory lock on
+  its own connection. The others retry the lock every second; if the leader's connection dies,
+  its session (and lock) ends and a standby takes over.
+- How far the stream holds the log is kept in `tracking` under the name "relay", written on the
+  lock connection (a relay that lost its lock cannot write it) only once every acknowledgement
+  of a batch is in. A crash in between republishes the batch: each message carries
+  `Nats-Msg-Id` = event id and the stream's de-duplication window absorbs the repeats.
+- Before publishing (on taking the lead, and again after any failure or NATS reconnection) the
+  relay lines up with the stream: when the stream's last message is the log's event at its
+  position, it continues right after it. That skips what a crashed relay published but did not
+  record (even after the de-duplication window), and republishes a tail that NATS acknowledged
+  and then lost (an acknowledgement is weaker than a PostgreSQL commit).
+- Many publishes are in flight at once: a sender task reads and sends batches while the main
+  task awaits their acknowledgements, oldest first, each bounded by a timeout (nats-py #985: a
+  future may never complete). Every message but the first of a run carries
+  `Nats-Expected-Last-Msg-Id` = the previous event id, so the stream only ever holds an
+  in-order prefix of the log: if one message is lost (a disconnection), every later one is
+  refused rather than stored out of order, and the run restarts from the first event not
+  acknowledged. (The stream checks de-duplication before that header, so repeats still succeed.)
+- It wakes on LISTEN `loyalty_events` (sent by the appender at commit) and polls every second
+  as well, so a lost notification costs at most a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import APIError, NotFoundError
+
+from service.config import Settings
+from service.store.appender import NOTIFY_CHANNEL
+from service.store.event_store import EventStore, RecordedEvent
+
+from . import cloudevents
+from .connection import NatsConnection
+
+log = logging.getLogger(__name__)
+
+RELAY_LOCK = 0x4C45444745520002  # "LEDGER" + 2: one active relay per database
+TRACKING_NAME = "relay"
+# Long enough to absorb a crash and retry; JetStream requires it to be at most max_age.
+DUPLICATE_WINDOW_S = 3600.0
+STREAM_NAME_IN_USE = 10058  # "stream name already in use with a different configuration"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStatus:
+    """A snapshot of the relay, for /metrics and /health/ready.
+
+    `ack_latency_*`: from an event's `recorded_at` (the start of its transaction, so the commit
+    itself is included) to its JetStream acknowledgement, in seconds, for events this instance
+    published: p50/p99 over the last 10,000, and a cumulative histogram since start
+    (Prometheus shape: (upper bound, count) pairs; `+Inf` is `ack_latency_count`).
+    """
+
+    active: bool
+    nats_connected: bool
+    published_position: int
+    head_position: int
+    lag_events: int
+    lag_seconds: float
+    published: int
+    duplicates: int
+    ack_latency_p50: float | None
+    ack_latency_p99: float | None
+    ack_latency_buckets: tuple[tuple[float, int], ...]
+    ack_latency_sum: float
+    ack_latency_count: int
+    last_error: str | None
+
+
+class _Position(msgspec.Struct):
+    position: int
+
+
+@dataclass(slots=True)
+class _Sent:
+    """A batch handed to NATS: a future per message sent, and why sending stopped early."""
+
+    batch: Sequence[RecordedEvent]
+    futures: list[asyncio.Future[PubAck]]
+    error: str | None
+    reconnects: int = 0  # the client's reconnection count when sent
+
+
+# Sent batches, in order; an exception (the sender failed) or None (stopping, all sent).
+_Queue = asyncio.Queue[_Sent | BaseException | None]
+
+
+class LeadershipLost(Exception):
+    """The lock connection is gone: this relay is no longer the active one."""
+
+
+class Relay:
+    """Follows the event log and publishes it to JetStream; see the module docstring."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        nats: NatsConnection,
+        settings: Settings,
+        *,
+        subject_prefix: str = cloudevents.DEFAULT_SUBJECT_PREFIX,
+        source: str = cloudevents.DEFAULT_SOURCE,
+        batch_size: int = 500,
+        max_inflight_batches: int = 4,
+        poll_interval: float = 1.0,
+        standby_interval: float = 1.0,
+        ack_timeout: float = 5.0,
+    ) -> None:
+        if settings.database_url is None:
+            raise ValueError("database_url is not set")
+        self._store = store
+        self._reader = store
+        self._nats = nats
+        self._database_url = settings.database_url
+        self.stream_name = settings.stream_name
+        self.subject_prefix = subject_prefix
+        self._replicas = settings.stream_replicas
+        self._max_age_s = settings.stream_max_age_days * 86400.0
+        self._source = source
+        self._batch_size = batch_size
+        self._max_inflight_batches = max_inflight_batches
+        self._poll_interval = poll_interval
+        self._standby_interval = standby_interval
+        self._ack_timeout = ack_timeout
+
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._client: Any = None
+        self._js: JetStreamContext | None = None
+        self._stream_ready = False
+
+        self._active = False
+        self._published_position = 0
+        self._head = 0
+        # recorded_at of the oldest unpublished event: that of each batch in flight, oldest
+        # first; else as last seen (a partly acknowledged batch, a standby's query).
+        self._unacked: deque[datetime] = deque()
+        self._pending_since: datetime | None = None
+        self._published = 0
+        self._duplicates = 0
+        self._latencies: deque[float] = deque(maxlen=10_000)
+        self._bucket_counts = [0] * len(LATENCY_BUCKETS)
+        self._latency_sum = 0.0
+        self._latency_count = 0
+        self._last_error: str | None = None
+
+        # Test hooks. `before_record` is awaited with the position a batch reached, after all
+        # its acknowledgements and before that position is recorded (a crash there is what
+        # de-duplication covers). `align_with_stream = False` trusts `tracking` alone, so that
+        # tests can show the stream's de-duplication absorbing a republished batch.
+        self.before_record: Callable[[int], Awaitable[None]] | None = None
+        self.align_with_stream = True
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start following the log in the background (active or standby)."""
+        self._stopping.clear()
+        self._task = asyncio.create_task(self._run(), name="relay")
+
+    async def stop(self, *, drain_timeout: float = 2.0) -> None:
+        """Stop: publish what is already committed if that is quick, then give up the lead."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        self._wake.set()
+        task, self._task = self._task, None
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=drain_timeout)
+        except TimeoutError:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def status(self) -> RelayStatus:
+        """Where the relay is; no I/O (a standby refreshes it from the database every second)."""
+        lag = max(0, self._head - self._published_position)
+        lag_seconds = 0.0
+        oldest = self._unacked[0] if self._unacked else self._pending_since
+        if lag and oldest is not None:
+            lag_seconds = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        recent = sorted(self._latencies)
+        cumulative, total = [], 0
+        for bound, count in zip(LATENCY_BUCKETS, self._bucket_counts, strict=True):
+            total += count
+            cumulative.append((bound, total))
+        client = self._nats.client
+        return RelayStatus(
+            active=self._active,
+            nats_connected=client is not None and client.is_connected,
+            published_position=self._published_position,
+            head_position=max(self._head, self._published_position),
+            lag_events=lag,
+            lag_seconds=lag_seconds,
+            published=self._published,
+            duplicates=self._duplicates,
+            ack_latency_p50=_quantile(recent, 0.50),
+            ack_latency_p99=_quantile(recent, 0.99),
+            ack_latency_buckets=tuple(cumulative),
+            ack_latency_sum=self._latency_sum,
+            ack_latency_count=self._latency_count,
+            last_error=self._last_error,
+        )
+
+    def stream_config(self) -> StreamConfig:
+        """The stream as the service wants it."""
+        window = DUPLICATE_WINDOW_S if not self._max_age_s else min(DUPLICATE_WINDOW_S, self._max_age_s)
+        return StreamConfig(
+            name=self.stream_name,
+            description="Loyalty ledger events (CloudEvents 1.0), one per committed event, in order.",
+            subjects=[f"{self.subject_prefix}.>"],
+            retention=RetentionPolicy.LIMITS,
+            discard=DiscardPolicy.OLD,
+            storage=StorageType.FILE,
+            num_replicas=self._replicas,
+            max_age=self._max_age_s,
+            duplicate_window=window,
+            allow_direct=True,
+        )
+
+    # -- leadership ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        delay = 0.2
+        while not self._stopping.is_set():
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self._database_url, timeout=10, command_timeout=30)
+                self._lost.clear()
+                conn.add_termination_listener(lambda _conn: self._lost.set())
+                if not await self._acquire(conn):
+                    return  # stopping
+                delay = 0.2
+                self._active = True
+                log.info("relay active", extra={"stream": self.stream_name})
+                await self._lead(conn)
+                return  # _lead returns only when stopping
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # any failure: step down and retry; never take the service down
+                self._last_error = type(exc).__name__
+                log.warning(
+                    "relay interrupted; retrying",
+                    extra={"error": type(exc).__name__, "was_active": self._active},
+                    exc_info=not isinstance(exc, LeadershipLost | OSError | asyncpg.PostgresError),
+                )
+            finally:
+                self._active = False
+                if conn is not None:
+                    await _close(conn)
+            await self._sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _acquire(self, conn: asyncpg.Connection) -> bool:
+        """Wait until this relay holds the lock (True) or is stopping (False)."""
+        while not self._stopping.is_set():
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+                return True
+            # Standby: keep the status current so that any instance can report the relay's lag.
+            self._published_position = await self._tracked(conn)
+            self._head = await _head(conn)
+            self._pending_since = await _recorded_at(conn, self._published_position + 1)
+            await self._sleep(self._standby_interval)
+        return False
+
+    def _check(self, conn: asyncpg.Connection) -> None:
+        if self._lost.is_set() or conn.is_closed():
+            raise LeadershipLost("the relay's lock connection is closed")
+
+    # -- the active relay ---------------------------------------------------------------------
+
+    async def _lead(self, conn: asyncpg.Connection) -> None:
+        def notified(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+            with contextlib.suppress(ValueError):
+                self._head = max(self._head, int(payload))
+            self._wake.set()
+
+        await conn.add_listener(NOTIFY_CHANNEL, notified)
+        # The log is read on a connection of the relay's own: on the shared pool it would queue
+        # behind the commands whenever they keep every connection busy, and lag with them.
+        reader = await asyncpg.create_pool(
+            self._database_url, min_size=1, max_size=1, command_timeout=30, max_inactive_connection_lifetime=0
+        )
+        self._reader = EventStore(reader, self._store.codec, self._store.keyring)
+        try:
+            await self._publish_from_tracked(conn)
+        finally:
+            try:
+                await asyncio.wait_for(reader.close(), timeout=2)
+            except Exception:  # e.g. a dead connection: drop it
+                reader.terminate()
+
+    async def _publish_from_tracked(self, conn: asyncpg.Connection) -> None:
+        position = await self._tracked(conn)
+        self._published_position = position
+        self._head = max(await _head(conn), position)
+        failures = 0
+        while True:
+            js = await self._jetstream(conn)
+            if js is None:
+                return  # stopping while NATS is unreachable: the next start publishes the rest
+            # Taken before aligning: a reconnection from here on makes the run align again.
+            reconnects = _reconnects(self._nats)
+            if self.align_with_stream:
+                position = await self._align(js, conn, position)
+            start = position
+            position, error = await self._pipeline(js, conn, position, reconnects)
+            if error is None:
+                return  # stopping; everything read was acknowledged and recorded
+            # Retry from the first event not acknowledged, after a pause (longer if stuck).
+            failures = 1 if position > start else failures + 1
+            self._last_error = error
+            if error.startswith(("NoStreamResponseError", "ServiceUnavailableError")):
+                self._stream_ready = False  # the stream is gone (e.g. a new, empty server)
+            if failures == 1 or failures % 30 == 0:
+                log.warning(
+                    "relay publish incomplete; retrying",
+                    extra={"error": error, "position": position, "failures": failures},
+                )
+            await self._sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
+            self._check(conn)
+
+    async def _jetstream(self, conn: asyncpg.Connection) -> JetStreamContext | None:
+        """The JetStream context once NATS is connected and the stream ensured (None: stopping)."""
+        delay = 0.05
+        attempts = 0
+        while not self._stopping.is_set():
+            client = self._nats.client
+            if client is not None and client.is_connected:
+                if client is not self._client or self._js is None:
+                    self._client = client
+                    self._js = client.jetstream(
+                        timeout=self._ack_timeout,
+                        publish_async_max_pending=2 * self._batch_size * self._max_inflight_batches,
+                    )
+                    self._stream_ready = False
+                if self._stream_ready:
+                    return self._js
+                try:
+                    await self._ensure_stream(self._js)
+                    self._stream_ready = True
+                    return self._js
+                except Exception as exc:  # e.g. JetStream not ready yet after a restart: retry
+                    self._last_error = type(exc).__name__
+                    attempts += 1
+                    if attempts == 1 or attempts % 60 == 0:
+                        log.warning(
+                            "could not ensure the stream; retrying",
+                            extra={"error": type(exc).__name__, "attempts": attempts},
+                        )
+            # NATS unreachable: keep our place, keep the status (head, lag) fresh, and check
+            # the lock connection so that another instance can take over if we lose it.
+            await self._sleep(delay)
+            delay = min(delay * 2, 1.0)
+            self._check(conn)
+            self._head = max(self._head, await _head(conn))
+            if self._head > self._published_position and self._pending_since is None:
+                self._pending_since = await _recorded_at(conn, self._published_position + 1)
+        return None
+
+    async def _ensure_stream(self, js: JetStreamContext) -> None:
+        config = self.stream_config()
+        try:
+            await js.add_stream(config)
+        except APIError as exc:
+            if exc.err_code != STREAM_NAME_IN_USE:
+                raise
+            try:
+                await js.update_stream(config)
+            except APIError as update_exc:
+                # e.g. storage cannot change in place: publish to the stream as it is.
+                log.error(
+                    "the stream exists with a configuration that cannot be updated; using it as is",
+                    extra={"stream": self.stream_name, "error": update_exc.description},
+                )
+        log.info("stream ready", extra={"stream": self.stream_name})
+
+    async def _align(self, js: JetStreamContext, conn: asyncpg.Connection, position: int) -> int:
+        """Continue after the stream's last message when it is the log's event at its position."""
+        try:
+            info = await js.stream_info(self.stream_name)
+            if not info.state.last_seq:
+                return position  # a new, empty stream: `tracking` knows where we are
+            msg = await js.get_msg(self.stream_name, seq=info.state.last_seq)
+        except NotFoundError:
+            return position  # the last message expired or was deleted
+        try:
+            last = msgspec.json.decode(msg.data or b"{}", type=_Position).position
+        except msgspec.DecodeError:
+            last = -1  # not one of ours: never move on its word (checked below)
+        if last == position:
+            return position
+        event_id = await conn.fetchval("SELECT event_id FROM events WHERE position = $1", last)
+        if last < 0 or event_id is None or str(event_id) != (msg.headers or {}).get("Nats-Msg-Id"):
+            # The stream holds something the log does not (e.g. the database was restored from
+            # an older backup): do not move on its word.
+            log.error(
+                "the stream's last message is not the log's event at its position; ignoring it",
+                extra={"stream": self.stream_name, "position": last},
+            )
+            return position
+        if last > position:
+            log.info(
+                "the stream holds events beyond the recorded position; continuing after them",
+                extra={"recorded": position, "continuing_after": last},
+            )
+        else:
+            log.warning(
+                "the stream lost events it had acknowledged; publishing them again",
+                extra={"recorded": position, "continuing_after": last},
+            )
+        await self._record(conn, last)
+        self._published_position = last
+        return last
+
+    async def _pipeline(
+        self, js: JetStreamContext, conn: asyncpg.Connection, position: int, reconnects: int
+    ) -> tuple[int, str | None]:
+        """Publish from `position` on: a sender task reads and sends batches while this one
+        awaits their acknowledgements, oldest first, and records each batch once all of it is
+        acknowledged. Returns the position recorded and the error that ended it (None: stopping).
+        """
+        queue: _Queue = asyncio.Queue(maxsize=self._max_inflight_batches)
+        sender = asyncio.create_task(self._send(js, position, reconnects, queue), name="relay-send")
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=self._poll_interval)
+                except TimeoutError:
+                    # Idle: prove the lock connection still lives, keep the head fresh.
+                    self._check(conn)
+                    self._head = max(self._head, await _head(conn))
+                    continue
+                if item is None:
+                    return position, None
+                if isinstance(item, BaseException):
+                    raise item
+                reached, error = await self._acks(item)
+                if reached > position:
+                    if self.before_record is not None:
+                        await self.before_record(reached)
+                    await self._record(conn, reached)
+                    position = reached
+                if error is not None:
+                    return position, error
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            while not queue.empty():
+                left = queue.get_nowait()
+                if isinstance(left, _Sent):
+                    for future in left.futures:
+                        future.cancel()
+            self._unacked.clear()
+
+    async def _send(self, js: JetStreamContext, position: int, reconnects: int, queue: _Queue) -> None:
+        """Read the log after `position` and send it, batch by batch, without waiting for acks."""
+        previous: str | None = None  # event id of the message sent just before, in this run
+        client = self._nats.client
+        try:
+            while True:
+                self._wake.clear()  # before reading: a commit notified after this wakes the wait
+                batch = await self._reader.read_log(after=position, limit=self._batch_size)
+                if not batch:
+                    if self._stopping.is_set():
+                        await queue.put(None)
+                        return
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+                    continue
+                self._head = max(self._head, batch[-1].position)
+                self._unacked.append(batch[0].recorded_at)
+                if client is None or not client.is_connected:
+                    # Do not pile messages into the client's reconnect buffer: wait for NATS.
+                    sent = _Sent(batch, [], "disconnected")
+                elif client.stats["reconnects"] != reconnects:
+                    # The server may have restarted having lost what it acknowledged last:
+                    # line up with the stream again before going on.
+                    sent = _Sent(batch, [], "reconnected")
+                else:
+                    sent = await self._send_batch(js, batch, previous)
+                    sent.reconnects = reconnects
+                await queue.put(sent)  # waits while too many batches await their acks
+                if sent.error is not None:
+                    return  # the acknowledging side retries from the first unacknowledged event
+                previous = str(batch[-1].event_id)
+                position = batch[-1].position
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # handed to the acknowledging side, which steps down
+            await queue.put(exc)
+
+    async def _send_batch(
+        self, js: JetStreamContext, batch: Sequence[RecordedEvent], previous: str | None
+    ) -> _Sent:
+        """Send a batch, in order, on one connection; the acknowledgements come later."""
+        futures: list[asyncio.Future[PubAck]] = []
+        for recorded in batch:
+            msg_id = str(recorded.event_id)
+            headers = {"Nats-Msg-Id": msg_id}
+            if previous is not None:
+                headers["Nats-Expected-Last-Msg-Id"] = previous
+            previous = msg_id
+            subject = cloudevents.nats_subject(recorded.event_type, recorded.stream_id, self.subject_prefix)
+            try:
+                future = await js.publish_async(
+                    subject,
+                    cloudevents.encode(recorded, source=self._source),
+                    headers=headers,
+                    stream=self.stream_name,
+                    # No stall timeout: with one, nats-py awaits its semaphore through
+                    # wait_for, which yields to the loop after every message, and its flusher
+                    # then writes each message with a syscall of its own (~5x slower). The
+                    # semaphore never runs out: it allows more than the batches in flight.
+                    wait_stall=None,
+                )
+            except Exception as exc:  # e.g. the connection closed or its buffer is full: stop here
+                return _Sent(batch, futures, type(exc).__name__)
+            future.add_done_callback(functools.partial(self._acked, recorded.recorded_at.timestamp()))
+            futures.append(future)
+        return _Sent(batch, futures, None)
+
+    async def _acks(self, sent: _Sent) -> tuple[int, str | None]:
+        """Await a batch's acknowledgements; returns the position up to which all of them are
+        in (in order) and the first error, if any."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._ack_timeout
+        pending: set[asyncio.Future[PubAck]] = set(sent.futures)
+        timeout_error = "TimeoutError"
+        while pending:
+            # In slices, so that a lost connection is noticed at once rather than at the
+            # deadline (the futures of a dead connection never complete).
+            _, pending = await asyncio.wait(pending, timeout=min(0.25, max(0.0, deadline - loop.time())))
+            if not pending:
+                break
+            client = self._nats.client
+            if client is None or not client.is_connected:
+                timeout_error = "disconnected"
+                break
+            if client.stats["reconnects"] != sent.reconnects:
+                timeout_error = "reconnected"  # what was in flight may be lost: do not wait
+                break
+            if loop.time() >= deadline:
+                break
+        error = None
+        done = 0
+        for future in sent.futures:
+            if not future.done():
+                error = timeout_error
+                break
+            exc = None if future.cancelled() else future.exception()
+            if future.cancelled() or exc is not None:
+                error = "cancelled" if exc is None else type(exc).__name__
+                if isinstance(exc, APIError) and exc.description:
+                    error = f"{error}: {exc.description}"
+                break
+            done += 1
+            if future.result().duplicate:
+                self._duplicates += 1
+        for future in pending:
+            future.cancel()  # frees nats-py's pending slot; a late ack is then ignored
+        self._published += done
+        batch = sent.batch
+        if done:
+            self._published_position = batch[done - 1].position
+        if done == len(batch):
+            if self._unacked:
+                self._unacked.popleft()
+            self._pending_since = None
+            return batch[-1].position, None
+        self._pending_since = batch[done].recorded_at
+        reached = batch[done - 1].position if done else batch[0].position - 1
+        return reached, error or sent.error or "incomplete"
+
+    def _acked(self, recorded_at: float, future: asyncio.Future[PubAck]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        latency = max(0.0, time.time() - recorded_at)
+        self._latencies.append(latency)
+        self._latency_sum += latency
+        self._latency_count += 1
+        index = bisect.bisect_left(LATENCY_BUCKETS, latency)
+        if index < len(self._bucket_counts):
+            self._bucket_counts[index] += 1
+
+    # -- tracking -----------------------------------------------------------------------------
+
+    async def _tracked(self, conn: asyncpg.Connection) -> int:
+        return int(
+            await conn.fetchval(
+                "SELECT coalesce(max(position), 0) FROM tracking WHERE name = $1", TRACKING_NAME
+            )
+        )
+
+    async def _record(self, conn: asyncpg.Connection, position: int) -> None:
+        """Record how far the stream holds the log: one row, replaced (it may move back when
+        the stream lost its tail). Only the lock holder writes, on the lock connection."""
+        self._check(conn)
+        await conn.execute(
+            "WITH others AS (DELETE FROM tracking WHERE name = $1 AND position <> $2)"
+            " INSERT INTO tracking (name, position) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            TRACKING_NAME,
+            position,
+        )
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake at once when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+
+def _reconnects(nats: NatsConnection) -> int:
+    """How many times the client has reconnected (a server restart may have lost acked data)."""
+    return int(nats.client.stats["reconnects"]) if nats.client is not None else 0
+
+
+async def _head(conn: asyncpg.Connection) -> int:
+    return int(await conn.fetchval("SELECT coalesce(max(position), 0) FROM events"))
+
+
+async def _recorded_at(conn: asyncpg.Connection, position: int) -> datetime | None:
+    at: datetime | None = await conn.fetchval("SELECT recorded_at FROM events WHERE position = $1", position)
+    return at
+
+
+async def _close(conn: asyncpg.Connection) -> None:
+    """Close the lock connection (ending the session releases the lock)."""
+    try:
+        await asyncio.wait_for(conn.close(), timeout=2)
+    except Exception:  # a dead connection: drop it
+        conn.terminate()
+
+
+def _quantile(ordered: Sequence[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
