@@ -1,0 +1,88 @@
+"""The `members` read model: the member view (status, masked identities, tier, balance,
+channels used, first and last activity). No clear personal value is ever stored here."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from domain.identities import mask_identity
+
+from .projection import BALANCE_COLUMNS, BALANCE_FIELDS, MemberProjection, Touched, balance_values
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+
+class MembersProjection(MemberProjection):
+    """One row per member, shaped like the API's member view."""
+
+    kind = "members"
+    personal_data = True  # identities, masked before they are written
+    columns = (
+        ("member_id", "uuid"),
+        ("status", "text"),
+        ("merged_into", "uuid"),
+        ("identities", "jsonb"),
+        ("channels", "jsonb"),
+        ("first_activity_at", "timestamptz"),
+        ("last_activity_at", "timestamptz"),
+        *BALANCE_COLUMNS,
+        ("tier", "text"),
+        ("balance_at", "timestamptz"),
+        ("next_change_at", "timestamptz"),
+        ("version", "integer"),
+        ("position", "bigint"),
+        ("updated_at", "timestamptz"),
+    )
+
+    def row(self, t: Touched) -> tuple[Any, ...]:
+        m = t.member
+        # Masked here, once: the clear value never reaches the table. An identity reads as None
+        # once the member's key is shredded, and is then left out.
+        identities = [{"kind": i.kind, "value": mask_identity(i)} for i in m.identities if i is not None]
+        return (
+            m.id,
+            str(m.status),
+            m.merged_into,
+            _encode(identities).decode(),
+            _encode(list(m.channels)).decode(),
+            m.first_activity_at,
+            m.last_activity_at,
+            *balance_values(t),
+            m.version,
+            t.position,
+            t.recorded_at,
+        )
+
+
+async def member_view(conn: Any, member_id: UUID) -> dict[str, Any] | None:
+    """The member view from the `members` projection (connection or pool), or None.
+
+    Keys are the fields of the API's MemberOut (`position` is that of the member's last
+    event), plus `balance_valid_until`: the balance is exact until then (None: for ever);
+    from then on a reader that needs the balance at "now" reads the aggregate.
+    """
+    row = await conn.fetchrow(
+        "SELECT member_id, status, merged_into, tier, identities, channels, first_activity_at,"
+        f" last_activity_at, {', '.join(BALANCE_FIELDS)}, next_change_at, position"
+        " FROM members WHERE member_id = $1",
+        member_id,
+    )
+    if row is None:
+        return None
+    return {
+        "member_id": row["member_id"],
+        "status": row["status"],
+        "merged_into": row["merged_into"],
+        "tier": row["tier"],
+        "identities": _decode(row["identities"]),
+        "balance": {**{f: row[f] for f in BALANCE_FIELDS}, "tier": row["tier"]},
+        "channels": _decode(row["channels"]),
+        "first_activity_at": row["first_activity_at"],
+        "last_activity_at": row["last_activity_at"],
+        "position": row["position"],
+        "balance_valid_until": row["next_change_at"],
+    }

@@ -1,0 +1,263 @@
+"""Read models with one row per member, derived from the Member aggregate itself.
+
+A projection folds each event into its member's aggregate (`event.mutate`) and writes the
+member's row from what the aggregate says, so the balance rules exist once, in the domain.
+Aggregates stay cached between batches with their version; a stream is re-read from the store
+when the cache misses or the version does not follow. Each row is written once per batch.
+
+The balance depends on `now` (locked lots unlock, lots expire, earns leave the tier window).
+A row holds the balance at the record time of the member's last event (`balance_at`: the
+instant every command's response also uses), so a rebuild and the live projection write the
+same rows, and `next_change_at`: the first later instant at which that balance changes with
+no new event. Until then the row is exact; after it a reader needing "now" asks the aggregate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+from uuid import UUID
+
+import asyncpg
+
+from domain.member import Member
+from domain.program import PROGRAM_ID, Program
+from domain.rules import DEFAULT_RULES, Rules
+from service.store.event_store import EventStore
+
+from .log import LogEvent, LogReader
+
+# Aggregates kept per projection (a miss costs a stream read, batched per page). A member with
+# a long history is a few kB; a rebuild touches every member, so it keeps more of them.
+CACHE_SIZE = 10_000
+REBUILD_CACHE_SIZE = 100_000
+PAGE = 5_000  # events decoded per read of the log
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+# The balance fields of SPEC §3 (tier is a column of its own), in Balance's order.
+BALANCE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("available", "bigint"),
+    ("pending", "bigint"),
+    ("held", "bigint"),
+    ("lifetime_earned", "bigint"),
+    ("lifetime_redeemed", "bigint"),
+    ("expired", "bigint"),
+    ("qualifying", "bigint"),
+)
+BALANCE_FIELDS = tuple(name for name, _ in BALANCE_COLUMNS)
+
+
+@dataclass(slots=True)
+class Touched:
+    """A member changed by a batch: its aggregate after its last event in the batch."""
+
+    member: Member
+    rules: Rules  # in force at that event
+    at: datetime  # that event's record time (its `at`): the balance is computed at it
+    position: int
+    recorded_at: datetime
+
+
+def next_change_at(member: Member, at: datetime, rules: Rules) -> datetime | None:
+    """The first instant after `at` at which `member.balance(now=...)` changes without an event.
+
+    Mirrors how Member.balance depends on `now`: a lot unlocks at `available_at`, expires at
+    `expires_at`, and an earn stops qualifying `tier_window_days` after its business time.
+    (It would sit better in the domain, next to `balance`.)
+    """
+    window = timedelta(days=rules.tier_window_days)
+    soonest: datetime | None = None
+    for lot in member.lots:
+        for instant in (lot.available_at, lot.expires_at):
+            if instant is not None and instant > at and (soonest is None or instant < soonest):
+                soonest = instant
+    for accrual in member.accruals:
+        instant = accrual.occurred_at + window
+        if instant > at and (soonest is None or instant < soonest):
+            soonest = instant
+    return soonest
+
+
+def balance_values(t: Touched) -> tuple[Any, ...]:
+    """The BALANCE_COLUMNS of a touched member, then its tier, balance_at and next_change_at."""
+    b = t.member.balance(now=t.at, rules=t.rules)
+    return (
+        b.available,
+        b.pending,
+        b.held,
+        b.lifetime_earned,
+        b.lifetime_redeemed,
+        b.expired,
+        b.qualifying,
+        b.tier,
+        t.at,
+        next_change_at(t.member, t.at, t.rules),
+    )
+
+
+class MemberProjection:
+    """Base of the per-member read models: fold, cache, and one upsert per batch.
+
+    A subclass names itself and its columns and turns a touched member into its row. The
+    runner owns transactions and tracking; this class only reads and writes inside them.
+    """
+
+    kind: ClassVar[str]  # the read model; also its default tracking name and table
+    # Whether rows need personal data (decrypted with each member's key); if not, none is read.
+    personal_data: ClassVar[bool] = False
+    # (column, PostgreSQL type); the first is member_id, the primary key.
+    columns: ClassVar[tuple[tuple[str, str], ...]]
+
+    def __init__(
+        self,
+        store: EventStore | None,
+        *,
+        name: str | None = None,
+        table: str | None = None,
+        cache_size: int = CACHE_SIZE,
+        reader: LogReader | None = None,
+    ) -> None:
+        if reader is None:
+            if store is None:
+                raise ValueError("a projection needs the store or a reader")
+            reader = LogReader(store.keyring if self.personal_data else None)
+        self.store = store
+        self.reader = reader
+        self.name = name or self.kind  # its row in projection_positions
+        self.table = table or self.kind
+        self.cache_size = cache_size
+        self._cache: dict[UUID, Member] = {}
+        self._ignored: set[UUID] = set()  # streams of other aggregates
+        self._program: Program | None = None
+        self._rules: Rules = DEFAULT_RULES
+        self.position: int | None = None  # the log position the cache reflects (None: unknown)
+        self.bind(self.table)
+
+    def bind(self, table: str) -> None:
+        """Write to `table` from now on (a rebuild writes elsewhere, then takes the live name)."""
+        if _NAME.match(table) is None:
+            raise ValueError(f"not a table name: {table!r}")
+        self.table = table
+        names = [c for c, _ in self.columns]
+        casts = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(self.columns, start=1))
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in names[1:])
+        self._upsert = (
+            f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({casts})"
+            f" ON CONFLICT ({names[0]}) DO UPDATE SET {updates}"
+        )
+
+    def row(self, t: Touched) -> tuple[Any, ...]:
+        """The member's row, in the order of `columns`."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget everything folded: after a failed batch the cache may hold uncommitted changes."""
+        self._cache.clear()
+        self._ignored.clear()
+        self._program = None
+        self._rules = DEFAULT_RULES
+        self.position = None
+
+    async def apply(self, conn: asyncpg.Connection, *, after: int, limit: int) -> int:
+        """Fold up to `limit` events after `after` and upsert the rows they change.
+
+        Returns the position reached (`after` when there was nothing). Runs inside the caller's
+        transaction, which also advances the tracking position.
+        """
+        if self.position != after:
+            await self._start_at(conn, after)
+        touched: dict[UUID, Touched] = {}
+        position = after
+        while position - after < limit:
+            page = min(PAGE, limit - (position - after))
+            events = await self.reader.read(conn, after=position, limit=page)
+            if not events:
+                break
+            await self._fold(conn, events, touched)
+            position = events[-1].position
+            if len(events) < page:
+                break
+        if touched:
+            rows = [self.row(t) for t in touched.values()]
+            await conn.execute(self._upsert, *(list(column) for column in zip(*rows, strict=True)))
+        self.position = position
+        return position
+
+    async def _start_at(self, conn: asyncpg.Connection, position: int) -> None:
+        # Cached members are checked by version as they are used; the program is not (its
+        # rules apply to every member), so it is loaded as of the position.
+        program = await self.reader.load_at_position(conn, PROGRAM_ID, position)
+        self._set_program(program)
+        self.position = position
+
+    def _set_program(self, program: Program | None) -> None:
+        self._program = program
+        self._rules = program.rules if program is not None and program.rules_versions else DEFAULT_RULES
+
+    async def _fold(
+        self, conn: asyncpg.Connection, events: Sequence[LogEvent], touched: dict[UUID, Touched]
+    ) -> None:
+        cache, ignored = self._cache, self._ignored
+        # Each stream's first event of the page must follow the aggregate held for it.
+        first: dict[UUID, int] = {}
+        for e in events:
+            first.setdefault(e.stream_id, e.stream_version)
+        stale: dict[UUID, int] = {}
+        for sid, version in first.items():
+            if version == 1 or sid in ignored:
+                continue
+            held = self._program if sid == PROGRAM_ID else cache.get(sid)
+            if held is None or held.version != version - 1:
+                stale[sid] = version
+        if stale:
+            for sid, aggregate in (await self.reader.load_streams(conn, stale)).items():
+                self._keep(sid, aggregate)
+        for e in events:
+            sid = e.stream_id
+            if sid in ignored:
+                continue
+            if sid == PROGRAM_ID:
+                self._set_program(e.event.mutate(self._program if e.stream_version > 1 else None))
+                continue
+            # Move to the end: the dict's order is the LRU order.
+            member = cache.pop(sid, None) if e.stream_version > 1 else None
+            member = e.event.mutate(member)
+            if not isinstance(member, Member):
+                ignored.add(sid)
+                continue
+            cache[sid] = member
+            touched[sid] = Touched(member, self._rules, e.event.timestamp, e.position, e.recorded_at)
+        while len(cache) > self.cache_size:
+            del cache[next(iter(cache))]
+
+    def _keep(self, sid: UUID, aggregate: Any) -> None:
+        if aggregate is None:
+            raise LookupError(f"stream {sid} has none of the events before those being applied")
+        if sid == PROGRAM_ID:
+            self._set_program(aggregate)
+        elif isinstance(aggregate, Member):
+            self._cache.pop(sid, None)
+            self._cache[sid] = aggregate
+        else:
+            self._ignored.add(sid)
+
+
+@contextlib.contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run the cyclic garbage collector less often, for a bulk fold.
+
+    A rebuild keeps hundreds of thousands of long-lived objects (the cached aggregates), which
+    the default thresholds make the collector walk again and again: a third of a rebuild's CPU.
+    """
+    thresholds = gc.get_threshold()
+    gc.set_threshold(max(thresholds[0], 50_000), max(thresholds[1], 20), max(thresholds[2], 100))
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)

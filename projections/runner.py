@@ -1,0 +1,290 @@
+"""Runs the projections in the service: each follows the log in its own task, exactly once.
+
+One instance at a time leads each projection (a session advisory lock on the runner's own
+connection, released when the instance dies) and applies it, batch by batch (see tracking.py);
+the others follow its progress, so `wait_for` answers on every instance.
+
+Wake-ups: LISTEN `loyalty_events` (the appender's NOTIFY at commit) on a dedicated connection
+(a pooled one would be UNLISTENed on release), and a poll every POLL_INTERVAL, so a lost
+notification only delays. On an error the batch is rolled back and retried with back-off; no
+event is ever skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from service.store.appender import NOTIFY_CHANNEL
+from service.store.event_store import EventStore
+
+from .projection import MemberProjection
+from .rebuild import RebuildInProgress, RebuildReport, rebuild, rebuild_projection
+from .registry import PROJECTIONS, UnknownProjection, default_projections
+from .tracking import (
+    LOCK_CLASS,
+    PROGRESS_CHANNEL,
+    ProjectionStatus,
+    ensure_tracked,
+    projection_status,
+    statuses,
+    step,
+)
+
+__all__ = [
+    "PROJECTIONS",
+    "ProjectionRunner",
+    "ProjectionStatus",
+    "RebuildInProgress",
+    "RebuildReport",
+    "UnknownProjection",
+    "projection_status",
+    "rebuild",
+]
+
+log = logging.getLogger(__name__)
+
+LIVE_BATCH = 1_000  # small batches keep the lag low and the tracking row's lock short
+POLL_INTERVAL = 0.5
+KEEPALIVE = 5.0
+MAX_BACKOFF = 5.0
+
+
+@dataclass(eq=False)
+class _Slot:
+    projection: MemberProjection
+    position: int = 0
+    progress: asyncio.Event = field(default_factory=asyncio.Event)  # replaced at each advance
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    pause: asyncio.Lock = field(default_factory=asyncio.Lock)
+    leading: bool = False
+    observed_at: float = 0.0  # when a follower last read the leader's position
+    error: str | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class ProjectionRunner:
+    """Keeps projections up to date in the background while the service runs."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: EventStore,
+        database_url: str,
+        *,
+        projections: Sequence[MemberProjection] | None = None,
+        poll_interval: float = POLL_INTERVAL,
+        batch: int = LIVE_BATCH,
+        rebuild_workers: int = 1,
+    ) -> None:
+        self._pool = pool
+        self._store = store
+        self._dsn = database_url
+        chosen = projections if projections is not None else default_projections(store)
+        self._slots = {p.name: _Slot(p) for p in chosen}
+        self._poll = poll_interval
+        self._batch = batch
+        self._rebuild_workers = rebuild_workers
+        self._conn: asyncpg.Connection | None = None
+        self._conn_lock = asyncio.Lock()
+        self._connected = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._slots)
+
+    async def start(self) -> None:
+        """Track every projection, connect the listener, start one task per projection."""
+        await ensure_tracked(self._pool, self.names)
+        for status in await statuses(self._pool, self.names):
+            self._slots[status.name].position = status.position
+        self._listener = asyncio.create_task(self._listen(), name="projections-listener")
+        # Wait for LISTEN (a failure to connect surfaces here) so no early event goes unheard.
+        waiter = asyncio.create_task(self._connected.wait())
+        done, _ = await asyncio.wait({waiter, self._listener}, return_when=asyncio.FIRST_COMPLETED)
+        if self._listener in done:
+            waiter.cancel()
+            self._listener.result()
+        for name, slot in self._slots.items():
+            slot.task = asyncio.create_task(self._follow(slot), name=f"projection-{name}")
+
+    async def stop(self) -> None:
+        """Stop applying (a batch in flight is rolled back) and close the listener."""
+        tasks = [s.task for s in self._slots.values() if s.task is not None]
+        if self._listener is not None:
+            tasks.append(self._listener)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for slot in self._slots.values():
+            slot.task, slot.leading = None, False
+        self._listener = None
+
+    def position(self, name: str) -> int:
+        """The last position this instance knows the projection to have applied."""
+        return self._slot(name).position
+
+    # The timeout is the read's contract (SPEC §4: wait up to 5 s, then 503), not a cancel scope.
+    async def wait_for(self, name: str, position: int, timeout: float = 5.0) -> bool:  # noqa: ASYNC109
+        """True once the projection has applied `position` (a `min_position` read); False after `timeout`."""
+        slot = self._slot(name)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while slot.position < position:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(slot.progress.wait(), remaining)
+        return True
+
+    async def status(self) -> list[ProjectionStatus]:
+        """Position and lag of each projection, and whether this instance applies it."""
+        found = await statuses(self._pool, self.names)
+        out = []
+        for s in found:
+            slot = self._slots[s.name]
+            out.append(
+                ProjectionStatus(
+                    name=s.name,
+                    position=s.position,
+                    head=s.head,
+                    lag_events=s.lag_events,
+                    lag_seconds=s.lag_seconds,
+                    rebuild_position=s.rebuild_position,
+                    leading=slot.leading,
+                    error=slot.error,
+                )
+            )
+        return out
+
+    async def rebuild(self, name: str) -> RebuildReport:
+        """Rebuild from position 0 into fresh tables and swap them in; reads go on meanwhile."""
+        slot = self._slot(name)
+
+        def install(projection: MemberProjection) -> None:
+            slot.projection = projection
+
+        report, _ = await rebuild_projection(
+            self._pool,
+            slot.projection,
+            pause=slot.pause,
+            install=install,
+            database_url=self._dsn,
+            workers=self._rebuild_workers,
+        )
+        self._advance(slot, report.position)
+        return report
+
+    def _slot(self, name: str) -> _Slot:
+        try:
+            return self._slots[name]
+        except KeyError:
+            raise UnknownProjection(name) from None
+
+    def _advance(self, slot: _Slot, position: int) -> None:
+        if position > slot.position:
+            slot.position = position
+            slot.progress.set()
+            slot.progress = asyncio.Event()
+
+    async def _follow(self, slot: _Slot) -> None:
+        backoff = 0.1
+        while True:
+            slot.wake.clear()  # a notification from now on wakes the next wait
+            more = False
+            try:
+                # A follower tries to take the lead (and reads the leader's position, in case a
+                # progress notification was lost) once per poll, not at every notification.
+                if not slot.leading and time.monotonic() - slot.observed_at >= self._poll:
+                    slot.observed_at = time.monotonic()
+                    if not await self._lead(slot):
+                        position = await self._pool.fetchval(
+                            "SELECT position FROM projection_positions WHERE name = $1", slot.projection.name
+                        )
+                        self._advance(slot, position or 0)
+                if slot.leading:
+                    async with slot.pause:
+                        after, reached = await step(self._pool, slot.projection, self._batch)
+                    self._advance(slot, reached)
+                    more = reached - after >= self._batch
+                slot.error, backoff = None, 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                slot.error = repr(exc)
+                log.exception("projection batch failed; retrying", extra={"projection": slot.projection.name})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+                continue
+            if not more:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(slot.wake.wait(), self._poll)
+
+    async def _lead(self, slot: _Slot) -> bool:
+        conn = self._conn
+        if conn is None:
+            return False
+        async with self._conn_lock:
+            slot.leading = bool(
+                await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, slot.projection.name
+                )
+            )
+        return slot.leading
+
+    def _on_event(self, *_: Any) -> None:
+        for slot in self._slots.values():
+            slot.wake.set()
+
+    def _on_progress(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        name, _, position = payload.rpartition(":")
+        slot = self._slots.get(name)
+        if slot is not None:
+            self._advance(slot, int(position))
+
+    async def _listen(self) -> None:
+        backoff = 0.1
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._dsn)
+                closed = asyncio.Event()
+                conn.add_termination_listener(lambda _c, closed=closed: closed.set())
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_event)
+                await conn.add_listener(PROGRESS_CHANNEL, self._on_progress)
+                self._conn = conn
+                self._connected.set()
+                self._on_event()  # anything committed before LISTEN
+                backoff = 0.1
+                while not closed.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(closed.wait(), KEEPALIVE)
+                    if not closed.is_set():
+                        # A silently dropped connection is only noticed by using it.
+                        async with self._conn_lock:
+                            await conn.execute("SELECT 1", timeout=KEEPALIVE)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if not self._connected.is_set():
+                    raise
+                log.warning("projection listener lost its connection; reconnecting", exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+            finally:
+                # Its advisory locks went with it: lead again only after taking them again.
+                self._conn = None
+                for slot in self._slots.values():
+                    slot.leading = False
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()

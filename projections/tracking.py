@@ -1,0 +1,120 @@
+"""Tracking: how far each projection has applied the log, advanced with each batch.
+
+Each projection has a row in `projection_positions`. A batch is applied after locking that
+row (FOR UPDATE) and the row is advanced in the same transaction: a crash loses the whole
+batch or none of it, and two instances can never apply the same batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from .projection import MemberProjection
+from .registry import PROJECTIONS
+
+PROGRESS_CHANNEL = "loyalty_projections"  # NOTIFY "name:position" after each applied batch
+REBUILD_SUFFIX = "__rebuild"  # tracking name and tables of a rebuild in progress
+LOCK_CLASS = 0x50524A  # advisory-lock namespace of projections ("PRJ"); the key is hashtext(name)
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectionStatus:
+    """How far a projection has applied the log, and how far behind it is."""
+
+    name: str
+    position: int
+    head: int
+    lag_events: int
+    lag_seconds: float  # age of the oldest event not applied yet (0 when caught up)
+    rebuild_position: int | None = None  # a rebuild in progress has reached this position
+    leading: bool | None = None  # this instance applies it (None: asked without a runner)
+    error: str | None = None  # the last failure, while it keeps failing
+
+
+async def ensure_tracked(conn: Any, names: Sequence[str]) -> None:
+    """Give each projection its row in projection_positions (at 0) if it has none."""
+    await conn.execute(
+        "INSERT INTO projection_positions (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING",
+        list(names),
+    )
+
+
+async def apply_tracked(
+    conn: asyncpg.Connection, projection: MemberProjection, limit: int
+) -> tuple[int, int]:
+    """Inside the caller's transaction: lock the tracking row, apply a batch after it, advance it.
+
+    Returns (position before, position after).
+    """
+    after = await conn.fetchval(
+        "SELECT position FROM projection_positions WHERE name = $1 FOR UPDATE", projection.name
+    )
+    if after is None:
+        raise LookupError(f"projection {projection.name!r} has no tracking row")
+    reached = await projection.apply(conn, after=after, limit=limit)
+    if reached != after:
+        await conn.execute(
+            "UPDATE projection_positions SET position = $2, updated_at = now() WHERE name = $1",
+            projection.name,
+            reached,
+        )
+        await conn.execute("SELECT pg_notify($1, $2)", PROGRESS_CHANNEL, f"{projection.name}:{reached}")
+    return after, reached
+
+
+async def step(pool: asyncpg.Pool, projection: MemberProjection, limit: int) -> tuple[int, int]:
+    """Apply one batch in its own transaction; on any failure (or cancellation) nothing of it stays."""
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            return await apply_tracked(conn, projection, limit)
+    except BaseException:
+        # The cache may hold changes of the rolled-back batch.
+        projection.reset()
+        raise
+
+
+async def statuses(conn: Any, names: Sequence[str]) -> list[ProjectionStatus]:
+    """Position, log head and lag of each named projection (connection or pool)."""
+    tracked = [*names, *(n + REBUILD_SUFFIX for n in names)]
+    rows = await conn.fetch(
+        "SELECT p.name, p.position, h.head,"
+        " coalesce(extract(epoch FROM clock_timestamp() - e.recorded_at), 0)::float8 AS lag_seconds"
+        " FROM projection_positions p"
+        " CROSS JOIN (SELECT coalesce(max(position), 0) AS head FROM events) h"
+        " LEFT JOIN events e ON e.position = p.position + 1"
+        " WHERE p.name = ANY($1::text[])",
+        tracked,
+    )
+    found = {r["name"]: r for r in rows}
+    head = rows[0]["head"] if rows else await conn.fetchval("SELECT coalesce(max(position), 0) FROM events")
+    result = []
+    for name in names:
+        row = found.get(name)
+        position = row["position"] if row else 0
+        lag_seconds = row["lag_seconds"] if row else 0.0
+        if row is None and head > 0:
+            lag_seconds = await conn.fetchval(
+                "SELECT extract(epoch FROM clock_timestamp() - recorded_at)::float8"
+                " FROM events WHERE position = 1"
+            )
+        rebuilding = found.get(name + REBUILD_SUFFIX)
+        result.append(
+            ProjectionStatus(
+                name=name,
+                position=position,
+                head=head,
+                lag_events=max(0, head - position),
+                lag_seconds=max(0.0, float(lag_seconds or 0.0)),
+                rebuild_position=rebuilding["position"] if rebuilding else None,
+            )
+        )
+    return result
+
+
+async def projection_status(pool: Any, names: Sequence[str] | None = None) -> list[ProjectionStatus]:
+    """Position and lag of each projection, from the database alone (`loyalty projections status`)."""
+    return await statuses(pool, list(names) if names is not None else list(PROJECTIONS))

@@ -1,0 +1,512 @@
+"""Projections on a real PostgreSQL: they follow the log exactly once, survive crashes, rebuild.
+
+Commands go through the real handlers; the runner follows the log as it does in the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import secrets
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+import pytest_asyncio
+
+from domain.identities import Identity
+from domain.member import Member
+from domain.rules import DEFAULT_RULES
+from projections import rebuild as rebuild_module
+from projections.balances import BalancesProjection, balance_row
+from projections.log import LogReader
+from projections.members import MembersProjection, member_view
+from projections.projection import MemberProjection, next_change_at
+from projections.runner import ProjectionRunner, projection_status, rebuild
+from service.api.schemas import EarnIn, EnrolIn, IdentityIn, MemberOut, MergeIn, RedeemIn
+from service.config import Settings
+from service.handlers import ledger, members
+from service.handlers.context import CommandContext
+from service.handlers.program import ensure_program
+from service.services import Services, open_services
+
+SCOPES = frozenset({"earn", "award", "redeem", "members", "read"})
+
+
+@pytest_asyncio.fixture
+async def services(database_url: str) -> AsyncIterator[Services]:
+    settings = Settings(
+        database_url=database_url,
+        master_key=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        db_pool_size=12,
+    )
+    async with open_services(settings) as opened:
+        await ensure_program(opened)
+        yield opened
+
+
+@dataclass
+class Counter:
+    """Commands at the counter, and what their responses said each member earned and spent."""
+
+    services: Services
+    earned: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    redeemed: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    last_position: int = 0
+
+    def ctx(self, channel: str = "pos-sh-01") -> CommandContext:
+        return CommandContext(
+            channel=channel,
+            api_key_id="test",
+            now=datetime.now(UTC),
+            request_id=uuid.uuid4().hex,
+            scopes=SCOPES,
+        )
+
+    def _seen(self, body: bytes) -> dict[str, Any]:
+        reply: dict[str, Any] = msgspec.json.decode(body)
+        self.last_position = max(self.last_position, reply["position"])
+        return reply
+
+    async def enrol(
+        self, phone: str | None = None, *, email: str | None = None, channel: str = "pos-sh-01"
+    ) -> str:
+        identities = [IdentityIn(kind="phone", value=phone or f"+8613{secrets.randbelow(10**9):09d}")]
+        if email:
+            identities.append(IdentityIn(kind="email", value=email))
+        reply = await members.enrol(self.services, self.ctx(channel), EnrolIn(identities=identities))
+        assert reply.status == 201, reply.body
+        return str(self._seen(reply.body)["member_id"])
+
+    async def earn(self, member_id: str, amount: str, *, channel: str = "pos-sh-01") -> int:
+        body = EarnIn(order_ref=uuid.uuid4().hex, amount=amount, currency="CNY")
+        reply = await ledger.earn(self.services, self.ctx(channel), uuid.UUID(member_id), body)
+        assert reply.status == 201, reply.body
+        points = int(self._seen(reply.body)["points"])
+        self.earned[member_id] += points
+        return points
+
+    async def redeem(self, member_id: str, points: int, *, channel: str = "app") -> None:
+        reply = await ledger.redeem(
+            self.services, self.ctx(channel), uuid.UUID(member_id), RedeemIn(points=points)
+        )
+        assert reply.status == 201, reply.body
+        self._seen(reply.body)
+        self.redeemed[member_id] += points
+
+    async def merge(self, target: str, source: str) -> None:
+        body = MergeIn(source_member_id=uuid.UUID(source))
+        reply = await members.merge(self.services, self.ctx(), uuid.UUID(target), body)
+        assert reply.status == 201, reply.body
+        self._seen(reply.body)
+        self.earned[target] += self.earned.pop(source, 0)
+        self.redeemed[target] += self.redeemed.pop(source, 0)
+
+    async def shopping(self, member_ids: list[str], rounds: int) -> None:
+        """Each member earns and sometimes spends, all members at once (interleaved in the log)."""
+
+        async def one(member_id: str, i: int) -> None:
+            for r in range(rounds):
+                await self.earn(member_id, f"{100 + 17 * i + r}.50", channel=("pos-sh-01", "app")[r % 2])
+                if r % 3 == 2:
+                    await self.redeem(member_id, 50)
+
+        await asyncio.gather(*(one(m, i) for i, m in enumerate(member_ids)))
+
+
+@pytest_asyncio.fixture
+async def counter(services: Services) -> Counter:
+    return Counter(services)
+
+
+@contextlib.asynccontextmanager
+async def running(
+    services: Services, database_url: str, projections: list[MemberProjection] | None = None, **kw: Any
+) -> AsyncIterator[ProjectionRunner]:
+    """A runner following the log, as in the service; stopped (mid-batch, if it is in one) on exit."""
+    runner = ProjectionRunner(services.pool, services.store, database_url, projections=projections, **kw)
+    await runner.start()
+    try:
+        yield runner
+    finally:
+        await runner.stop()
+
+
+async def table(conn: Any, name: str) -> list[dict[str, Any]]:
+    """Every row of a projection table, by member."""
+    return [dict(r) for r in await conn.fetch(f"SELECT * FROM {name} ORDER BY member_id")]
+
+
+async def head(services: Services) -> int:
+    return int(await services.store.last_position())
+
+
+# -- following the log ---------------------------------------------------------------------
+
+
+async def test_projections_follow_commands_into_the_member_view(
+    services: Services, counter: Counter, database_url: str
+) -> None:
+    async with running(services, database_url) as runner:
+        # A member enrols at the POS, shops there and in the app, and redeems in the app.
+        member = await counter.enrol("+8613800138000", email="Li.Lei@Example.com")
+        await counter.earn(member, "1200.00")
+        await counter.earn(member, "80.00", channel="app")
+        await counter.redeem(member, 300)
+        # A duplicate enrolled on the web shop is merged into it.
+        duplicate = await counter.enrol(channel="web")
+        await counter.earn(duplicate, "10.00", channel="web")
+        await counter.merge(member, duplicate)
+
+        assert await runner.wait_for("members", counter.last_position)
+        assert await runner.wait_for("balances", counter.last_position)
+
+        view = await member_view(services.pool, uuid.UUID(member))
+        aggregate = await services.repository.member(uuid.UUID(member))
+        assert aggregate is not None
+        assert view is not None
+        assert view["status"] == "active"
+        assert view["merged_into"] is None
+        assert view["identities"][:2] == [
+            {"kind": "phone", "value": "+86*******8000"},
+            {"kind": "email", "value": "l***@example.com"},
+        ]
+        assert len(view["identities"]) == 3  # the duplicate's phone came along, masked
+        assert view["channels"] == ["pos-sh-01", "app", "web"]
+        assert view["tier"] == "silver"
+        assert view["first_activity_at"] == aggregate.first_activity_at
+        assert view["last_activity_at"] == aggregate.last_activity_at
+        # The balance is the aggregate's own, at the record time of the member's last event.
+        expected = aggregate.balance(now=aggregate.modified_on, rules=DEFAULT_RULES)
+        assert view["balance"] == msgspec.to_builtins(expected)
+        assert view["balance"]["lifetime_earned"] == counter.earned[member] == 1200 + 100 + 10
+        assert view["balance"]["available"] == 1310 - 300
+        # `position` is that of the member's own last event (the merge wrote the duplicate's after it).
+        assert view["position"] == await services.pool.fetchval(
+            "SELECT max(position) FROM events WHERE stream_id = $1", uuid.UUID(member)
+        )
+        # The API's schema takes the view as it is.
+        out = msgspec.convert(view, MemberOut)
+        assert out.member_id == uuid.UUID(member)
+
+        merged = await member_view(services.pool, uuid.UUID(duplicate))
+        assert merged is not None
+        assert merged["status"] == "merged"
+        assert merged["merged_into"] == uuid.UUID(member)
+
+        row = await balance_row(services.pool, uuid.UUID(member))
+        assert row is not None
+        assert {k: row[k] for k in view["balance"]} == view["balance"]
+        assert row["version"] == aggregate.version
+
+        # No clear personal value is stored in any projection.
+        dump = await services.pool.fetchval("SELECT string_agg(m::text, ' ') FROM members m")
+        assert "13800138000" not in dump
+        assert "li.lei" not in dump.lower()
+
+        statuses = {s.name: s for s in await runner.status()}
+        assert statuses["members"].lag_events == 0
+        assert statuses["members"].lag_seconds == 0
+        assert statuses["members"].leading is True
+
+
+async def test_the_projections_reader_decodes_every_event_as_the_store_does(
+    services: Services, counter: Counter
+) -> None:
+    member = await counter.enrol("+8613800138000", email="li.lei@example.com")
+    duplicate = await counter.enrol()
+    await counter.earn(member, "1200.00")
+    await counter.redeem(member, 100)
+    await counter.merge(member, duplicate)
+    reader = LogReader(services.keyring)
+
+    async with services.pool.acquire() as conn:
+        ours = await reader.read(conn, after=0, limit=1000)
+    theirs = await services.store.read_log(after=0, limit=1000)
+
+    assert [e.position for e in ours] == [e.position for e in theirs] == list(range(1, len(theirs) + 1))
+    for mine, store in zip(ours, theirs, strict=True):
+        assert type(mine.event) is type(store.event)
+        assert vars(mine.event) == vars(store.event)
+
+
+async def test_the_stored_balance_stays_exact_until_next_change_at() -> None:
+    at = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    member = Member.enrol(
+        member_id=uuid.uuid4(),
+        identities=[Identity(kind="phone", value="+8613800000000")],
+        profile=None,
+        channel="pos",
+        at=at,
+        rules=DEFAULT_RULES,
+    )
+    member.award(points=100, reason="welcome", at=at, channel="pos", rules=DEFAULT_RULES, rules_version=1)
+    stored = member.balance(now=at, rules=DEFAULT_RULES)
+
+    change = next_change_at(member, at, DEFAULT_RULES)
+
+    assert change is not None
+    assert member.balance(now=change - timedelta(microseconds=1), rules=DEFAULT_RULES) == stored
+    assert member.balance(now=change, rules=DEFAULT_RULES) != stored
+
+
+async def test_wait_for_is_true_once_caught_up_and_false_after_its_timeout(
+    services: Services, counter: Counter, database_url: str
+) -> None:
+    member = await counter.enrol()
+    async with running(services, database_url) as runner:
+        assert await runner.wait_for("balances", counter.last_position)
+
+        # A position nobody has written yet: the read gives up after its timeout.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert not await runner.wait_for("balances", counter.last_position + 1, timeout=0.3)
+        assert 0.3 <= loop.time() - started < 2.0
+
+        # Once it is written, a waiter wakes when the projection applies it.
+        waiting = asyncio.create_task(runner.wait_for("balances", counter.last_position + 1))
+        await counter.earn(member, "10.00")
+        assert await waiting
+        assert runner.position("balances") >= counter.last_position
+
+
+async def test_status_shows_position_and_lag_without_a_runner(
+    services: Services, counter: Counter, database_url: str
+) -> None:
+    await counter.enrol()
+    await counter.enrol()
+    behind = {s.name: s for s in await projection_status(services.pool)}
+    assert behind["balances"].position == 0
+    assert behind["balances"].lag_events == await head(services)
+    assert behind["balances"].lag_seconds > 0
+
+    async with running(services, database_url) as runner:
+        assert await runner.wait_for("balances", counter.last_position)
+        assert await runner.wait_for("members", counter.last_position)
+
+    caught_up = {s.name: s for s in await projection_status(services.pool)}
+    assert caught_up["balances"].position == caught_up["balances"].head
+    assert caught_up["members"].lag_events == 0
+    assert caught_up["members"].lag_seconds == 0
+
+
+async def test_each_event_is_applied_exactly_once(
+    services: Services, counter: Counter, database_url: str
+) -> None:
+    shoppers = [await counter.enrol() for _ in range(12)]
+    # Small batches and commands arriving all the time: many batches, each its own transaction.
+    async with running(services, database_url, batch=7, poll_interval=0.05) as runner:
+        await counter.shopping(shoppers, rounds=6)
+        assert await runner.wait_for("balances", counter.last_position, timeout=30)
+
+    rows = {r["member_id"]: r for r in await table(services.pool, "balances")}
+    versions = {
+        r["stream_id"]: r["version"]
+        for r in await services.pool.fetch(
+            "SELECT stream_id, max(stream_version) AS version FROM events GROUP BY stream_id"
+        )
+    }
+    for member in shoppers:
+        row = rows[uuid.UUID(member)]
+        assert row["lifetime_earned"] == counter.earned[member]
+        assert row["lifetime_redeemed"] == counter.redeemed[member]
+        assert row["version"] == versions[uuid.UUID(member)]
+    tracked = await services.pool.fetchval(
+        "SELECT position FROM projection_positions WHERE name = 'balances'"
+    )
+    assert tracked == await head(services)
+
+
+async def test_one_instance_leads_each_projection_and_another_takes_over_when_it_stops(
+    services: Services, counter: Counter, database_url: str
+) -> None:
+    member = await counter.enrol()
+    instances = [
+        ProjectionRunner(services.pool, services.store, database_url, poll_interval=0.1) for _ in range(2)
+    ]
+    for instance in instances:
+        await instance.start()
+    try:
+        await counter.earn(member, "20.00")
+        # Both answer min_position reads; one applies.
+        for instance in instances:
+            assert await instance.wait_for("balances", counter.last_position)
+        leading = [next(s.leading for s in await i.status() if s.name == "balances") for i in instances]
+        assert sorted(leading) == [False, True]
+        leader, follower = instances if leading[0] else instances[::-1]
+
+        await leader.stop()
+        await counter.earn(member, "30.00")
+
+        assert await follower.wait_for("balances", counter.last_position)
+        assert next(s.leading for s in await follower.status() if s.name == "balances")
+    finally:
+        for instance in instances:
+            await instance.stop()
+
+
+# -- crashes -------------------------------------------------------------------------------
+
+
+class FailsOnce(BalancesProjection):
+    """Writes a batch's rows, then fails before the batch is tracked (once)."""
+
+    failures = 0
+
+    async def apply(self, conn: asyncpg.Connection, *, after: int, limit: int) -> int:
+        reached = await super().apply(conn, after=after, limit=limit)
+        if reached > after and FailsOnce.failures == 0:
+            FailsOnce.failures += 1
+            raise RuntimeError("crash after writing part of a batch")
+        return reached
+
+
+class Stalls(BalancesProjection):
+    """Writes a batch's rows, then hangs inside the transaction until cancelled."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.inside = asyncio.Event()
+
+    async def apply(self, conn: asyncpg.Connection, *, after: int, limit: int) -> int:
+        reached = await super().apply(conn, after=after, limit=limit)
+        if reached > after:
+            self.inside.set()
+            await asyncio.Event().wait()
+        return reached
+
+
+async def test_a_batch_that_fails_midway_is_retried_and_equals_a_rebuild_from_zero(
+    services: Services, counter: Counter, database_url: str
+) -> None:
+    shoppers = [await counter.enrol() for _ in range(5)]
+    await counter.shopping(shoppers, rounds=4)
+    FailsOnce.failures = 0
+
+    async with running(services, database_url, [FailsOnce(services.store)]) as runner:
+        assert await runner.wait_for("balances", counter.last_position, timeout=10)
+    assert FailsOnce.failures == 1
+    live = await table(services.pool, "balances")
+
+    await rebuild(services.pool, services.store, "balances")
+
+    assert await table(services.pool, "balances") == live
+    assert {uuid.UUID(m) for m in shoppers} <= {r["member_id"] for r in live}
+
+
+async def test_a_projection_killed_mid_batch_and_restarted_equals_a_rebuild_from_zero(
+    services: Services, counter: Counter, database_url: str
+) -> None:
+    shoppers = [await counter.enrol() for _ in range(5)]
+    await counter.shopping(shoppers, rounds=4)
+    stalling = Stalls(services.store)
+
+    # Killed while its batch is written but not committed: nothing of the batch remains.
+    async with running(services, database_url, [stalling], batch=20):
+        await asyncio.wait_for(stalling.inside.wait(), 10)
+    tracked = await services.pool.fetchval(
+        "SELECT position FROM projection_positions WHERE name = 'balances'"
+    )
+    assert tracked < counter.last_position
+
+    # Restarted: it goes on from its tracked position.
+    async with running(services, database_url, [BalancesProjection(services.store)]) as runner:
+        await counter.shopping(shoppers[:2], rounds=2)
+        assert await runner.wait_for("balances", counter.last_position, timeout=10)
+    live = await table(services.pool, "balances")
+
+    await rebuild(services.pool, services.store, "balances")
+
+    assert await table(services.pool, "balances") == live
+    for member in shoppers:
+        row = next(r for r in live if r["member_id"] == uuid.UUID(member))
+        assert row["lifetime_earned"] == counter.earned[member]
+
+
+# -- rebuilds ------------------------------------------------------------------------------
+
+
+async def test_a_rebuild_while_commands_keep_coming_equals_the_live_projection_and_swaps_atomically(
+    services: Services, counter: Counter, database_url: str
+) -> None:
+    shoppers = [await counter.enrol() for _ in range(20)]
+    await counter.shopping(shoppers, rounds=3)
+    async with services.pool.acquire() as conn:
+        # References that follow the log the whole time and are never rebuilt.
+        await conn.execute("CREATE TABLE balances_ref (LIKE balances INCLUDING ALL)")
+        await conn.execute("CREATE TABLE members_ref (LIKE members INCLUDING ALL)")
+    projections: list[MemberProjection] = [
+        BalancesProjection(services.store),
+        MembersProjection(services.store),
+        BalancesProjection(services.store, name="balances_ref", table="balances_ref"),
+        MembersProjection(services.store, name="members_ref", table="members_ref"),
+    ]
+    async with running(services, database_url, projections) as runner:
+        assert await runner.wait_for("members", counter.last_position, timeout=10)
+        stop = asyncio.Event()
+        problems: list[str] = []
+
+        async def keep_shopping() -> None:
+            while not stop.is_set():
+                await counter.shopping(shoppers[:4], rounds=1)
+
+        async def keep_reading() -> None:
+            # Readers see a whole table before and after the swap, never a gap or a step back.
+            seen: dict[str, int] = {}
+            while not stop.is_set():
+                for member in shoppers[:6]:
+                    view = await member_view(services.pool, uuid.UUID(member))
+                    if view is None:
+                        problems.append(f"{member} missing")
+                    elif view["position"] < seen.get(member, 0):
+                        problems.append(f"{member} went back")
+                    else:
+                        seen[member] = view["position"]
+                count = await services.pool.fetchval("SELECT count(*) FROM balances")
+                if count < len(shoppers):
+                    problems.append(f"balances had {count} rows")
+                await asyncio.sleep(0)
+
+        shopping, reading = asyncio.create_task(keep_shopping()), asyncio.create_task(keep_reading())
+        # One rebuilt by the service's runner, one as `loyalty projections rebuild` does it.
+        balances_report = await runner.rebuild("balances")
+        members_report = await rebuild(services.pool, services.store, "members")
+        stop.set()
+        await asyncio.gather(shopping, reading)
+
+        for name in ("balances", "members", "balances_ref", "members_ref"):
+            assert await runner.wait_for(name, counter.last_position, timeout=10)
+        assert problems == []
+        assert await table(services.pool, "balances") == await table(services.pool, "balances_ref")
+        assert await table(services.pool, "members") == await table(services.pool, "members_ref")
+
+    assert balances_report.events >= members_report.events - counter.last_position
+    leftovers = await services.pool.fetch(
+        "SELECT relname FROM pg_class WHERE relname LIKE '%rebuild%'"
+        " UNION ALL SELECT name FROM projection_positions WHERE name LIKE '%rebuild%'"
+    )
+    assert leftovers == []
+    indexes = {r["indexname"] for r in await services.pool.fetch("SELECT indexname FROM pg_indexes")}
+    assert {"balances_pkey", "members_pkey"} <= indexes
+
+
+async def test_a_parallel_rebuild_equals_a_single_process_one(
+    services: Services, counter: Counter, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shoppers = [await counter.enrol() for _ in range(16)]
+    await counter.shopping(shoppers, rounds=3)
+    await rebuild(services.pool, services.store, "members")
+    single = await table(services.pool, "members")
+    monkeypatch.setattr(rebuild_module, "PARALLEL_MIN_EVENTS", 1)
+
+    report = await rebuild(services.pool, services.store, "members", database_url=database_url, workers=2)
+
+    assert report.position == await head(services)
+    assert await table(services.pool, "members") == single
