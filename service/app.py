@@ -27,7 +27,7 @@ from service.bus.asyncapi import asyncapi_document
 from service.config import Settings
 from service.handlers.program import ensure_program
 from service.logs import channel_var, member_id_var, request_id_var
-from service.metrics import CONTENT_TYPE, Metrics, appender_metrics, relay_metrics
+from service.metrics import CONTENT_TYPE, Metrics, appender_metrics, projection_metrics, relay_metrics
 from service.services import Services, open_services
 
 log = logging.getLogger("service.requests")
@@ -104,10 +104,10 @@ def asyncapi_endpoint(state: State) -> dict[str, Any]:
     return document
 
 
-@get("/metrics", include_in_schema=False, sync_to_thread=False)
-def metrics_endpoint(state: State) -> Response[bytes]:
+@get("/metrics", include_in_schema=False)
+async def metrics_endpoint(state: State) -> Response[bytes]:
     """Prometheus exposition (public, like /health: it holds no personal data)."""
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+    return Response(await state.metrics.render(), media_type=CONTENT_TYPE)
 
 
 def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
@@ -123,6 +123,7 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
             if services.relay is not None:
                 relay = services.relay
                 metrics.watch(lambda: relay_metrics(relay))
+            metrics.watch_async(lambda: projection_metrics(services.projections))
             app.state.services = services
             yield
 

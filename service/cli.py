@@ -164,6 +164,49 @@ def cmd_keys_create(settings: Settings, channel: str, scopes: list[str], name: s
     return 0
 
 
+def cmd_projections(settings: Settings, action: str, name: str | None) -> int:
+    """`loyalty projections status` / `rebuild NAME` (safe while the service runs)."""
+    import asyncpg
+
+    from projections.runner import UnknownProjection, projection_status, rebuild
+    from service.store.codec import EventCodec
+    from service.store.event_store import EventStore
+    from service.store.keys import Keyring, parse_master_key
+    from service.store.migrate import migrate
+
+    async def run(resolved: Settings) -> int:
+        assert resolved.database_url is not None
+        pool = await asyncpg.create_pool(resolved.database_url, min_size=1, max_size=4)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+            if action == "status":
+                print(f"{'projection':<12} {'position':>10} {'head':>10} {'lag':>8} {'lag_s':>8}")
+                for st in await projection_status(pool):
+                    print(
+                        f"{st.name:<12} {st.position:>10} {st.head:>10} {st.lag_events:>8} {st.lag_seconds:>8.2f}"
+                    )
+                return 0
+            if not resolved.master_key:
+                raise SystemExit("LOYALTY_MASTER_KEY is required to rebuild (projections decode events)")
+            keyring = Keyring(parse_master_key(resolved.master_key))
+            store = EventStore(pool, EventCodec(keyring), keyring)
+            try:
+                report = await rebuild(pool, store, name or "", database_url=resolved.database_url)
+            except UnknownProjection:
+                raise SystemExit(f"unknown projection {name!r}") from None
+            print(
+                f"rebuilt {report.name}: {report.events} events in {report.seconds:.2f} s"
+                f" ({report.events_per_second:,.0f} events/s), now at position {report.position}"
+            )
+            return 0
+        finally:
+            await pool.close()
+
+    with servers(settings, reuse_running=True) as resolved:
+        return asyncio.run(run(resolved))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loyalty", description="The loyalty ledger service.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -187,6 +230,15 @@ def parser() -> argparse.ArgumentParser:
     create.add_argument("--name")
     create.add_argument("--database-url")
     create.add_argument("--data-dir", type=Path)
+
+    projections = sub.add_parser("projections", help="read models: status, rebuild")
+    projections_sub = projections.add_subparsers(dest="projections_command", required=True)
+    status = projections_sub.add_parser("status", help="each projection's position and lag")
+    rebuild = projections_sub.add_parser("rebuild", help="rebuild one from position 0 and swap it in")
+    rebuild.add_argument("name", help="balances or members")
+    for sub_parser in (status, rebuild):
+        sub_parser.add_argument("--database-url")
+        sub_parser.add_argument("--data-dir", type=Path)
 
     from service.bench import add_arguments as add_bench_arguments
 
@@ -215,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             list(SCOPES) if args.scopes == "all" else [s.strip() for s in args.scopes.split(",") if s.strip()]
         )
         return cmd_keys_create(settings, args.channel, scopes, args.name)
+    if args.command == "projections":
+        return cmd_projections(settings, args.projections_command, getattr(args, "name", None))
     if args.command == "bench":
         from service.bench import run
 

@@ -25,6 +25,7 @@ class Settings:
     stream_replicas: int = 1
     stream_max_age_days: int = 0  # 0 = keep forever
     subject_prefix: str = "loyalty.events"
+    read_wait_seconds: float = 5.0  # how long a read with min_position waits before 503
 
     @property
     def embedded(self) -> bool:

@@ -6,7 +6,7 @@ components at scrape time, so a scrape always reports current positions and lags
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -21,6 +21,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
         self.requests = Counter(
             "loyalty_http_requests",
             "HTTP requests by route template and status.",
@@ -43,7 +44,19 @@ class Metrics:
         """Report what `read` yields at each scrape."""
         self.registry.register(_Reader(read))
 
-    def render(self) -> bytes:
+    def watch_async(self, read: Callable[[], Awaitable[Iterable[Metric]]]) -> None:
+        """Report what `read` returns at each scrape (awaited by `render`)."""
+        latest: list[Metric] = []
+
+        async def refresh() -> None:
+            latest[:] = list(await read())
+
+        self._refreshers.append(refresh)
+        self.registry.register(_Reader(lambda: latest))
+
+    async def render(self) -> bytes:
+        for refresh in self._refreshers:
+            await refresh()
         return generate_latest(self.registry)
 
 
@@ -91,3 +104,24 @@ def relay_metrics(relay: Any) -> Iterable[Metric]:
     buckets = [(str(bound), count) for bound, count in status.ack_latency_buckets]
     latency.add_metric([], [*buckets, ("+Inf", status.ack_latency_count)], status.ack_latency_sum)
     yield latency
+
+
+async def projection_metrics(runner: Any) -> Iterable[Metric]:
+    statuses = await runner.status()
+    families = {
+        "position": GaugeMetricFamily(
+            "loyalty_projection_position", "Last position applied.", labels=["projection"]
+        ),
+        "lag_events": GaugeMetricFamily(
+            "loyalty_projection_lag_events", "Events not applied yet.", labels=["projection"]
+        ),
+        "lag_seconds": GaugeMetricFamily(
+            "loyalty_projection_lag_seconds",
+            "Age of the oldest event not applied yet.",
+            labels=["projection"],
+        ),
+    }
+    for status in statuses:
+        for field, family in families.items():
+            family.add_metric([status.name], getattr(status, field))
+    return list(families.values())

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from projections.runner import ProjectionRunner
 from service.bus.connection import NatsConnection
 from service.bus.relay import Relay
 from service.config import Settings
@@ -38,6 +39,7 @@ class Services:
     access: Access
     nats: NatsConnection | None
     relay: Relay | None
+    projections: ProjectionRunner
 
 
 def master_key(settings: Settings) -> bytes:
@@ -81,12 +83,15 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             access=Access(pool),
             nats=bus,
             relay=relay,
+            projections=ProjectionRunner(pool, store, settings.database_url),
         )
         try:
+            await services.projections.start()
             if settings.admin_key:
                 await services.access.ensure_admin_key(settings.admin_key)
             yield services
         finally:
+            await services.projections.stop()
             await appender.stop()
             if relay is not None:
                 await relay.stop()  # publishes what was just committed, if that is quick

@@ -48,6 +48,7 @@ STATUS_OF_CODE: dict[str, int] = {
     "validation_error": 422,
     "forbidden": 403,
     "busy": 503,
+    "projection_behind": 503,
 }
 
 _encoder = msgspec.json.Encoder()

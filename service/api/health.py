@@ -9,6 +9,9 @@ from litestar.di import NamedDependency
 
 from service.services import Services
 
+# A projection this far behind serves stale reads: take the instance out of rotation.
+PROJECTION_LAG_LIMIT_SECONDS = 30.0
+
 
 class HealthController(Controller):
     path = "/health"
@@ -43,6 +46,14 @@ class HealthController(Controller):
                 "position": relay.published_position,
                 "lag_events": relay.lag_events,
                 "lag_seconds": round(relay.lag_seconds, 3),
+            }
+        for projection in await services.projections.status():
+            checks[f"projection:{projection.name}"] = {
+                "ok": projection.error is None and projection.lag_seconds < PROJECTION_LAG_LIMIT_SECONDS,
+                "position": projection.position,
+                "lag_events": projection.lag_events,
+                "lag_seconds": round(projection.lag_seconds, 3),
+                **({"error": projection.error} if projection.error else {}),
             }
         ok = all(c["ok"] for c in checks.values())
         degraded = not checks["nats"]["connected"]

@@ -48,10 +48,20 @@ class MembersController(Controller):
 
     @get("/{member_id:uuid}", guards=[requires("read")], summary="The member view")
     async def get_member(
-        self, request: Request[Any, Any, Any], services: NamedDependency[Services], member_id: FromPath[UUID]
+        self,
+        request: Request[Any, Any, Any],
+        services: NamedDependency[Services],
+        member_id: FromPath[UUID],
+        min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
     ) -> MemberOut:
+        """From the members projection; `min_position` waits (up to 5 s, then 503) until it has
+        applied that position, so a channel reads its own writes."""
         return await members.get_member(
-            services, member_id, reveal="privacy" in request.user.scopes, now=datetime.now(UTC)
+            services,
+            member_id,
+            reveal="privacy" in request.user.scopes,
+            now=datetime.now(UTC),
+            min_position=min_position,
         )
 
     @post(

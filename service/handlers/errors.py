@@ -55,3 +55,17 @@ class NoSuchIdentity(DomainError):
 class NotFound(DomainError):
     code = "not_found"
     title = "Not found"
+
+
+class NotCaughtUp(DomainError):
+    """A read asked for `min_position` and the projection did not reach it in time."""
+
+    code = "projection_behind"
+    title = "Projection not caught up"
+
+    def __init__(self, projection: str, position: int) -> None:
+        super().__init__(
+            f"the {projection} projection has not reached position {position} yet; retry",
+            projection=projection,
+            min_position=position,
+        )

@@ -5,14 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID, uuid4
 
+import msgspec
+
 from domain.errors import InvalidIdentity
 from domain.identities import Identity, normalise_identity
 from domain.member import Member, Profile
+from projections.members import member_view
 from service.api.schemas import EnrolIn, IdentityIn, MemberOut, MergeIn
 from service.services import Services
 
 from .context import CommandContext, Reply
-from .errors import InvalidInput, NoSuchIdentity, UnknownMember
+from .errors import InvalidInput, NoSuchIdentity, NotCaughtUp, UnknownMember
 from .unit_of_work import Render, UnitOfWork, execute
 from .views import member_out
 
@@ -115,13 +118,30 @@ async def merge(services: Services, ctx: CommandContext, target_id: UUID, body: 
     return await execute(services, ctx, [target_id, source_id], decide)
 
 
-async def get_member(services: Services, member_id: UUID, *, reveal: bool, now: datetime) -> MemberOut:
-    """The member view, read from the member itself (strongly consistent)."""
+async def get_member(
+    services: Services, member_id: UUID, *, reveal: bool, now: datetime, min_position: int | None = None
+) -> MemberOut:
+    """The member view from the `members` projection (after it reached `min_position`).
+
+    The member itself answers instead when the view cannot: identities in the clear (the
+    projection holds them masked), a balance that has changed with time since the member's
+    last event (a lot unlocked or expired), or a member the projection has not reached yet.
+    """
+    if min_position is not None and not await services.projections.wait_for(
+        "members", min_position, timeout=services.settings.read_wait_seconds
+    ):
+        raise NotCaughtUp("members", min_position)
+    view = await member_view(services.pool, member_id)
+    if view is not None:
+        valid_until = view.pop("balance_valid_until", None)
+        if not reveal and (valid_until is None or now < valid_until):
+            return msgspec.convert(view, MemberOut)
     member = await services.repository.member(member_id)
     if member is None:
         raise UnknownMember(member_id)
     program = await services.repository.program()
-    return member_out(member, now=now, rules=program.rules, reveal=reveal)
+    position = None if view is None else view["position"]
+    return member_out(member, now=now, rules=program.rules, reveal=reveal, position=position)
 
 
 async def lookup(services: Services, body: IdentityIn) -> UUID:

@@ -28,3 +28,6 @@ async def test_health_and_metrics_are_public_and_report_the_service(pos: Pos) ->
     )
     assert "loyalty_appended_events_total" in text
     assert "loyalty_append_queue 0.0" in text
+    assert 'loyalty_projection_position{projection="members"}' in text
+    assert "loyalty_relay_position" in text
+    assert ready.json()["checks"]["projection:balances"]["ok"] is True
