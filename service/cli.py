@@ -181,11 +181,10 @@ def cmd_projections(settings: Settings, action: str, name: str | None) -> int:
             async with pool.acquire() as conn:
                 await migrate(conn)
             if action == "status":
-                print(f"{'projection':<12} {'position':>10} {'head':>10} {'lag':>8} {'lag_s':>8}")
+                row = "{:<12} {:>10} {:>10} {:>8} {:>8}"
+                print(row.format("projection", "position", "head", "lag", "lag_s"))
                 for st in await projection_status(pool):
-                    print(
-                        f"{st.name:<12} {st.position:>10} {st.head:>10} {st.lag_events:>8} {st.lag_seconds:>8.2f}"
-                    )
+                    print(row.format(st.name, st.position, st.head, st.lag_events, f"{st.lag_seconds:.2f}"))
                 return 0
             if not resolved.master_key:
                 raise SystemExit("LOYALTY_MASTER_KEY is required to rebuild (projections decode events)")
