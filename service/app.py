@@ -123,7 +123,9 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
             if services.relay is not None:
                 relay = services.relay
                 metrics.watch(lambda: relay_metrics(relay))
-            metrics.watch_async(lambda: projection_metrics(services.projections))
+            if services.projections is not None:
+                runner = services.projections
+                metrics.watch_async(lambda: projection_metrics(runner))
             app.state.services = services
             yield
 

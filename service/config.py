@@ -26,6 +26,9 @@ class Settings:
     stream_max_age_days: int = 0  # 0 = keep forever
     subject_prefix: str = "loyalty.events"
     read_wait_seconds: float = 5.0  # how long a read with min_position waits before 503
+    # Followers of the log this process runs (many instances may; one of each leads at a time).
+    run_relay: bool = True
+    run_projections: bool = True
 
     @property
     def embedded(self) -> bool:

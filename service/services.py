@@ -39,7 +39,7 @@ class Services:
     access: Access
     nats: NatsConnection | None
     relay: Relay | None
-    projections: ProjectionRunner
+    projections: ProjectionRunner | None
 
 
 def master_key(settings: Settings) -> bytes:
@@ -70,8 +70,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         relay = None
         if bus is not None:
             await bus.start()
-            relay = Relay(store, bus, settings, subject_prefix=settings.subject_prefix)
-            await relay.start()
+            if settings.run_relay:
+                relay = Relay(store, bus, settings, subject_prefix=settings.subject_prefix)
+                await relay.start()
         services = Services(
             settings=settings,
             pool=pool,
@@ -83,15 +84,19 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             access=Access(pool),
             nats=bus,
             relay=relay,
-            projections=ProjectionRunner(pool, store, settings.database_url),
+            projections=ProjectionRunner(pool, store, settings.database_url)
+            if settings.run_projections
+            else None,
         )
         try:
-            await services.projections.start()
+            if services.projections is not None:
+                await services.projections.start()
             if settings.admin_key:
                 await services.access.ensure_admin_key(settings.admin_key)
             yield services
         finally:
-            await services.projections.stop()
+            if services.projections is not None:
+                await services.projections.stop()
             await appender.stop()
             if relay is not None:
                 await relay.stop()  # publishes what was just committed, if that is quick

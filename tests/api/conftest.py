@@ -62,7 +62,11 @@ class Api:
 
 
 def settings_for(database_url: str, nats_url: str) -> Settings:
+    # A stream of its own per test: JetStream refuses two streams with overlapping subjects.
+    stream = uuid.uuid4().hex[:12]
     return Settings(
+        stream_name=f"LOYALTY_{stream}",
+        subject_prefix=f"test.{stream}.events",
         database_url=database_url,
         nats_url=nats_url,
         admin_key=ADMIN_KEY,

@@ -67,7 +67,11 @@ class Bus:
             database_url=database_url,
             nats_url=nats_url,
             stream_name=self.stream,
+            subject_prefix=self.prefix,
             db_pool_size=6,
+            # These tests run relays of their own.
+            run_relay=False,
+            run_projections=False,
             master_key=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         )
 

@@ -41,6 +41,8 @@ class Service:
             "LOYALTY_MASTER_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
             "LOYALTY_DATA_DIR": str(tmp),
             "LOYALTY_LOG_FORMAT": "json",
+            "LOYALTY_STREAM_NAME": f"LOYALTY_{secrets.token_hex(6)}",
+            "LOYALTY_SUBJECT_PREFIX": f"test.{secrets.token_hex(6)}.events",
         }
         self.log = tmp / "service.log"
         self.process: subprocess.Popen[bytes] | None = None
