@@ -1,30 +1,21 @@
 """Reading the log for projections: pages of decoded events and streams up to a version.
 
 Like `EventStore.read_log`, but the members' data keys of a page are fetched in one query (not
-one per stream), JSON is parsed by msgspec (see FastJSONTranscoder), only the columns a
+one per stream), only the columns a
 projection uses are read, and streams can be loaded up to a given version (a projection must
 never see a stream ahead of the position it applies).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
-import msgspec
 from eventsourcing.persistence import (
-    DatetimeAsISO,
-    DecimalAsStr,
-    JSONTranscoder,
-    Mapper,
     StoredEvent,
-    Transcoding,
-    TranscodingNotRegisteredError,
-    UUIDAsHex,
 )
 
 from domain.program import PROGRAM_ID
@@ -47,91 +38,6 @@ class LogEvent(NamedTuple):
     event: Any
 
 
-class FastJSONTranscoder(JSONTranscoder):
-    """The library's JSONTranscoder, decoding with msgspec: same format, same result, ~2x faster.
-
-    json's object_hook calls Python for every JSON object; here msgspec parses in C and only
-    the `{"_type_", "_data_"}` objects are turned into their types, inner ones first (as the
-    hook does). The library's own datetime, Decimal and UUID transcodings are called as the
-    functions they wrap. Encoding is the library's.
-    """
-
-    _parse = staticmethod(msgspec.json.Decoder().decode)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._revivers: dict[str, Callable[[Any], Any]] = {}
-
-    @classmethod
-    def like(cls, other: JSONTranscoder) -> FastJSONTranscoder:
-        """A transcoder with the same transcodings registered as `other`."""
-        fast = cls()
-        for transcoding in other.names.values():
-            fast.register(transcoding)
-        return fast
-
-    def register(self, transcoding: Transcoding) -> None:
-        super().register(transcoding)
-        self._revivers[transcoding.name] = _SHORTCUTS.get(type(transcoding), transcoding.decode)
-
-    def decode(self, data: bytes) -> Any:
-        obj = self._parse(data)
-        kind = type(obj)
-        if kind is dict:
-            return self._revive_dict(obj)
-        return self._revive_list(obj) if kind is list else obj
-
-    def _revive_dict(self, obj: dict[str, Any]) -> Any:
-        if len(obj) == 2 and "_type_" in obj and "_data_" in obj:
-            name, data = obj["_type_"], obj["_data_"]
-            kind = type(data)
-            if kind is dict:
-                data = self._revive_dict(data)
-            elif kind is list:
-                data = self._revive_list(data)
-            reviver = self._revivers.get(name)
-            if reviver is None:
-                raise TranscodingNotRegisteredError(
-                    f"Data serialized with name {name!r} is not deserializable"
-                )
-            return reviver(data)
-        for key, value in obj.items():
-            kind = type(value)
-            if kind is dict:
-                obj[key] = self._revive_dict(value)
-            elif kind is list:
-                obj[key] = self._revive_list(value)
-        return obj
-
-    def _revive_list(self, obj: list[Any]) -> list[Any]:
-        out = []
-        for value in obj:
-            kind = type(value)
-            if kind is dict:
-                value = self._revive_dict(value)
-            elif kind is list:
-                value = self._revive_list(value)
-            out.append(value)
-        return out
-
-
-# The library's transcodings that only wrap a constructor (same result, no method call).
-_SHORTCUTS: dict[type, Callable[[Any], Any]] = {
-    DatetimeAsISO: datetime.fromisoformat,
-    DecimalAsStr: Decimal,
-    UUIDAsHex: UUID,
-}
-
-
-class _LogCodec(EventCodec):
-    """The store's codec (mapping, upcasting, sealed personal fields) with the faster decoder."""
-
-    def __init__(self, keyring: Keyring) -> None:
-        super().__init__(keyring)
-        self._transcoder = FastJSONTranscoder.like(self._transcoder)
-        self._mapper = Mapper(transcoder=self._transcoder)
-
-
 class LogReader:
     """Decodes the log with the store's codec and the members' own data keys.
 
@@ -151,7 +57,7 @@ class LogReader:
     ) -> None:
         self._keyring = keyring
         self.decrypts = keyring is not None or keys is not None
-        self._codec = _LogCodec(keyring if keyring is not None else Keyring(bytes(32)))
+        self._codec = EventCodec(keyring if keyring is not None else Keyring(bytes(32)))
         self._keys: dict[UUID, bytes | None] = dict(keys or {})
         self._filter = ""
         self._args: tuple[Any, ...] = ()

