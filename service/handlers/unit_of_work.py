@@ -55,6 +55,7 @@ class UnitOfWork:
         self.identity_claims: list[IdentityClaim] = []
         self.identity_releases: list[IdentityClaim] = []
         self.member_keys: list[tuple[UUID, bytes]] = []
+        self._new_keys: dict[UUID, bytes] = {}
         self.event_ids: list[UUID] = []
 
     async def member(self, member_id: UUID) -> Member:
@@ -78,6 +79,7 @@ class UnitOfWork:
         """A member this command enrols: it gets its own data key."""
         key, wrapped = self._services.keyring.new_member_key(member.id)
         self._services.store.remember_key(member.id, key)
+        self._new_keys[member.id] = key
         self.member_keys.append((member.id, wrapped))
         self.new_aggregate(member)
 
@@ -101,7 +103,7 @@ class UnitOfWork:
     def aggregates(self) -> list[Any]:
         return [aggregate for aggregate, _ in self._loaded.values()]
 
-    def request(self, render: Render, status: int) -> AppendRequest:
+    async def request(self, render: Render, status: int) -> AppendRequest:
         """Everything the attempt recorded, as one append request."""
         codec = self._services.store.codec
         events: list[NewEvent] = []
@@ -111,7 +113,7 @@ class UnitOfWork:
             if not pending:
                 continue
             expected[stream_id] = version
-            key = self._services.store.cached_key(stream_id)
+            key = self._new_keys.get(stream_id) or await self._services.store.key_for(stream_id)
             for domain_event in pending:
                 stored: StoredEvent = codec.encode(domain_event, key)
                 event_id = uuid4()
@@ -169,7 +171,7 @@ async def execute(
             uow = UnitOfWork(services, ctx)
             try:
                 render = await decide(uow)
-                outcome = await services.appender.append(uow.request(render, status))
+                outcome = await services.appender.append(await uow.request(render, status))
             except StreamConflict:
                 _forget(repository, uow, changed_only=False)
                 conflict = True

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,6 +31,8 @@ class RecordedEvent:
     event: Any
 
 
+MAX_CACHED_KEYS = 200_000  # unwrapped member keys kept in memory; past that the cache restarts
+
 _COLUMNS = (
     "position, event_id, stream_id, stream_version, event_type, topic, data, channel,"
     " api_key_id, occurred_at, recorded_at"
@@ -48,18 +50,34 @@ class EventStore:
 
     async def member_key(self, conn: asyncpg.Connection, member_id: UUID) -> bytes | None:
         """The member's unwrapped data key (None if there is none or it was shredded)."""
+        return (await self.load_keys(conn, [member_id]))[member_id]
+
+    async def load_keys(
+        self, conn: asyncpg.Connection, member_ids: Iterable[UUID]
+    ) -> dict[UUID, bytes | None]:
+        """The keys of these members, those not cached fetched and unwrapped in one query."""
+        wanted = set(member_ids)
+        keys = {m: self._keys[m] for m in wanted if m in self._keys}
+        missing = [m for m in wanted if m not in keys]
+        if missing:
+            rows = await conn.fetch(
+                "SELECT member_id, wrapped_key FROM member_keys WHERE member_id = ANY($1::uuid[])", missing
+            )
+            found = {r["member_id"]: r["wrapped_key"] for r in rows}
+            for member_id in missing:
+                wrapped = found.get(member_id)
+                keys[member_id] = None if wrapped is None else self.keyring.unwrap(member_id, wrapped)
+            if len(self._keys) + len(missing) > MAX_CACHED_KEYS:
+                self._keys.clear()
+            self._keys.update((m, keys[m]) for m in missing)
+        return keys
+
+    async def key_for(self, member_id: UUID) -> bytes | None:
+        """The member's data key, from the cache when it is there (no I/O on the hot path)."""
         if member_id in self._keys:
             return self._keys[member_id]
-        wrapped = await conn.fetchval("SELECT wrapped_key FROM member_keys WHERE member_id = $1", member_id)
-        key = None if wrapped is None else self.keyring.unwrap(member_id, wrapped)
-        if len(self._keys) > 200_000:
-            self._keys.clear()
-        self._keys[member_id] = key
-        return key
-
-    def cached_key(self, member_id: UUID) -> bytes | None:
-        """The data key already loaded for this member (by load() or remember_key())."""
-        return self._keys.get(member_id)
+        async with self.pool.acquire() as conn:
+            return await self.member_key(conn, member_id)
 
     def remember_key(self, member_id: UUID, key: bytes) -> None:
         self._keys[member_id] = key
@@ -138,7 +156,7 @@ class EventStore:
                 after,
                 limit,
             )
-            keys = {r["stream_id"]: await self.member_key(conn, r["stream_id"]) for r in rows}
+            keys = await self.load_keys(conn, (r["stream_id"] for r in rows))
         return [self._recorded(r, keys[r["stream_id"]]) for r in rows]
 
     def _recorded(self, r: asyncpg.Record, key: bytes | None) -> RecordedEvent:
