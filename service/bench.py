@@ -184,7 +184,7 @@ class Connection(asyncio.Protocol):
 
     def _timed_out(self, waiter: asyncio.Future[tuple[int, bytes]]) -> None:
         if not waiter.done():
-            waiter.set_exception(asyncio.TimeoutError())
+            waiter.set_exception(TimeoutError())
             self.close()
 
     def close(self) -> None:
@@ -193,8 +193,15 @@ class Connection(asyncio.Protocol):
             self._transport.close()
 
 
-def request_bytes(method: str, host: str, path: str, *, auth: str | None = None,
-                  idempotency_key: str | None = None, body: bytes = b"") -> bytes:
+def request_bytes(
+    method: str,
+    host: str,
+    path: str,
+    *,
+    auth: str | None = None,
+    idempotency_key: str | None = None,
+    body: bytes = b"",
+) -> bytes:
     head = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
     if auth:
         head.append(f"Authorization: Bearer {auth}")
@@ -226,10 +233,24 @@ def parse_url(url: str) -> Target:
     return Target(parts.hostname, parts.port or 80)
 
 
-async def _call(conn: Connection, target: Target, method: str, path: str, key: str, body: Any = None,
-                *, idem: str | None = None) -> tuple[int, Any]:
-    raw = request_bytes(method, target.authority, path, auth=key, idempotency_key=idem,
-                        body=json.dumps(body).encode() if body is not None else b"")
+async def _call(
+    conn: Connection,
+    target: Target,
+    method: str,
+    path: str,
+    key: str,
+    body: Any = None,
+    *,
+    idem: str | None = None,
+) -> tuple[int, Any]:
+    raw = request_bytes(
+        method,
+        target.authority,
+        path,
+        auth=key,
+        idempotency_key=idem,
+        body=json.dumps(body).encode() if body is not None else b"",
+    )
     status, payload = await conn.send(raw, 60.0)
     try:
         return status, json.loads(payload) if payload else None
@@ -237,8 +258,9 @@ async def _call(conn: Connection, target: Target, method: str, path: str, key: s
         return status, payload.decode(errors="replace")
 
 
-async def setup(target: Target, *, admin_key: str | None, key: str | None, members: int, concurrency: int,
-                run_id: str) -> tuple[str, list[str], float]:
+async def setup(
+    target: Target, *, admin_key: str | None, key: str | None, members: int, concurrency: int, run_id: str
+) -> tuple[str, list[str], float]:
     """The bench key (made with the admin key unless given) and `members` new members' ids."""
     started = time.perf_counter()
     try:
@@ -250,14 +272,26 @@ async def setup(target: Target, *, admin_key: str | None, key: str | None, membe
             if not admin_key:
                 raise SystemExit("give --admin-key (or LOYALTY_ADMIN_KEY) to create a bench key, or --key")
             channel = f"bench-{run_id}"
-            status, body = await _call(conn, target, "POST", "/v1/channels", admin_key,
-                                       {"id": channel, "name": f"loyalty bench {run_id}", "kind": "internal"},
-                                       idem=f"bench-channel-{run_id}")
+            status, body = await _call(
+                conn,
+                target,
+                "POST",
+                "/v1/channels",
+                admin_key,
+                {"id": channel, "name": f"loyalty bench {run_id}", "kind": "internal"},
+                idem=f"bench-channel-{run_id}",
+            )
             if status not in (200, 201):
                 raise SystemExit(f"creating the bench channel failed: {status} {body}")
-            status, body = await _call(conn, target, "POST", "/v1/api-keys", admin_key,
-                                       {"channel": channel, "scopes": BENCH_SCOPES, "name": f"bench {run_id}"},
-                                       idem=f"bench-key-{run_id}")
+            status, body = await _call(
+                conn,
+                target,
+                "POST",
+                "/v1/api-keys",
+                admin_key,
+                {"channel": channel, "scopes": BENCH_SCOPES, "name": f"bench {run_id}"},
+                idem=f"bench-key-{run_id}",
+            )
             if status != 201:
                 raise SystemExit(f"creating the bench API key failed: {status} {body}")
             key = body["key"]
@@ -272,7 +306,11 @@ async def setup(target: Target, *, admin_key: str | None, key: str | None, membe
         try:
             for i in counter:
                 status, body = await _call(
-                    c, target, "POST", "/v1/members", key,
+                    c,
+                    target,
+                    "POST",
+                    "/v1/members",
+                    key,
                     {"identities": [{"kind": "app_user", "value": f"bench-{run_id}-{i}"}]},
                     idem=f"bench-enrol-{run_id}-{i}",
                 )
@@ -329,7 +367,7 @@ class Result:
 
 
 async def _worker(plan: Plan, index: int, t_measure: float, t_end: float, result: Result) -> None:
-    rng = random.Random(f"{plan.seed}-{plan.process}-{index}")
+    rng = random.Random(f"{plan.seed}-{plan.process}-{index}")  # noqa: S311 (load, not secrets)
     names = list(plan.mix)
     weights = [plan.mix[n] for n in names]
     cum = [sum(weights[: i + 1]) for i in range(len(weights))]
@@ -349,7 +387,7 @@ async def _worker(plan: Plan, index: int, t_measure: float, t_end: float, result
             if conn is None or conn.closed:
                 try:
                     conn = await asyncio.wait_for(Connection.open(plan.host, plan.port), plan.timeout)
-                except (OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, OSError) as exc:
                     if monotonic() >= t_measure:
                         result.errors[f"connect {type(exc).__name__}"] += 1
                     conn = None
@@ -362,12 +400,14 @@ async def _worker(plan: Plan, index: int, t_measure: float, t_end: float, result
             if kind.method == "GET":
                 raw = f"GET {path} HTTP/1.1\r\n{head_auth}\r\n".encode()
             else:
-                raw = (f"{kind.method} {path} HTTP/1.1\r\n{head_auth}Idempotency-Key: {token}\r\n"
-                       f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+                raw = (
+                    f"{kind.method} {path} HTTP/1.1\r\n{head_auth}Idempotency-Key: {token}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode() + body
             started = perf()
             try:
                 status, payload = await conn.send(raw, plan.timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 outcome = f"{kind.name} timeout"
                 status = 0
             except HttpError:
@@ -453,8 +493,10 @@ def run_load(plan: Plan, processes: int) -> Result:
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    share = [plan.connections // processes + (1 if i < plan.connections % processes else 0)
-             for i in range(processes)]
+    share = [
+        plan.connections // processes + (1 if i < plan.connections % processes else 0)
+        for i in range(processes)
+    ]
     children = []
     for i, n in enumerate(share):
         if n == 0:
@@ -500,8 +542,12 @@ def latency_summary(values: Any) -> dict[str, float | int]:
     if not s:
         return {"count": 0}
     return {
-        "count": len(s), "mean": round(sum(s) / len(s), 3), "p50": round(percentile(s, 50), 3),
-        "p95": round(percentile(s, 95), 3), "p99": round(percentile(s, 99), 3), "max": round(s[-1], 3),
+        "count": len(s),
+        "mean": round(sum(s) / len(s), 3),
+        "p50": round(percentile(s, 50), 3),
+        "p95": round(percentile(s, 95), 3),
+        "p99": round(percentile(s, 99), 3),
+        "max": round(s[-1], 3),
     }
 
 
@@ -513,9 +559,12 @@ def summarise(config: dict[str, Any], result: Result) -> dict[str, Any]:
         values = result.latencies.get(k, array("d"))
         all_lat.extend(values)
         per_kind[k] = {
-            "ok": result.ok[k], "rejected": result.rejected[k],
+            "ok": result.ok[k],
+            "rejected": result.rejected[k],
             "errors": sum(n for key, n in result.errors.items() if key.split(" ", 1)[0] == k),
-            "throughput": round((result.ok[k] + result.rejected[k]) / result.window, 1) if result.window else 0.0,
+            "throughput": round((result.ok[k] + result.rejected[k]) / result.window, 1)
+            if result.window
+            else 0.0,
             "latency_ms": latency_summary(values),
         }
     completed = sum(result.ok.values()) + sum(result.rejected.values())
@@ -546,7 +595,8 @@ def render_text(s: dict[str, Any]) -> str:
         f"members: {c['members']} (set up in {c['setup_s']:.1f} s)   seed: {c['seed']}",
         f"concurrency: {c['concurrency']} connections in {c['processes']} process(es)",
         f"duration: {c['duration']:g} s measured, after {c['warmup']:g} s of warm-up",
-        f"commands: {s['commands']} (ok {s['ok']}, expected refusals {s['rejected']})   errors: {s['errors']}",
+        f"commands: {s['commands']} (ok {s['ok']}, expected refusals {s['rejected']})"
+        f"   errors: {s['errors']}",
         f"throughput: {s['throughput']:.1f} commands/s",
         f"generator CPU: {s['generator_cpu_cores']:.2f} cores ({s['generator_cpu_s']:.1f} s in the window)",
         "",
@@ -557,8 +607,10 @@ def render_text(s: dict[str, Any]) -> str:
     def row(name: str, lat: dict[str, Any], rate: float, refused: int, errors: int) -> str:
         if not lat.get("count"):
             return f"{name:<14}{0:>9}{rate:>10.1f}{'-':>9}{'-':>9}{'-':>9}{'-':>9}{refused:>9}{errors:>8}"
-        return (f"{name:<14}{lat['count']:>9}{rate:>10.1f}{lat['p50']:>9.2f}{lat['p95']:>9.2f}"
-                f"{lat['p99']:>9.2f}{lat['max']:>9.2f}{refused:>9}{errors:>8}")
+        return (
+            f"{name:<14}{lat['count']:>9}{rate:>10.1f}{lat['p50']:>9.2f}{lat['p95']:>9.2f}"
+            f"{lat['p99']:>9.2f}{lat['max']:>9.2f}{refused:>9}{errors:>8}"
+        )
 
     lines.append(row("all", s["latency_ms"], s["throughput"], s["rejected"], s["errors"]))
     for k, v in s["kinds"].items():
@@ -591,21 +643,45 @@ def _seconds(text: str) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.description = "Load-test a running service with earn/redeem commands; report throughput and latency."
     p.add_argument("--url", default="http://127.0.0.1:8080", help="the service (default %(default)s)")
-    p.add_argument("--admin-key", default=None,
-                   help="admin key to create the bench channel and key (default: $LOYALTY_ADMIN_KEY)")
-    p.add_argument("--key", default=None,
-                   help="use this API key (scopes read, earn, redeem, members) instead of creating one")
-    p.add_argument("--members", type=_positive_int, default=1000, help="members enrolled in setup (%(default)s)")
-    p.add_argument("--concurrency", "-c", type=_positive_int, default=64,
-                   help="connections, each one request at a time (%(default)s)")
+    p.add_argument(
+        "--admin-key",
+        default=None,
+        help="admin key to create the bench channel and key (default: $LOYALTY_ADMIN_KEY)",
+    )
+    p.add_argument(
+        "--key",
+        default=None,
+        help="use this API key (scopes read, earn, redeem, members) instead of creating one",
+    )
+    p.add_argument(
+        "--members", type=_positive_int, default=1000, help="members enrolled in setup (%(default)s)"
+    )
+    p.add_argument(
+        "--concurrency",
+        "-c",
+        type=_positive_int,
+        default=64,
+        help="connections, each one request at a time (%(default)s)",
+    )
     p.add_argument("--duration", "-T", type=_seconds, default=30.0, help="measured seconds (%(default)s)")
     p.add_argument("--warmup", type=_seconds, default=5.0, help="seconds run before measuring (%(default)s)")
-    p.add_argument("--mix", type=parse_mix, default=parse_mix(DEFAULT_MIX),
-                   help=f"kind=weight,... of {', '.join(KINDS)} (default {DEFAULT_MIX})")
+    p.add_argument(
+        "--mix",
+        type=parse_mix,
+        default=parse_mix(DEFAULT_MIX),
+        help=f"kind=weight,... of {', '.join(KINDS)} (default {DEFAULT_MIX})",
+    )
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
-    p.add_argument("--processes", "-j", type=_positive_int, default=1,
-                   help="generator processes sharing the connections (%(default)s)")
-    p.add_argument("--timeout", type=_seconds, default=30.0, help="per-request timeout, seconds (%(default)s)")
+    p.add_argument(
+        "--processes",
+        "-j",
+        type=_positive_int,
+        default=1,
+        help="generator processes sharing the connections (%(default)s)",
+    )
+    p.add_argument(
+        "--timeout", type=_seconds, default=30.0, help="per-request timeout, seconds (%(default)s)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
 
 
@@ -614,22 +690,49 @@ def run(args: argparse.Namespace) -> int:
     if args.duration <= 0:
         raise SystemExit("--duration must be positive")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
-    run_id = uuid.UUID(int=random.Random(f"{seed}-{time.time_ns()}").getrandbits(128)).hex[:10]
+    run_id = uuid.uuid4().hex[:10]
     admin_key = args.admin_key or os.environ.get("LOYALTY_ADMIN_KEY")
     started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    key, member_ids, setup_s = _event_loop_runner()(setup(
-        target, admin_key=admin_key, key=args.key, members=args.members, concurrency=args.concurrency,
+    key, member_ids, setup_s = _event_loop_runner()(
+        setup(
+            target,
+            admin_key=admin_key,
+            key=args.key,
+            members=args.members,
+            concurrency=args.concurrency,
+            run_id=run_id,
+        )
+    )
+    plan = Plan(
+        host=target.host,
+        port=target.port,
+        key=key,
+        members=member_ids,
+        mix=args.mix,
+        connections=args.concurrency,
+        seed=seed,
         run_id=run_id,
-    ))
-    plan = Plan(host=target.host, port=target.port, key=key, members=member_ids, mix=args.mix,
-                connections=args.concurrency, seed=seed, run_id=run_id, process=0, warmup=args.warmup,
-                duration=args.duration, timeout=args.timeout)
+        process=0,
+        warmup=args.warmup,
+        duration=args.duration,
+        timeout=args.timeout,
+    )
     result = run_load(plan, args.processes)
     config = {
-        "url": args.url, "mix": args.mix, "members": len(member_ids), "concurrency": args.concurrency,
-        "processes": args.processes, "duration": args.duration, "warmup": args.warmup, "seed": seed,
-        "run_id": run_id, "setup_s": round(setup_s, 2), "started_at": started_at, "host": platform.node(),
-        "python": platform.python_version(), "timeout": args.timeout,
+        "url": args.url,
+        "mix": args.mix,
+        "members": len(member_ids),
+        "concurrency": args.concurrency,
+        "processes": args.processes,
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "seed": seed,
+        "run_id": run_id,
+        "setup_s": round(setup_s, 2),
+        "started_at": started_at,
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "timeout": args.timeout,
     }
     summary = summarise(config, result)
     if args.json:

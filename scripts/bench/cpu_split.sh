@@ -61,5 +61,7 @@ for pid, (comm, cmd, ppid, cpu) in b.items():
 print(f"cpu split over {secs:g} s (2 cores = 2.00):")
 for g, s in sorted(used.items(), key=lambda kv: -kv[1]):
     print(f"  {g:<28}{s / secs:6.2f} cores")
-print(f"  {'machine busy':<28}{(1 - (ib - ia) / (tb - ta)) * os.cpu_count():6.2f} cores")
+busy = (1 - (ib - ia) / (tb - ta)) * os.cpu_count()
+print(f"  {'unattributed':<28}{busy - sum(used.values()) / secs:6.2f} cores  (kernel, processes that exited)")
+print(f"  {'machine busy':<28}{busy:6.2f} cores")
 PY

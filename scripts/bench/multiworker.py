@@ -18,8 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def factory():  # called in each worker process
     from service.app import create_app
     from service.config import settings_from_env
+    from service.logs import configure_logging
 
-    return create_app(settings_from_env())
+    settings = settings_from_env()
+    configure_logging(settings.log_format)  # as `loyalty serve` does: one log line per request
+    return create_app(settings)
 
 
 def main() -> None:
@@ -33,11 +36,24 @@ def main() -> None:
     settings = settings_from_env()
     configure_logging(settings.log_format)
     with servers(settings) as resolved:
-        os.environ.update(LOYALTY_DATABASE_URL=resolved.database_url, LOYALTY_NATS_URL=resolved.nats_url,
-                          LOYALTY_MASTER_KEY=resolved.master_key)
-        uvicorn.run("multiworker:factory", factory=True, host=resolved.host, port=resolved.port,
-                    workers=workers, loop="uvloop", http="httptools", lifespan="on", log_config=None,
-                    access_log=False, timeout_graceful_shutdown=20)
+        os.environ.update(
+            LOYALTY_DATABASE_URL=resolved.database_url,
+            LOYALTY_NATS_URL=resolved.nats_url,
+            LOYALTY_MASTER_KEY=resolved.master_key,
+        )
+        uvicorn.run(
+            "multiworker:factory",
+            factory=True,
+            host=resolved.host,
+            port=resolved.port,
+            workers=workers,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=20,
+        )
 
 
 if __name__ == "__main__":

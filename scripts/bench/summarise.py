@@ -1,5 +1,6 @@
 """Medians of a sitting's results: python3 scripts/bench/summarise.py bench-results/<dir>"""
 
+import contextlib
 import glob
 import json
 import os
@@ -11,14 +12,16 @@ from collections import defaultdict
 out = sys.argv[1]
 
 
-def med(xs):
-    return round(statistics.median(xs), 1) if xs else None
+def _lines(path):
+    with open(path) as f:
+        return f.readlines()
 
 
-def show(label, xs, unit=""):
+def show(label, xs, unit="", digits=1):
     xs = [x for x in xs if x is not None]
     if xs:
-        print(f"{label:<44} median {med(xs):>9}{unit}   runs {', '.join(str(round(x, 1)) for x in xs)}")
+        m = round(statistics.median(xs), digits)
+        print(f"{label:<44} median {m:>9}{unit}   runs {', '.join(str(round(x, digits)) for x in xs)}")
 
 
 benches = defaultdict(list)
@@ -27,10 +30,8 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
     m = re.match(r"(.*)-(\d+)$", name)
     if not m or m.group(1).endswith("es"):
         continue
-    try:
-        benches[m.group(1)].append(json.load(open(path)))
-    except ValueError:
-        pass
+    with open(path) as f, contextlib.suppress(ValueError):
+        benches[m.group(1)].append(json.load(f))
 for name, runs in sorted(benches.items()):
     print(f"-- loyalty bench {name} ({len(runs)} runs, concurrency {runs[0]['config']['concurrency']})")
     show("throughput", [d["throughput"] for d in runs], " cmd/s")
@@ -41,19 +42,19 @@ for name, runs in sorted(benches.items()):
         show(f"{kind} p99", [d["kinds"][kind]["latency_ms"].get("p99") for d in runs], " ms")
         show(f"{kind} refused (expected)", [d["kinds"][kind]["rejected"] for d in runs])
     show("errors", [d["errors"] for d in runs])
-    show("generator cores", [d["generator_cpu_cores"] for d in runs])
+    show("generator cores", [d["generator_cpu_cores"] for d in runs], digits=2)
     cpus = defaultdict(list)
     for cpu in sorted(glob.glob(os.path.join(out, f"{name}-*.cpu.txt"))):
-        for line in open(cpu):
-            m2 = re.match(r"\s+(.+?)\s+([\d.]+) cores", line)
+        for line in _lines(cpu):
+            m2 = re.match(r"\s+(.+?)\s+(-?[\d.]+) cores", line)
             if m2:
                 cpus[m2.group(1)].append(float(m2.group(2)))
     for g, xs in cpus.items():
-        show(f"cpu: {g}", xs, " cores")
+        show(f"cpu: {g}", xs, " cores", digits=2)
 
 pg = defaultdict(list)
 for path in sorted(glob.glob(os.path.join(out, "*pgbench-*.txt"))):
-    for line in open(path):
+    for line in _lines(path):
         m = re.match(r"clients=(\d+) tps=([\d.]+) lat_avg_ms=([\d.]+)", line)
         if m:
             pg[int(m.group(1))].append((float(m.group(2)), float(m.group(3))))
@@ -65,7 +66,7 @@ if pg:
 
 es = defaultdict(list)
 for path in sorted(glob.glob(os.path.join(out, "*es-*.json"))):
-    for line in open(path):
+    for line in _lines(path):
         line = line.strip()
         if line.startswith("{"):
             for k, v in json.loads(line).items():
