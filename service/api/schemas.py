@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from domain.rules import Rules
+from service.store.access import CHANNEL_KINDS, SCOPES
 
 Money = Annotated[
     str,
@@ -89,25 +90,10 @@ class RedeemIn(Body, kw_only=True):
 class ChannelIn(Body, kw_only=True):
     id: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
     name: Annotated[str, Meta(min_length=1, max_length=200)]
-    kind: Literal[
-        "pos", "app", "web", "mini_program", "marketplace", "delivery", "social", "partner", "internal"
-    ]
+    kind: Literal[CHANNEL_KINDS]  # type: ignore[valid-type]
 
 
-Scope = Literal[
-    "read",
-    "earn",
-    "award",
-    "redeem",
-    "adjust",
-    "transfer",
-    "members",
-    "privacy",
-    "rules",
-    "analytics",
-    "audit",
-    "admin",
-]
+Scope = Literal[SCOPES]  # type: ignore[valid-type]  # the one list, in service.store.access
 
 
 class ApiKeyIn(Body, kw_only=True):

@@ -7,21 +7,15 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-import msgspec
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import (
-    DatetimeAsISO,
-    DecimalAsStr,
-    JSONTranscoder,
     Mapper,
-    Transcoding,
-    UUIDAsHex,
 )
 
-from domain import PERSISTED_STRUCTS
 from domain.identities import normalise_identity
 from domain.member import EarnResult, Member
 from domain.rules import DEFAULT_RULES, Rules
+from service.store.codec import make_transcoder
 
 T0 = datetime(2024, 1, 15, 9, 30, tzinfo=UTC)
 MEMBER_ID = UUID("00000000-0000-4000-8000-000000000001")
@@ -65,28 +59,9 @@ def buy(
     )
 
 
-class StructAsDict(Transcoding):
-    """What the store does for each PERSISTED_STRUCTS type."""
-
-    def __init__(self, cls: type[msgspec.Struct]) -> None:
-        self.type = cls
-        self.name = cls.__name__
-
-    def encode(self, obj: msgspec.Struct) -> Any:
-        return msgspec.to_builtins(obj)
-
-    def decode(self, data: Any) -> msgspec.Struct:
-        return msgspec.convert(data, self.type)
-
-
 def mapper() -> Mapper[UUID]:
-    """The library's mapper over a JSON transcoder that knows every domain type."""
-    transcoder = JSONTranscoder()
-    for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO()):
-        transcoder.register(transcoding)
-    for struct in PERSISTED_STRUCTS:
-        transcoder.register(StructAsDict(struct))
-    return Mapper(transcoder=transcoder)
+    """The library's mapper over the store's own transcoder (it knows every domain type)."""
+    return Mapper(transcoder=make_transcoder())
 
 
 def replay(events: list[Any]) -> Any:
