@@ -44,7 +44,7 @@ for name, runs in sorted(benches.items()):
     show("errors", [d["errors"] for d in runs])
     show("generator cores", [d["generator_cpu_cores"] for d in runs], digits=2)
     cpus = defaultdict(list)
-    for cpu in sorted(glob.glob(os.path.join(out, f"{name}-*.cpu.txt"))):
+    for cpu in sorted(glob.glob(os.path.join(out, f"{name}-[0-9]*.cpu.txt"))):
         for line in _lines(cpu):
             m2 = re.match(r"\s+(.+?)\s+(-?[\d.]+) cores", line)
             if m2:
