@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,8 +41,8 @@ class Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
-def _int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
     if raw is None or raw == "":
         return default
     try:
@@ -62,15 +63,17 @@ def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
         database_url=get("LOYALTY_DATABASE_URL"),
         nats_url=get("LOYALTY_NATS_URL"),
         host=get("LOYALTY_HOST") or "127.0.0.1",
-        port=_int("LOYALTY_PORT", 8080),
+        port=_int(env, "LOYALTY_PORT", 8080),
         data_dir=Path(get("LOYALTY_DATA_DIR") or ".loyalty"),
         admin_key=get("LOYALTY_ADMIN_KEY"),
         master_key=get("LOYALTY_MASTER_KEY"),
         default_region=get("LOYALTY_DEFAULT_REGION") or "CN",
-        db_pool_size=_int("LOYALTY_DB_POOL_SIZE", 16),
+        db_pool_size=_int(env, "LOYALTY_DB_POOL_SIZE", 16),
         log_format=get("LOYALTY_LOG_FORMAT") or "auto",
         stream_name=get("LOYALTY_STREAM_NAME") or "LOYALTY",
-        stream_replicas=_int("LOYALTY_STREAM_REPLICAS", 1),
-        stream_max_age_days=_int("LOYALTY_STREAM_MAX_AGE_DAYS", 0),
+        stream_replicas=_int(env, "LOYALTY_STREAM_REPLICAS", 1),
+        stream_max_age_days=_int(env, "LOYALTY_STREAM_MAX_AGE_DAYS", 0),
         subject_prefix=get("LOYALTY_SUBJECT_PREFIX") or "loyalty.events",
+        run_relay=(get("LOYALTY_RUN_RELAY") or "true").lower() not in ("0", "false", "no"),
+        run_projections=(get("LOYALTY_RUN_PROJECTIONS") or "true").lower() not in ("0", "false", "no"),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -88,13 +89,19 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             if settings.run_projections
             else None,
         )
+        pruner: asyncio.Task[None] | None = None
         try:
             if services.projections is not None:
                 await services.projections.start()
             if settings.admin_key:
                 await services.access.ensure_admin_key(settings.admin_key)
+            pruner = asyncio.create_task(
+                _prune_idempotency_keys(services.idempotency), name="idempotency-prune"
+            )
             yield services
         finally:
+            if pruner is not None:
+                pruner.cancel()
             if services.projections is not None:
                 await services.projections.stop()
             await appender.stop()
@@ -104,3 +111,15 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
                 await bus.close()
     finally:
         await pool.close()
+
+
+async def _prune_idempotency_keys(records: IdempotencyRecords, every: float = 3600.0) -> None:
+    """Delete idempotency records past their 24 h now and then (they are only replayed for 24 h)."""
+    while True:
+        try:
+            pruned = await records.prune()
+            if pruned:
+                log.info("expired idempotency keys pruned", extra={"pruned": pruned})
+        except Exception:
+            log.exception("pruning idempotency keys failed; will retry")
+        await asyncio.sleep(every)

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 import msgspec
-from litestar import MediaType, Request, Response
+from litestar import Request, Response
 from litestar.exceptions import (
     HTTPException,
     NotAuthorizedException,
@@ -170,4 +170,4 @@ EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     Exception: unexpected,
 }
 
-__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "MediaType", "problem"]
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "problem"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from uuid import UUID
 
 import pytest
 
@@ -151,8 +152,6 @@ async def test_merge_adds_up_moves_identities_and_retires_the_source(pos: Pos) -
     repository = api.services.repository
     for member_id in (target, source):
         repository.forget(member_id)
-    from uuid import UUID
-
     replayed = await repository.get(Member, UUID(target))
     assert replayed is not None
     assert (await api.get(f"/v1/members/{target}/balance", key=key)).json()["balance"] == after

@@ -171,3 +171,16 @@ async def test_a_member_without_its_key_replays_with_personal_data_unreadable(
     assert member is not None
     assert member.identities == []
     assert member.lifetime_earned == 50
+
+
+async def test_idempotency_records_past_24_hours_are_pruned(two_instances: list[Services]) -> None:
+    services = two_instances[0]
+    member_id = await enrol(services, "+8613811113333")
+    async with services.pool.acquire() as conn:
+        await conn.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+        await ledger.earn(services, ctx(), member_id, EarnIn(order_ref="FRESH", amount="1", currency="CNY"))
+
+        pruned = await services.idempotency.prune()
+
+        assert pruned == 1  # the enrolment's record, not the fresh earn's
+        assert await conn.fetchval("SELECT count(*) FROM idempotency_keys") == 1
