@@ -83,6 +83,7 @@ class ProjectionRunner:
         poll_interval: float = POLL_INTERVAL,
         batch: int = LIVE_BATCH,
         rebuild_workers: int = 1,
+        lead: bool = True,
     ) -> None:
         self._pool = pool
         self._store = store
@@ -92,6 +93,7 @@ class ProjectionRunner:
         self._poll = poll_interval
         self._batch = batch
         self._rebuild_workers = rebuild_workers
+        self._may_lead = lead  # False: only follow the leaders' progress (wait_for, status)
         self._conn: asyncpg.Connection | None = None
         self._conn_lock = asyncio.Lock()
         self._connected = asyncio.Event()
@@ -232,7 +234,7 @@ class ProjectionRunner:
 
     async def _lead(self, slot: _Slot) -> bool:
         conn = self._conn
-        if conn is None:
+        if conn is None or not self._may_lead:
             return False
         async with self._conn_lock:
             slot.leading = bool(

@@ -110,25 +110,28 @@ async def metrics_endpoint(state: State) -> Response[bytes]:
     return Response(await state.metrics.render(), media_type=CONTENT_TYPE)
 
 
-def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
-    """Build the app; its lifespan opens the services (pool, appender, NATS) and closes them."""
-
-    metrics = Metrics()
+def _lifespan(settings: Settings, metrics: Metrics, *, lead: bool | None) -> Any:
+    """Open the services for the app's lifetime and report their state in `metrics`."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_services(settings) as services:
+        async with open_services(settings, lead=lead) as services:
             await ensure_program(services)
             metrics.watch(lambda: appender_metrics(services.appender))
             if services.relay is not None:
                 relay = services.relay
                 metrics.watch(lambda: relay_metrics(relay))
-            if services.projections is not None:
-                runner = services.projections
-                metrics.watch_async(lambda: projection_metrics(runner))
+            metrics.watch_async(lambda: projection_metrics(services.projections))
             app.state.services = services
             yield
 
+    return lifespan
+
+
+def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
+    """The HTTP API; its lifespan opens the services (pool, appender, NATS) and closes them."""
+
+    metrics = Metrics()
     return Litestar(
         route_handlers=[
             MembersController,
@@ -145,7 +148,7 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
                 "asyncapi": asyncapi_document(settings, subject_prefix=settings.subject_prefix),
             }
         ),
-        lifespan=[lifespan],
+        lifespan=[_lifespan(settings, metrics, lead=None)],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
         middleware=[_observe(metrics, log_requests=log_requests), authentication],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -163,5 +166,22 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
             security=[{"apiKey": []}],
         ),
         logging_config=None,  # service.logs configures logging, once, for everything
+        debug=False,
+    )
+
+
+def create_follower_app(settings: Settings) -> Litestar:
+    """`loyalty follow`: the relay and the projections leading, with only /health and /metrics."""
+
+    metrics = Metrics()
+    return Litestar(
+        route_handlers=[HealthController, metrics_endpoint],
+        state=State({"metrics": metrics}),
+        lifespan=[_lifespan(settings, metrics, lead=True)],
+        dependencies={"services": Provide(_services, sync_to_thread=False)},
+        middleware=[_observe(metrics, log_requests=False)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        openapi_config=None,
+        logging_config=None,
         debug=False,
     )

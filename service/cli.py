@@ -1,4 +1,4 @@
-"""The `loyalty` command: serve, migrate, keys, bench."""
+"""The `loyalty` command: serve, follow, migrate, keys, projections, bench."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from service.config import Settings, settings_from_env
 from service.logs import configure_logging
@@ -78,10 +79,10 @@ def servers(settings: Settings, *, reuse_running: bool = False) -> Iterator[Sett
         )
 
 
-def cmd_serve(settings: Settings) -> int:
+def _run_http(app: Any, host: str, port: int) -> None:
+    """uvicorn on uvloop + httptools until SIGTERM/SIGINT: it stops accepting, finishes the
+    requests in flight and runs the app's lifespan shutdown (the appender drains its queue)."""
     import uvicorn
-
-    from service.app import create_app
 
     class Server(uvicorn.Server):
         """uvicorn re-raises SIGTERM after its graceful stop, which would kill us before the
@@ -95,21 +96,45 @@ def cmd_serve(settings: Settings) -> int:
                 finally:
                     self._captured_signals.clear()
 
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+    )
+    Server(config).run()
+
+
+def cmd_serve(settings: Settings) -> int:
+    from service.app import create_app
+    from service.followers import FollowerProcess
+
     with servers(settings) as resolved:
-        config = uvicorn.Config(
-            create_app(resolved),
-            host=resolved.host,
-            port=resolved.port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=20,
-        )
-        # uvicorn handles SIGTERM/SIGINT: stop accepting, finish in-flight requests, run the
-        # lifespan shutdown (appender drains its queue), then we stop the embedded servers.
-        Server(config).run()
+        followers = FollowerProcess(resolved) if resolved.followers == "process" else None
+        if followers is not None:
+            followers.start()
+        try:
+            _run_http(create_app(resolved), resolved.host, resolved.port)
+        finally:
+            # Last, so that the relay publishes what the drained requests committed.
+            if followers is not None:
+                followers.stop()
+    return 0
+
+
+def cmd_follow(settings: Settings) -> int:
+    """The relay and the projections, leading, with /health and /metrics on the follower port."""
+    from service.app import create_follower_app
+    from service.followers import exit_with_parent
+
+    exit_with_parent()
+    with servers(settings, reuse_running=True) as resolved:
+        _run_http(create_follower_app(resolved), resolved.host, resolved.follower_http_port)
     return 0
 
 
@@ -217,6 +242,13 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--data-dir", type=Path)
 
+    follow = sub.add_parser(
+        "follow", help="run the relay and the projections (what `serve` starts beside itself)"
+    )
+    follow.add_argument("--database-url")
+    follow.add_argument("--nats-url")
+    follow.add_argument("--data-dir", type=Path)
+
     migrate = sub.add_parser("migrate", help="apply pending database migrations")
     migrate.add_argument("--database-url")
     migrate.add_argument("--data-dir", type=Path)
@@ -257,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format)
     if args.command == "serve":
         return cmd_serve(settings)
+    if args.command == "follow":
+        return cmd_follow(settings)
     if args.command == "migrate":
         return cmd_migrate(settings)
     if args.command == "keys":

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+FOLLOWER_MODES = ("process", "inline", "off")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Settings:
@@ -27,9 +29,25 @@ class Settings:
     stream_max_age_days: int = 0  # 0 = keep forever
     subject_prefix: str = "loyalty.events"
     read_wait_seconds: float = 5.0  # how long a read with min_position waits before 503
-    # Followers of the log this process runs (many instances may; one of each leads at a time).
-    run_relay: bool = True
-    run_projections: bool = True
+    # Where the followers of the log (relay, projections) lead: "process" = a `loyalty follow`
+    # child that `serve` starts and restarts; "inline" = in the request process itself; "off" =
+    # elsewhere (run `loyalty follow` yourself). The request process always watches them (for
+    # min_position reads, /health/ready and /metrics); one instance of each leads at a time.
+    followers: str = "process"
+    follower_port: int | None = None  # the follower's /health and /metrics; default port + 1
+
+    def __post_init__(self) -> None:
+        if self.followers not in FOLLOWER_MODES:
+            raise ValueError(f"followers must be one of {', '.join(FOLLOWER_MODES)}, got {self.followers!r}")
+
+    @property
+    def leads_followers(self) -> bool:
+        """True when the request process itself runs the relay and the projections."""
+        return self.followers == "inline"
+
+    @property
+    def follower_http_port(self) -> int:
+        return self.follower_port if self.follower_port is not None else self.port + 1
 
     @property
     def embedded(self) -> bool:
@@ -49,6 +67,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise SystemExit(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or choices[0]).strip().lower()
+    if raw not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
@@ -74,6 +99,6 @@ def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
         stream_replicas=_int(env, "LOYALTY_STREAM_REPLICAS", 1),
         stream_max_age_days=_int(env, "LOYALTY_STREAM_MAX_AGE_DAYS", 0),
         subject_prefix=get("LOYALTY_SUBJECT_PREFIX") or "loyalty.events",
-        run_relay=(get("LOYALTY_RUN_RELAY") or "true").lower() not in ("0", "false", "no"),
-        run_projections=(get("LOYALTY_RUN_PROJECTIONS") or "true").lower() not in ("0", "false", "no"),
+        followers=_choice(env, "LOYALTY_FOLLOWERS", FOLLOWER_MODES),
+        follower_port=_int(env, "LOYALTY_FOLLOWER_PORT", 0) or None,
     )

@@ -40,7 +40,7 @@ class Services:
     access: Access
     nats: NatsConnection | None
     relay: Relay | None
-    projections: ProjectionRunner | None
+    projections: ProjectionRunner
 
 
 def master_key(settings: Settings) -> bytes:
@@ -51,8 +51,13 @@ def master_key(settings: Settings) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def open_services(settings: Settings) -> AsyncIterator[Services]:
-    """Connect, migrate, start the appender; close them on exit."""
+async def open_services(settings: Settings, *, lead: bool | None = None) -> AsyncIterator[Services]:
+    """Connect, migrate, start the appender and the followers of the log; close them on exit.
+
+    The relay and the projection runner lead (compete for the lead) when `lead`, by default
+    when `settings.followers` is "inline"; otherwise they only watch the leaders' progress.
+    """
+    lead = settings.leads_followers if lead is None else lead
     if settings.database_url is None:
         raise ValueError("database_url is not set")
     keyring = Keyring(master_key(settings))
@@ -71,9 +76,8 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         relay = None
         if bus is not None:
             await bus.start()
-            if settings.run_relay:
-                relay = Relay(store, bus, settings, subject_prefix=settings.subject_prefix)
-                await relay.start()
+            relay = Relay(store, bus, settings, subject_prefix=settings.subject_prefix, lead=lead)
+            await relay.start()
         services = Services(
             settings=settings,
             pool=pool,
@@ -85,14 +89,11 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             access=Access(pool),
             nats=bus,
             relay=relay,
-            projections=ProjectionRunner(pool, store, settings.database_url)
-            if settings.run_projections
-            else None,
+            projections=ProjectionRunner(pool, store, settings.database_url, lead=lead),
         )
         pruner: asyncio.Task[None] | None = None
         try:
-            if services.projections is not None:
-                await services.projections.start()
+            await services.projections.start()
             if settings.admin_key:
                 await services.access.ensure_admin_key(settings.admin_key)
             pruner = asyncio.create_task(
@@ -102,8 +103,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         finally:
             if pruner is not None:
                 pruner.cancel()
-            if services.projections is not None:
-                await services.projections.stop()
+            await services.projections.stop()
             await appender.stop()
             if relay is not None:
                 await relay.stop()  # publishes what was just committed, if that is quick

@@ -47,7 +47,7 @@ class HealthController(Controller):
                 "lag_events": relay.lag_events,
                 "lag_seconds": round(relay.lag_seconds, 3),
             }
-        for projection in await services.projections.status() if services.projections else []:
+        for projection in await services.projections.status():
             checks[f"projection:{projection.name}"] = {
                 "ok": projection.error is None and projection.lag_seconds < PROJECTION_LAG_LIMIT_SECONDS,
                 "position": projection.position,

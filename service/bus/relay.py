@@ -128,6 +128,7 @@ class Relay:
         poll_interval: float = 1.0,
         standby_interval: float = 1.0,
         ack_timeout: float = 5.0,
+        lead: bool = True,
     ) -> None:
         if settings.database_url is None:
             raise ValueError("database_url is not set")
@@ -145,6 +146,7 @@ class Relay:
         self._poll_interval = poll_interval
         self._standby_interval = standby_interval
         self._ack_timeout = ack_timeout
+        self._may_lead = lead  # False: a watcher that only reports where the active relay is
 
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
@@ -279,7 +281,7 @@ class Relay:
     async def _acquire(self, conn: asyncpg.Connection) -> bool:
         """Wait until this relay holds the lock (True) or is stopping (False)."""
         while not self._stopping.is_set():
-            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
+            if self._may_lead and await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                 return True
             # Standby: keep the status current so that any instance can report the relay's lag.
             self._published_position = await self._tracked(conn)

@@ -127,12 +127,10 @@ async def get_member(
     projection holds them masked), a balance that has changed with time since the member's
     last event (a lot unlocked or expired), or a member the projection has not reached yet.
     """
-    if min_position is not None:
-        runner = services.projections
-        if runner is None or not await runner.wait_for(
-            "members", min_position, timeout=services.settings.read_wait_seconds
-        ):
-            raise NotCaughtUp("members", min_position)
+    if min_position is not None and not await services.projections.wait_for(
+        "members", min_position, timeout=services.settings.read_wait_seconds
+    ):
+        raise NotCaughtUp("members", min_position)
     view = await member_view(services.pool, member_id)
     if view is not None:
         valid_until = view.pop("balance_valid_until", None)

@@ -73,6 +73,7 @@ def settings_for(database_url: str, nats_url: str) -> Settings:
         master_key=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         db_pool_size=8,
         read_wait_seconds=0.5,
+        followers="inline",  # the in-process app leads the relay and projections itself
     )
 
 

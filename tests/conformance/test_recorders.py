@@ -39,9 +39,7 @@ from service.store.recorder import (
 
 
 def _shift(events: Sequence[StoredEvent], by: int) -> list[StoredEvent]:
-    return [
-        StoredEvent(e.originator_id, e.originator_version + by, e.topic, e.state) for e in events
-    ]
+    return [StoredEvent(e.originator_id, e.originator_version + by, e.topic, e.state) for e in events]
 
 
 class _VersionsFromOne:

@@ -46,7 +46,7 @@ async def services(database_url: str) -> AsyncIterator[Services]:
         database_url=database_url,
         master_key=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         db_pool_size=12,
-        run_projections=False,  # these tests run runners of their own
+        followers="off",  # these tests run runners of their own
     )
     async with open_services(settings) as opened:
         await ensure_program(opened)

@@ -69,9 +69,7 @@ class Bus:
             stream_name=self.stream,
             subject_prefix=self.prefix,
             db_pool_size=6,
-            # These tests run relays of their own.
-            run_relay=False,
-            run_projections=False,
+            followers="off",  # these tests run relays of their own
             master_key=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
         )
 

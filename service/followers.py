@@ -1,0 +1,133 @@
+"""The follower process that `loyalty serve` starts beside itself (LOYALTY_FOLLOWERS=process).
+
+The relay and the projections follow the log in a `loyalty follow` child, on the machine's other
+core, instead of sharing the request process's event loop. The child competes for the leads like
+any instance (advisory locks), so a child that dies loses nothing: the supervisor starts another
+one (another instance's follower may lead meanwhile), and on shutdown it is stopped last, after
+the requests have drained, so that it publishes what they committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from service.config import Settings
+
+log = logging.getLogger(__name__)
+
+PARENT_PIPE_VARIABLE = "LOYALTY_FOLLOWER_STDIN_IS_PARENT"
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0)  # after each unexpected exit in a row; the last repeats
+STABLE_SECONDS = 30.0  # a child that lived this long starts the delays over
+STOP_TIMEOUT = 20.0
+
+
+class FollowerProcess:
+    """Runs `loyalty follow` with the resolved settings and restarts it when it dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._env = _child_environment(settings)
+        self._stopping = threading.Event()
+        self._child: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._supervise, name="follower-supervisor", daemon=True)
+
+    @property
+    def pid(self) -> int | None:
+        child = self._child
+        return None if child is None else child.pid
+
+    def start(self) -> None:
+        self._spawn()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """SIGTERM the child (it drains the relay) and wait for it; SIGKILL if it hangs."""
+        self._stopping.set()
+        with self._lock:
+            child = self._child
+        if child is None:
+            return
+        if child.poll() is None:
+            child.terminate()
+            try:
+                child.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log.warning("follower process did not stop; killing it", extra={"pid": child.pid})
+                child.kill()
+                child.wait()
+        self._thread.join(timeout=STOP_TIMEOUT)
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            # Its own session: a Ctrl-C on the terminal reaches only `serve`, which stops the
+            # child after the requests have drained. The pipe on its stdin is never written;
+            # the child exits when it closes, i.e. when `serve` is gone, even killed (-9).
+            self._child = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", "follow"],
+                env={**self._env, PARENT_PIPE_VARIABLE: "1"},
+                stdin=subprocess.PIPE,
+                start_new_session=True,
+            )
+        log.info("follower process started", extra={"pid": self._child.pid})
+
+    def _supervise(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            child = self._child
+            if child is None:
+                return
+            started = time.monotonic()
+            code = child.wait()
+            if self._stopping.is_set():
+                return
+            failures = 1 if time.monotonic() - started >= STABLE_SECONDS else failures + 1
+            delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS)) - 1]
+            log.warning(
+                "follower process exited; restarting", extra={"exit_code": code, "restart_in_s": delay}
+            )
+            if self._stopping.wait(delay):
+                return
+            self._spawn()
+
+
+def _child_environment(settings: Settings) -> dict[str, str]:
+    """The parent's environment with the servers `serve` resolved (embedded ones included)."""
+    if settings.database_url is None or settings.nats_url is None or settings.master_key is None:
+        raise ValueError("the follower process needs resolved server URLs and the master key")
+    env = dict(os.environ)
+    env.update(
+        LOYALTY_DATABASE_URL=settings.database_url,
+        LOYALTY_NATS_URL=settings.nats_url,
+        LOYALTY_MASTER_KEY=settings.master_key,
+        LOYALTY_HOST=settings.host,
+        LOYALTY_FOLLOWER_PORT=str(settings.follower_http_port),
+        LOYALTY_DATA_DIR=str(settings.data_dir),
+        LOYALTY_STREAM_NAME=settings.stream_name,
+        LOYALTY_SUBJECT_PREFIX=settings.subject_prefix,
+        LOYALTY_LOG_FORMAT=settings.log_format,
+    )
+    return env
+
+
+def exit_with_parent() -> None:
+    """In the child: SIGTERM ourselves (a graceful stop) when the parent's pipe closes."""
+    if os.environ.get(PARENT_PIPE_VARIABLE) != "1":
+        return
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while sys.stdin.buffer.read(1):
+                pass
+        log.warning("serve process gone; follower stopping")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()

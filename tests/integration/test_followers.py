@@ -1,0 +1,138 @@
+"""`loyalty serve` runs the relay and the projections in a follower process of its own, which it
+restarts when it dies and which never outlives it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import nats
+import pytest
+from nats.js.errors import NotFoundError
+
+from tests.service_process import ADMIN_KEY, Service
+
+AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+async def until(probe: Callable[[], Any], *, what: str, within: float = 30.0) -> Any:
+    """Poll `probe` until it returns something truthy; fail after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = probe()
+        if isinstance(value, Awaitable):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped has finished: it is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def command_line(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().rstrip("\0").split("\0")
+
+
+async def earn(client: httpx.AsyncClient, member_id: str) -> int:
+    response = await client.post(
+        f"/v1/members/{member_id}/earn",
+        json={"order_ref": uuid.uuid4().hex, "amount": "25", "currency": "CNY"},
+        headers=AUTH | {"Idempotency-Key": uuid.uuid4().hex},
+    )
+    assert response.status_code == 201, response.text
+    position: int = response.json()["position"]
+    return position
+
+
+async def projected(client: httpx.AsyncClient, member_id: str, position: int) -> bool:
+    """The member view, read at `min_position`, has reached the event (the follower applied it)."""
+    response = await client.get(f"/v1/members/{member_id}", params={"min_position": position}, headers=AUTH)
+    assert response.status_code in (200, 503), response.text
+    return response.status_code == 200
+
+
+async def published(service: Service, nats_url: str, database_url: str) -> bool:
+    """The stream holds every event of the log."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        head = await conn.fetchval("SELECT coalesce(max(position), 0) FROM events")
+    finally:
+        await conn.close()
+    nc = await nats.connect(nats_url)
+    try:
+        info = await nc.jetstream().stream_info(service.env["LOYALTY_STREAM_NAME"])
+    except NotFoundError:
+        return False
+    finally:
+        await nc.close()
+    assert info.state.messages <= head
+    return bool(info.state.messages == head)
+
+
+async def test_the_follower_process_publishes_and_projects_and_is_restarted_when_killed(
+    service: Service, database_url: str, nats_url: str
+) -> None:
+    service.start()
+    await service.ready()
+    [follower] = await until(service.children, what="the follower process")
+    assert command_line(follower)[-1] == "follow"
+
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
+        enrolled = await client.post(
+            "/v1/members",
+            json={"identities": [{"kind": "app_user", "value": "follower-1"}]},
+            headers=AUTH | {"Idempotency-Key": uuid.uuid4().hex},
+        )
+        assert enrolled.status_code == 201, enrolled.text
+        member_id = enrolled.json()["member_id"]
+        position = await earn(client, member_id)
+        assert await projected(client, member_id, position)
+        await until(lambda: published(service, nats_url, database_url), what="every event on the stream")
+        async with httpx.AsyncClient(base_url=service.follower_url, timeout=10) as follower_client:
+            ready = (await follower_client.get("/health/ready")).json()
+        assert ready["checks"]["relay"]["active"] is True
+
+        os.kill(follower, signal.SIGKILL)
+        # Commands do not need the follower; what they commit meanwhile is caught up later.
+        positions = [await earn(client, member_id) for _ in range(5)]
+        [restarted] = await until(
+            lambda: [pid for pid in service.children() if pid != follower], what="a new follower process"
+        )
+        assert command_line(restarted)[-1] == "follow"
+        await until(lambda: projected(client, member_id, positions[-1]), what="the projection catching up")
+        await until(lambda: published(service, nats_url, database_url), what="the backlog on the stream")
+
+    assert service.terminate() == 0
+    assert not alive(restarted)
+
+
+async def test_the_follower_process_does_not_outlive_a_killed_serve(service: Service) -> None:
+    service.start()
+    await service.ready()
+    [follower] = await until(service.children, what="the follower process")
+    assert service.process is not None
+    service.process.kill()  # no chance to stop its child
+    service.process.wait()
+    try:
+        await until(lambda: not alive(follower), what="the orphaned follower to exit")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(follower, signal.SIGKILL)
