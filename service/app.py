@@ -12,12 +12,13 @@ from typing import Any
 from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from service.api.access import AccessController
-from service.api.auth import authentication
+from service.api.auth import authenticate, is_public
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.health import HealthController
 from service.api.ledger import LedgerController
@@ -38,9 +39,10 @@ def _services(state: State) -> Services:
     return services
 
 
-def _observe(metrics: Metrics, *, log_requests: bool) -> Any:
-    """Middleware: one log line and one metrics sample per request (method, route, status,
-    duration, ids) — never bodies or query strings."""
+def _front(metrics: Metrics, *, log_requests: bool, authenticated: bool = True) -> Any:
+    """The one middleware of every request: request id, the caller (from the API key, unless
+    the path is public), and one log line and one metrics sample at the end (method, route,
+    status, duration, ids; never bodies or query strings)."""
 
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
@@ -48,7 +50,7 @@ def _observe(metrics: Metrics, *, log_requests: bool) -> Any:
                 await app(scope, receive, send)
                 return
             started = time.perf_counter()
-            headers = dict(scope.get("headers") or [])
+            headers = dict(scope["headers"])
             request_id = (headers.get(b"x-request-id") or b"").decode("latin-1")[:100] or uuid.uuid4().hex
             request_id_var.set(request_id)
             channel_var.set(None)
@@ -62,7 +64,13 @@ def _observe(metrics: Metrics, *, log_requests: bool) -> Any:
                 await send(message)
 
             try:
+                if authenticated and not is_public(scope["path"]):
+                    services = scope["app"].state.services
+                    scope["user"] = await authenticate(services, headers.get(b"authorization"))
                 await app(scope, receive, send_wrapper)
+            except HTTPException as exc:  # answered by the app's exception handlers
+                status = exc.status_code
+                raise
             finally:
                 seconds = time.perf_counter() - started
                 route = scope.get("path_template") or "unmatched"
@@ -150,7 +158,7 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
         ),
         lifespan=[_lifespan(settings, metrics, lead=None)],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
-        middleware=[_observe(metrics, log_requests=log_requests), authentication],
+        middleware=[_front(metrics, log_requests=log_requests)],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=OpenAPIConfig(
             title="Loyalty ledger",
@@ -179,7 +187,7 @@ def create_follower_app(settings: Settings) -> Litestar:
         state=State({"metrics": metrics}),
         lifespan=[_lifespan(settings, metrics, lead=True)],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
-        middleware=[_observe(metrics, log_requests=False)],
+        middleware=[_front(metrics, log_requests=False, authenticated=False)],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=None,
         logging_config=None,

@@ -7,12 +7,16 @@ strings are not, and identity values never reach a log call.
 
 from __future__ import annotations
 
-import json
+import atexit
 import logging
+import queue
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
+from logging.handlers import QueueHandler, QueueListener
 from typing import Any
+
+import msgspec
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 channel_var: ContextVar[str | None] = ContextVar("channel", default=None)
@@ -41,6 +45,16 @@ def _context(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD and not k.startswith("_")}
 
 
+_encode_json = msgspec.json.Encoder(enc_hook=str).encode
+
+
+def _exception(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    # A record from the queue carries its traceback already formatted (see _Enqueue).
+    if record.exc_info:
+        return formatter.formatException(record.exc_info)
+    return record.exc_text
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -50,9 +64,10 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             **_context(record),
         }
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        exception = _exception(self, record)
+        if exception:
+            line["exception"] = exception
+        return _encode_json(line).decode()
 
 
 class ConsoleFormatter(logging.Formatter):
@@ -62,17 +77,46 @@ class ConsoleFormatter(logging.Formatter):
         text = f"{time} {record.levelname:<7} {record.name}: {record.getMessage()}" + (
             f"  {extra}" if extra else ""
         )
-        if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+        exception = _exception(self, record)
+        if exception:
+            text += "\n" + exception
         return text
 
 
+class _Enqueue(QueueHandler):
+    """Hands records to the writer thread, with what must be read in the caller's thread (the
+    message, the traceback; the request ids, by the filter) already on them."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record.message = record.msg = record.getMessage()
+        record.args = None
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+
+_listener: QueueListener | None = None
+
+
 def configure_logging(fmt: str = "auto", level: int = logging.INFO) -> None:
-    """Route all logging (ours, uvicorn's, litestar's) through one handler on stderr."""
+    """Route all logging (ours, uvicorn's, litestar's) through one handler on stderr.
+
+    Records are formatted and written by a thread of their own (QueueHandler): a request's log
+    line costs the event loop a queue put, not a JSON encoding and a write to stderr.
+    """
+    global _listener
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if use_json else ConsoleFormatter())
+    writer = logging.StreamHandler(sys.stderr)
+    writer.setFormatter(JsonFormatter() if use_json else ConsoleFormatter())
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    handler = _Enqueue(records)
     handler.addFilter(RequestContextFilter())
+    if _listener is not None:
+        _listener.stop()
+    _listener = QueueListener(records, writer)
+    _listener.start()
+    atexit.register(_listener.stop)  # flushes what is queued
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,5 +1,5 @@
-"""Bearer API keys: the middleware that finds the caller, guards that check scopes, and the
-CommandContext every state-changing request is turned into."""
+"""Bearer API keys: finding the caller (called by the request middleware in service/app.py),
+guards that check scopes, and the CommandContext every state-changing request is turned into."""
 
 from __future__ import annotations
 
@@ -13,8 +13,6 @@ from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 from litestar.handlers.base import BaseRouteHandler
-from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
-from litestar.middleware.base import DefineMiddleware
 
 from service.handlers.context import CommandContext
 from service.handlers.errors import InvalidInput
@@ -22,29 +20,26 @@ from service.logs import channel_var, request_id_var
 from service.services import Services
 from service.store.access import Principal
 
-PUBLIC_PATHS = ["^/health", "^/schema", "^/metrics", "^/asyncapi.json"]
+PUBLIC_PREFIXES = ("/health", "/schema", "/metrics", "/asyncapi.json")
 IDEMPOTENCY_HEADER = "idempotency-key"
 
 
-class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
-    """`Authorization: Bearer <key>` → the key's Principal, or 401."""
-
-    async def authenticate_request(
-        self, connection: ASGIConnection[Any, Any, Any, Any]
-    ) -> AuthenticationResult:
-        header = connection.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise NotAuthorizedException("an API key is required: Authorization: Bearer <key>")
-        services: Services = connection.app.state.services
-        principal = await services.access.authenticate(key.strip())
-        if principal is None:
-            raise NotAuthorizedException("the API key is not valid")
-        channel_var.set(principal.channel)
-        return AuthenticationResult(user=principal, auth=key)
+def is_public(path: str) -> bool:
+    """Health, docs, metrics: no key needed (they hold no personal data)."""
+    return path.startswith(PUBLIC_PREFIXES)
 
 
-authentication = DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS)
+async def authenticate(services: Services, authorization: bytes | None) -> Principal:
+    """`Authorization: Bearer <key>` → the key's Principal; NotAuthorizedException (401) if not."""
+    scheme, _, key = (authorization or b"").decode("latin-1").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise NotAuthorizedException("an API key is required: Authorization: Bearer <key>")
+    principal = await services.access.authenticate(key)
+    if principal is None:
+        raise NotAuthorizedException("the API key is not valid")
+    channel_var.set(principal.channel)
+    return principal
 
 
 def requires(*scopes: str) -> Any:
