@@ -37,6 +37,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from service.bench_followers import FollowerWatch
+from service.bench_followers import render as render_followers
+
 DEFAULT_MIX = "earn=90,redeem=10"
 BENCH_SCOPES = ["read", "earn", "redeem", "members"]
 
@@ -682,6 +685,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--timeout", type=_seconds, default=30.0, help="per-request timeout, seconds (%(default)s)"
     )
+    p.add_argument(
+        "--followers-url",
+        default=None,
+        help="where the relay and the projections report their delays on /metrics (default: the"
+        " service's host at port + 1, the `loyalty follow` process of `serve`; give --url itself"
+        " with LOYALTY_FOLLOWERS=inline)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
 
 
@@ -717,6 +727,12 @@ def run(args: argparse.Namespace) -> int:
         duration=args.duration,
         timeout=args.timeout,
     )
+    followers = FollowerWatch(
+        (args.followers_url or f"http://{target.host}:{target.port + 1}").rstrip("/") + "/metrics",
+        start_in=0.1 + args.warmup,
+        duration=args.duration,
+    )
+    followers.start()
     result = run_load(plan, args.processes)
     config = {
         "url": args.url,
@@ -735,9 +751,10 @@ def run(args: argparse.Namespace) -> int:
         "timeout": args.timeout,
     }
     summary = summarise(config, result)
+    summary["followers"] = followers.report()
     if args.json:
         print(json.dumps(summary))
     else:
-        print(render_text(summary))
+        print("\n".join([render_text(summary), "", *render_followers(summary["followers"])]))
     sys.stdout.flush()
     return 1 if summary["errors"] else 0

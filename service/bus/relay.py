@@ -61,7 +61,24 @@ TRACKING_NAME = "relay"
 # Long enough to absorb a crash and retry; JetStream requires it to be at most max_age.
 DUPLICATE_WINDOW_S = 3600.0
 STREAM_NAME_IN_USE = 10058  # "stream name already in use with a different configuration"
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 
 
 @dataclass(frozen=True, slots=True)
