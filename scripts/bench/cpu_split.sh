@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU used per process group over a window: cpu_split.sh DELAY SECONDS [SERVER_PID]
 # Sleeps DELAY, then samples /proc for SECONDS; prints cores used by the service (SERVER_PID and
-# its descendants, default the pid in $LOYALTY_DATA_DIR/bench-serve.pid), PostgreSQL,
+# its descendants but the follower process, default the pid in $LOYALTY_DATA_DIR/bench-serve.pid),
+# the follower process (`loyalty follow`), PostgreSQL,
 # nats-server, `loyalty bench`, everything else, and the machine's total busy fraction.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -42,6 +43,8 @@ def group(pid, table):
         return "pgbench"
     p = pid
     while p in table and p > 1:
+        if "service.cli follow" in table[p][1] or "loyalty follow" in table[p][1]:
+            return "followers (loyalty follow)"
         if p == server:
             return "service (uvicorn/python)"
         if "loyalty bench" in table[p][1]:
