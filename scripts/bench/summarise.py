@@ -42,6 +42,14 @@ for name, runs in sorted(benches.items()):
         show(f"{kind} p99", [d["kinds"][kind]["latency_ms"].get("p99") for d in runs], " ms")
         show(f"{kind} refused (expected)", [d["kinds"][kind]["rejected"] for d in runs])
     show("errors", [d["errors"] for d in runs])
+    delays = defaultdict(lambda: defaultdict(list))
+    for d in runs:
+        for row in d.get("followers", {}).get("histograms", []):
+            for q in ("p50_ms", "p99_ms"):
+                delays[row["what"]][q].append(row[q])
+    for what, qs in delays.items():
+        for q, xs in qs.items():
+            show(f"{what} {q[:3]}", xs, " ms")
     show("generator cores", [d["generator_cpu_cores"] for d in runs], digits=2)
     cpus = defaultdict(list)
     for cpu in sorted(glob.glob(os.path.join(out, f"{name}-[0-9]*.cpu.txt"))):
