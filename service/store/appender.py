@@ -204,19 +204,33 @@ class Appender:
                     self._queue.task_done()
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", APPEND_LOCK)
-            plan = await _Plan.build(conn, [p.request for p in batch])
-            accepted: list[tuple[_Pending, Committed]] = []
-            rejected: list[tuple[_Pending, BaseException | Replayed]] = []
-            for pending in batch:
-                result = plan.admit(pending.request)
-                if isinstance(result, Committed):
-                    accepted.append((pending, result))
-                else:
-                    rejected.append((pending, result))
-            if accepted:
-                await plan.write(conn, [p.request for p, _ in accepted])
+        # Four round trips a batch (BEGIN and the lock, the reads, the writes, COMMIT): each
+        # await also waits for this process's event loop, which serves requests meanwhile, and
+        # the lock is held through all of them.
+        async with self._pool.acquire() as conn:
+            await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})")
+            try:
+                plan = await _Plan.build(conn, [p.request for p in batch])
+                accepted: list[tuple[_Pending, Committed]] = []
+                rejected: list[tuple[_Pending, BaseException | Replayed]] = []
+                for pending in batch:
+                    result = plan.admit(pending.request)
+                    if isinstance(result, Committed):
+                        accepted.append((pending, result))
+                    else:
+                        rejected.append((pending, result))
+                if accepted:
+                    await plan.write(conn, [p.request for p, _ in accepted])
+                await conn.execute("COMMIT")
+            except BaseException:
+                # Also on cancellation; a connection that cannot even roll back is closed.
+                if not conn.is_closed():
+                    try:
+                        await conn.execute("ROLLBACK")
+                    except BaseException:
+                        conn.terminate()
+                        raise
+                raise
         # Committed: only now may anyone hear of it.
         self.batches += 1
         self.appended += sum(len(c.positions) for _, c in accepted)
@@ -250,43 +264,44 @@ class _Plan:
 
     @classmethod
     async def build(cls, conn: asyncpg.Connection, requests: list[AppendRequest]) -> _Plan:
-        plan = cls()
-        plan.next_position = 1 + await conn.fetchval("SELECT coalesce(max(position), 0) FROM events")
+        """Read, in one query, all the batch is checked against (under the append lock)."""
         streams = list({s for r in requests for s in (*r.expected, *(e.stream_id for e in r.events))})
-        if streams:
-            rows = await conn.fetch(
-                "SELECT stream_id, max(stream_version) AS v FROM events"
-                " WHERE stream_id = ANY($1::uuid[]) GROUP BY stream_id",
-                streams,
-            )
-            plan.versions = {r["stream_id"]: r["v"] for r in rows}
         keys = [(r.idempotency.channel, r.idempotency.key) for r in requests if r.idempotency]
-        if keys:
-            rows = await conn.fetch(
-                "SELECT channel, key, request_hash, status, response FROM idempotency_keys"
-                " WHERE (channel, key) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
-                " AND created_at > now() - interval '24 hours'",
-                [c for c, _ in keys],
-                [k for _, k in keys],
-            )
-            plan.idempotency = {
-                (r["channel"], r["key"]): (r["request_hash"], r["status"], r["response"]) for r in rows
-            }
         orders = [o for r in requests for o, _ in r.order_claims]
-        if orders:
-            rows = await conn.fetch(
-                "SELECT order_ref, member_id FROM order_refs WHERE order_ref = ANY($1::text[])", orders
-            )
-            plan.orders = {r["order_ref"]: r["member_id"] for r in rows}
         claims = [c for r in requests for c in r.identity_claims]
-        if claims:
-            rows = await conn.fetch(
-                "SELECT kind, value_hash, member_id FROM identities"
-                " WHERE (kind, value_hash) IN (SELECT * FROM unnest($1::text[], $2::bytea[]))",
-                [c.kind for c in claims],
-                [c.value_hash for c in claims],
+        row = await conn.fetchrow(
+            _READ_PLAN,
+            streams,
+            [c for c, _ in keys],
+            [k for _, k in keys],
+            orders,
+            [c.kind for c in claims],
+            [c.value_hash for c in claims],
+        )
+        plan = cls()
+        plan.next_position = 1 + row["head"]
+        plan.versions = dict(zip(row["stream_ids"] or (), row["versions"] or (), strict=True))
+        plan.idempotency = {
+            (channel, key): (request_hash, status, response)
+            for channel, key, request_hash, status, response in zip(
+                row["idem_channels"] or (),
+                row["idem_keys"] or (),
+                row["idem_hashes"] or (),
+                row["idem_statuses"] or (),
+                row["idem_responses"] or (),
+                strict=True,
             )
-            plan.identities = {(r["kind"], r["value_hash"]): r["member_id"] for r in rows}
+        }
+        plan.orders = dict(zip(row["order_refs"] or (), row["order_owners"] or (), strict=True))
+        plan.identities = {
+            (kind, value_hash): member_id
+            for kind, value_hash, member_id in zip(
+                row["identity_kinds"] or (),
+                row["identity_hashes"] or (),
+                row["identity_owners"] or (),
+                strict=True,
+            )
+        }
         return plan
 
     def admit(self, request: AppendRequest) -> Committed | Replayed | AppendRejected:
@@ -337,54 +352,48 @@ class _Plan:
         return Committed(positions, response)
 
     async def write(self, conn: asyncpg.Connection, requests: list[AppendRequest]) -> None:
-        event_rows = []
-        for request in requests:
-            meta = request.metadata
-            for event, position in zip(request.events, self.positions[id(request)], strict=True):
-                event_rows.append(
-                    (
-                        position,
-                        event.event_id,
-                        event.stream_id,
-                        event.stream_version,
-                        event.event_type,
-                        event.topic,
-                        event.data,
-                        meta.channel,
-                        meta.api_key_id,
-                        meta.correlation_id,
-                        meta.causation_id,
-                        event.occurred_at,
-                    )
-                )
-        if event_rows:
-            await conn.copy_records_to_table("events", records=event_rows, columns=_EVENT_COLUMNS)
+        """Write the accepted requests: events, idempotency records, order claims, member keys
+        and the NOTIFY in one statement; identity claims and tracking rows (rarer) after it."""
+        rows = [
+            (
+                position,
+                event.event_id,
+                event.stream_id,
+                event.stream_version,
+                event.event_type,
+                event.topic,
+                event.data,
+                request.metadata.channel,
+                request.metadata.api_key_id,
+                request.metadata.correlation_id,
+                request.metadata.causation_id,
+                event.occurred_at,
+            )
+            for request in requests
+            for event, position in zip(request.events, self.positions[id(request)], strict=True)
+        ]
+        events = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 12
+        last = rows[-1][0] if rows else 0
         idem_rows = [self.responses[id(r)] for r in requests if id(r) in self.responses]
-        if idem_rows:
-            await conn.execute(
-                "INSERT INTO idempotency_keys (channel, key, request_hash, status, response, position)"
-                " SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::smallint[],"
-                " $5::bytea[], $6::bigint[])"
-                " ON CONFLICT (channel, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,"
-                " status = EXCLUDED.status, response = EXCLUDED.response,"
-                " position = EXCLUDED.position, created_at = now()",
-                [i.channel for i, _, _ in idem_rows],
-                [i.key for i, _, _ in idem_rows],
-                [i.request_hash for i, _, _ in idem_rows],
-                [i.status for i, _, _ in idem_rows],
-                [body for _, body, _ in idem_rows],
-                [pos for _, _, pos in idem_rows],
-            )
-        last = event_rows[-1][0] if event_rows else 0
         orders = [(o, m) for r in requests for o, m in r.order_claims]
-        if orders:
-            await conn.execute(
-                "INSERT INTO order_refs (order_ref, member_id, position)"
-                " SELECT o, m, $3 FROM unnest($1::text[], $2::uuid[]) AS t(o, m)",
-                [o for o, _ in orders],
-                [m for _, m in orders],
-                last,
-            )
+        keys = [k for r in requests for k in r.member_keys]
+        await conn.execute(
+            _WRITE_BATCH,
+            *events,
+            [i.channel for i, _, _ in idem_rows],
+            [i.key for i, _, _ in idem_rows],
+            [i.request_hash for i, _, _ in idem_rows],
+            [i.status for i, _, _ in idem_rows],
+            [body for _, body, _ in idem_rows],
+            [pos for _, _, pos in idem_rows],
+            [o for o, _ in orders],
+            [m for _, m in orders],
+            last,
+            [m for m, _ in keys],
+            [w for _, w in keys],
+            NOTIFY_CHANNEL,
+            str(last),  # delivered at commit, never before: listeners wake only for committed events
+        )
         releases = [c for r in requests for c in r.identity_releases]
         if releases:
             await conn.execute(
@@ -406,14 +415,6 @@ class _Plan:
                 [c.member_id for c in claims],
                 last,
             )
-        keys = [k for r in requests for k in r.member_keys]
-        if keys:
-            await conn.execute(
-                "INSERT INTO member_keys (member_id, wrapped_key)"
-                " SELECT * FROM unnest($1::uuid[], $2::bytea[])",
-                [m for m, _ in keys],
-                [w for _, w in keys],
-            )
         tracking = [r.tracking for r in requests if r.tracking is not None]
         if tracking:
             # A follower only moves forward: a position at or below its last one is written as
@@ -425,22 +426,57 @@ class _Plan:
                 " FROM tracking WHERE name = $1::text",
                 tracking,
             )
-        if event_rows:
-            # Delivered at commit, never before: listeners wake only for committed events.
-            await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(last))
 
 
-_EVENT_COLUMNS = (
-    "position",
-    "event_id",
-    "stream_id",
-    "stream_version",
-    "event_type",
-    "topic",
-    "data",
-    "channel",
-    "api_key_id",
-    "correlation_id",
-    "causation_id",
-    "occurred_at",
-)
+# Everything a batch is checked against, as one row of arrays (NULL where nothing matched).
+_READ_PLAN = """
+SELECT
+  (SELECT coalesce(max(position), 0) FROM events) AS head,
+  v.stream_ids, v.versions,
+  i.idem_channels, i.idem_keys, i.idem_hashes, i.idem_statuses, i.idem_responses,
+  o.order_refs, o.order_owners,
+  c.identity_kinds, c.identity_hashes, c.identity_owners
+FROM
+  (SELECT array_agg(stream_id) AS stream_ids, array_agg(version) AS versions
+     FROM (SELECT stream_id, max(stream_version) AS version FROM events
+            WHERE stream_id = ANY($1::uuid[]) GROUP BY stream_id) AS s) AS v,
+  (SELECT array_agg(channel) AS idem_channels, array_agg(key) AS idem_keys,
+          array_agg(request_hash) AS idem_hashes, array_agg(status) AS idem_statuses,
+          array_agg(response) AS idem_responses
+     FROM idempotency_keys
+    WHERE (channel, key) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+      AND created_at > now() - interval '24 hours') AS i,
+  (SELECT array_agg(order_ref) AS order_refs, array_agg(member_id) AS order_owners
+     FROM order_refs WHERE order_ref = ANY($4::text[])) AS o,
+  (SELECT array_agg(kind) AS identity_kinds, array_agg(value_hash) AS identity_hashes,
+          array_agg(member_id) AS identity_owners
+     FROM identities
+    WHERE (kind, value_hash) IN (SELECT * FROM unnest($5::text[], $6::bytea[]))) AS c
+"""
+
+# The common writes of a batch, in one statement (data-modifying CTEs all run, referenced or
+# not). Identity claims are not among them: a release and a claim of one identity in the same
+# batch must see each other, which sibling CTEs do not.
+_WRITE_BATCH = """
+WITH
+  new_events AS (
+    INSERT INTO events (position, event_id, stream_id, stream_version, event_type, topic, data,
+                        channel, api_key_id, correlation_id, causation_id, occurred_at)
+    SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::integer[], $5::text[],
+                         $6::text[], $7::bytea[], $8::text[], $9::text[], $10::text[],
+                         $11::text[], $12::timestamptz[])),
+  new_keys AS (
+    INSERT INTO idempotency_keys (channel, key, request_hash, status, response, position)
+    SELECT * FROM unnest($13::text[], $14::text[], $15::bytea[], $16::smallint[], $17::bytea[],
+                         $18::bigint[])
+    ON CONFLICT (channel, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,
+      status = EXCLUDED.status, response = EXCLUDED.response, position = EXCLUDED.position,
+      created_at = now()),
+  new_orders AS (
+    INSERT INTO order_refs (order_ref, member_id, position)
+    SELECT o, m, $21 FROM unnest($19::text[], $20::uuid[]) AS t(o, m)),
+  new_member_keys AS (
+    INSERT INTO member_keys (member_id, wrapped_key)
+    SELECT * FROM unnest($22::uuid[], $23::bytea[]))
+SELECT pg_notify($24, $25) WHERE $21 > 0
+"""
