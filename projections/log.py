@@ -79,11 +79,11 @@ class LogReader:
             *self._args,
         )
         await self._load_keys(conn, {r[1] for r in rows})
-        key, decode = self._keys.get, self._codec.decode
+        key, decode = self._keys.get, self._codec.decode_parts
         events = []
         forgotten = []
         for position, stream_id, version, event_type, topic, data, recorded_at in rows:
-            event = decode(StoredEvent(stream_id, version, topic, data), key(stream_id))
+            event = decode(stream_id, version, topic, data, key(stream_id))
             events.append(LogEvent(position, stream_id, version, event_type, recorded_at, event))
             if event_type == "member_forgotten":
                 forgotten.append(stream_id)
