@@ -43,7 +43,11 @@ def mutate(event: Any, aggregate: Any) -> Any:
         raise OriginatorVersionError(event.originator_version, next_version)
     func, names = plan
     state = event.__dict__
-    func(aggregate, **{name: state[name] for name in names if name in state})
+    try:
+        kwargs = {name: state[name] for name in names}
+    except KeyError:  # an attribute left to its class default: the method's default applies
+        kwargs = {name: state[name] for name in names if name in state}
+    func(aggregate, **kwargs)
     aggregate.version = event.originator_version
     aggregate.modified_on = event.timestamp
     return aggregate
