@@ -15,6 +15,7 @@ no new event. Until then the row is exact; after it a reader needing "now" asks 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import re
@@ -132,20 +133,35 @@ class LogFold:
     async def fold(
         self, conn: asyncpg.Connection, *, after: int, limit: int
     ) -> tuple[int, dict[UUID, Touched]]:
-        """Fold up to `limit` events after `after`: the position reached and the members touched."""
+        """Fold up to `limit` events after `after`: the position reached and the members touched.
+
+        The next page is fetched while this one is applied (the server reads and sends it
+        meanwhile); the connection is used for nothing else until that fetch is awaited.
+        """
         if self.position != after:
             await self._start_at(conn, after)
         last: dict[UUID, tuple[Member, Rules, LogEvent]] = {}
         position = after
-        while position - after < limit:
-            page = min(PAGE, limit - (position - after))
-            events = await self.reader.read(conn, after=position, limit=page)
-            if not events:
-                break
-            await self._fold(conn, events, last)
+        page = min(PAGE, limit)
+        rows = await self.reader.fetch(conn, after=position, limit=page)
+        while rows:
+            events = await self.reader.decode(conn, rows)
+            await self._load_stale(conn, events)
             position = events[-1].position
-            if len(events) < page:
-                break
+            ahead: asyncio.Future[list[asyncpg.Record]] | None = None
+            if len(rows) == page and position - after < limit:
+                page = min(PAGE, limit - (position - after))
+                ahead = asyncio.ensure_future(self.reader.fetch(conn, after=position, limit=page))
+                await asyncio.sleep(0)  # the fetch sends its query
+            try:
+                self._apply(events, last)
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                    with contextlib.suppress(BaseException):
+                        await ahead
+                raise
+            rows = await ahead if ahead is not None else []
         self.position = position
         touched = {
             sid: Touched(member, rules, e.event.timestamp, e.position, e.recorded_at)
@@ -164,27 +180,24 @@ class LogFold:
         self._program = program
         self._rules = program.rules if program is not None and program.rules_versions else DEFAULT_RULES
 
-    async def _fold(
-        self,
-        conn: asyncpg.Connection,
-        events: Sequence[LogEvent],
-        last: dict[UUID, tuple[Member, Rules, LogEvent]],
-    ) -> None:
-        cache, ignored = self._cache, self._ignored
+    async def _load_stale(self, conn: asyncpg.Connection, events: Sequence[LogEvent]) -> None:
         # Each stream's first event of the page must follow the aggregate held for it.
         first: dict[UUID, int] = {}
         for e in events:
             first.setdefault(e.stream_id, e.stream_version)
         stale: dict[UUID, int] = {}
         for sid, version in first.items():
-            if version == 1 or sid in ignored:
+            if version == 1 or sid in self._ignored:
                 continue
-            held = self._program if sid == PROGRAM_ID else cache.get(sid)
+            held = self._program if sid == PROGRAM_ID else self._cache.get(sid)
             if held is None or held.version != version - 1:
                 stale[sid] = version
         if stale:
             for sid, aggregate in (await self.reader.load_streams(conn, stale)).items():
                 self._keep(sid, aggregate)
+
+    def _apply(self, events: Sequence[LogEvent], last: dict[UUID, tuple[Member, Rules, LogEvent]]) -> None:
+        cache, ignored = self._cache, self._ignored
         rules = self._rules
         for e in events:
             sid = e.stream_id
