@@ -2,7 +2,9 @@
 
 Each projection has a row in `projection_positions`. A batch is applied after locking that
 row (FOR UPDATE) and the row is advanced in the same transaction: a crash loses the whole
-batch or none of it, and two instances can never apply the same batch.
+batch or none of it, and two instances can never apply the same batch. The runner applies
+its projections with one fold of the log for all of them (`apply_shared`), each projection
+still writing its rows and advancing its own row together.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from .projection import MemberProjection
+from .projection import LogFold, MemberProjection
 from .registry import PROJECTIONS
 
 PROGRESS_CHANNEL = "loyalty_projections"  # NOTIFY "name:position" after each applied batch
@@ -57,13 +59,66 @@ async def apply_tracked(
         raise LookupError(f"projection {projection.name!r} has no tracking row")
     reached = await projection.apply(conn, after=after, limit=limit)
     if reached != after:
-        await conn.execute(
-            "UPDATE projection_positions SET position = $2, updated_at = now() WHERE name = $1",
-            projection.name,
-            reached,
-        )
-        await conn.execute("SELECT pg_notify($1, $2)", PROGRESS_CHANNEL, f"{projection.name}:{reached}")
+        await _advance(conn, projection.name, reached)
     return after, reached
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What a shared batch did for one projection."""
+
+    after: int
+    reached: int  # `after` when it did not advance
+    error: Exception | None = None  # why its part was rolled back (the others' stays)
+
+
+async def apply_shared(
+    conn: asyncpg.Connection, fold: LogFold, projections: Sequence[MemberProjection], limit: int
+) -> dict[str, Applied]:
+    """Inside the caller's transaction: one fold of the log for several projections.
+
+    Locks their tracking rows (in name order), folds up to `limit` events from the lowest of
+    their positions, then for each projection, in a savepoint, writes the touched members'
+    rows and advances its row: one that fails keeps its position and reports the error while
+    the others advance. A projection ahead of the lowest position also gets the rows of the
+    members it has already applied, again with the same values (a row is the member's whole
+    state at its last event, a function of the log); one at or past the end of the fold is
+    left alone (it must never go back).
+    """
+    names = [p.name for p in projections]
+    rows = await conn.fetch(
+        "SELECT name, position FROM projection_positions WHERE name = ANY($1::text[])"
+        " ORDER BY name FOR UPDATE",
+        names,
+    )
+    positions: dict[str, int] = {r["name"]: r["position"] for r in rows}
+    missing = [n for n in names if n not in positions]
+    if missing:
+        raise LookupError(f"projections {missing} have no tracking row")
+    after = min(positions.values())
+    reached, touched = await fold.fold(conn, after=after, limit=limit)
+    applied = {}
+    for projection in projections:
+        before = positions[projection.name]
+        if reached <= before:
+            applied[projection.name] = Applied(before, before)
+            continue
+        try:
+            async with conn.transaction():  # a savepoint
+                await projection.write(conn, touched)
+                await _advance(conn, projection.name, reached)
+        except Exception as exc:  # its part only; the caller reports it and retries it later
+            applied[projection.name] = Applied(before, before, exc)
+        else:
+            applied[projection.name] = Applied(before, reached)
+    return applied
+
+
+async def _advance(conn: asyncpg.Connection, name: str, position: int) -> None:
+    await conn.execute(
+        "UPDATE projection_positions SET position = $2, updated_at = now() WHERE name = $1", name, position
+    )
+    await conn.execute("SELECT pg_notify($1, $2)", PROGRESS_CHANNEL, f"{name}:{position}")
 
 
 async def step(pool: asyncpg.Pool, projection: MemberProjection, limit: int) -> tuple[int, int]:
