@@ -10,6 +10,7 @@ checks and the version and `modified_on` updates are the library's. A class whos
 from __future__ import annotations
 
 import inspect
+import operator
 import types
 from collections.abc import Callable
 from typing import Any
@@ -22,9 +23,10 @@ from eventsourcing.domain import (
     decorated_funcs,
 )
 
-# Per event class: the decorated function and the names of its keyword parameters (None: the
-# class is not on the plain path, call its own mutate).
-_PLANS: dict[type, tuple[Callable[..., None], tuple[str, ...]] | None] = {}
+# Per event class: the decorated function, the names of its keyword parameters and a getter of
+# their values from the event's attributes (None: not on the plain path, call its own mutate).
+Plan = tuple[Callable[..., None], tuple[str, ...], Callable[[dict[str, Any]], tuple[Any, ...]]]
+_PLANS: dict[type, Plan | None] = {}
 
 
 def mutate(event: Any, aggregate: Any) -> Any:
@@ -41,10 +43,10 @@ def mutate(event: Any, aggregate: Any) -> Any:
     next_version = aggregate.version + 1
     if event.originator_version != next_version:
         raise OriginatorVersionError(event.originator_version, next_version)
-    func, names = plan
+    func, names, values = plan
     state = event.__dict__
     try:
-        kwargs = {name: state[name] for name in names}
+        kwargs = dict(zip(names, values(state), strict=True))
     except KeyError:  # an attribute left to its class default: the method's default applies
         kwargs = {name: state[name] for name in names if name in state}
     func(aggregate, **kwargs)
@@ -53,7 +55,7 @@ def mutate(event: Any, aggregate: Any) -> Any:
     return aggregate
 
 
-def _plan(cls: type) -> tuple[Callable[..., None], tuple[str, ...]] | None:
+def _plan(cls: type) -> Plan | None:
     func = decorated_funcs.get(cls)
     if (
         not isinstance(func, types.FunctionType)
@@ -71,4 +73,8 @@ def _plan(cls: type) -> tuple[Callable[..., None], tuple[str, ...]] | None:
     if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values()):
         return None
     # The library passes every attribute named like a parameter (by keyword): so does this.
-    return func, tuple(name for name in params if name != "self")
+    names = tuple(name for name in params if name != "self")
+    if not names:
+        return func, names, lambda _: ()
+    getter = operator.itemgetter(*names)
+    return func, names, (lambda state: (getter(state),)) if len(names) == 1 else getter

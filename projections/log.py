@@ -86,7 +86,8 @@ class LogReader:
 
     async def decode(self, conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> list[LogEvent]:
         """The events of fetched rows (the page's missing keys are read in one query)."""
-        await self._load_keys(conn, {r[1] for r in rows})
+        if self._keyring is not None:
+            await self._load_keys(conn, {r[1] for r in rows})
         key, decode = self._keys.get, self._codec.decode_parts
         events = []
         forgotten = []

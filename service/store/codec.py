@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import operator
 import types
 import typing
 from collections.abc import Callable
@@ -181,7 +182,7 @@ class TypedStateDecoder:
             items.append(f"{f.name!r}: {unwrap(f's.{f.name}', 0)}")
         struct = msgspec.defstruct(f"{cls.__name__}State", spec, forbid_unknown_fields=True)
         self._decode = msgspec.json.Decoder(struct).decode
-        namespace: dict[str, Any] = {"revive": transcoder.revive}
+        namespace: dict[str, Any] = {"revive": transcoder.revive, "value": operator.attrgetter("value")}
         exec(f"def unwrap(s):\n    return {{{', '.join(items)}}}", namespace)  # noqa: S102 -- our own source
         self._unwrap: Callable[[Any], dict[str, Any]] = namespace["unwrap"]
 
@@ -195,7 +196,7 @@ class TypedStateDecoder:
             return hint, _same
         wrapper = self._wrapper(hint)
         if wrapper is not None:
-            return wrapper, lambda x, _: f"{x}.value"
+            return wrapper, _wrapped
         origin, args = typing.get_origin(hint), typing.get_args(hint)
         if origin in (typing.Union, types.UnionType) and len(args) == 2 and type(None) in args:
             inner, unwrap = self._typed(args[0] if args[1] is type(None) else args[1])
@@ -206,6 +207,8 @@ class TypedStateDecoder:
             inner, unwrap = self._typed(args[0])
             if unwrap is _same:
                 return list[inner], _same  # type: ignore[valid-type]
+            if unwrap is _wrapped:  # the common case, without a comprehension's frame
+                return list[inner], lambda x, _: f"list(map(value, {x}))"  # type: ignore[valid-type]
             return list[inner], lambda x, d: f"[{unwrap(f'v{d}', d + 1)} for v{d} in {x}]"  # type: ignore[valid-type]
         if origin is dict and len(args) == 2 and args[0] is str:
             inner, unwrap = self._typed(args[1])
@@ -242,6 +245,10 @@ def _same(x: str, _: int) -> str:
 
 def _revived(x: str, _: int) -> str:
     return f"revive({x})"
+
+
+def _wrapped(x: str, _: int) -> str:
+    return f"{x}.value"
 
 
 def _personal_fields(event: object) -> tuple[str, ...]:
