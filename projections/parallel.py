@@ -99,8 +99,10 @@ async def _fold_part_async(
         await conn.execute("SET enable_sort = off")
         position = 0
         while True:
+            # `limit` counts positions; a part holds about 1/parts of them: a batch of as many
+            # of its own events as a single process's writes each of its rows as rarely.
             async with conn.transaction():
-                reached = await projection.apply(conn, after=position, limit=batch)
+                reached = await projection.apply(conn, after=position, limit=batch * parts)
             if reached == position:
                 return
             position = reached
