@@ -4,8 +4,9 @@ One instance at a time leads each projection (a session advisory lock on the run
 connection, released when the instance dies) and applies it, batch by batch (see tracking.py);
 the others follow its progress, so `wait_for` answers on every instance. The projections an
 instance leads share one fold of the log (each event is decoded and applied once per batch,
-not once per projection); each keeps its own tracking row, advanced with its rows. One that
-fails is retried on its own back-off while the others go on.
+not once per projection); each keeps its own tracking row, advanced with its rows. When one
+fails, the batch is rolled back and the others go on without it; it is retried on its own
+back-off.
 
 Wake-ups: LISTEN `loyalty_events` (the appender's NOTIFY at commit) on a dedicated connection
 (a pooled one would be UNLISTENed on release), and a poll every POLL_INTERVAL, so a lost
@@ -35,6 +36,7 @@ from .registry import PROJECTIONS, UnknownProjection, default_projections
 from .tracking import (
     LOCK_CLASS,
     PROGRESS_CHANNEL,
+    ProjectionFailed,
     ProjectionStatus,
     apply_shared,
     ensure_tracked,
@@ -245,7 +247,7 @@ class ProjectionRunner:
             self._failed([slot], exc)
 
     async def _apply(self, due: list[_Slot]) -> bool:
-        """One shared batch for these slots; True when it was full (more may be waiting)."""
+        """One shared batch for these slots; True to go on at once (more may be waiting)."""
         try:
             async with contextlib.AsyncExitStack() as paused:
                 for slot in due:
@@ -261,18 +263,19 @@ class ProjectionRunner:
                     raise
         except asyncio.CancelledError:
             raise
+        except ProjectionFailed as exc:
+            # Only its fault: the others go on at once without it, it after its back-off.
+            self._failed([s for s in due if s.projection.name == exc.name], exc.error)
+            return len(due) > 1
         except Exception as exc:
             self._failed(due, exc)
             return False
         full = False
         for slot in due:
-            result = applied[slot.projection.name]
-            if result.error is not None:
-                self._failed([slot], result.error)
-                continue
+            after, reached = applied[slot.projection.name]
             slot.error, slot.backoff = None, MIN_BACKOFF
-            self._advance(slot, result.reached)
-            full = full or result.reached - result.after >= self._batch
+            self._advance(slot, reached)
+            full = full or reached - after >= self._batch
         return full
 
     def _failed(self, slots: list[_Slot], exc: Exception) -> None:

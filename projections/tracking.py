@@ -3,8 +3,8 @@
 Each projection has a row in `projection_positions`. A batch is applied after locking that
 row (FOR UPDATE) and the row is advanced in the same transaction: a crash loses the whole
 batch or none of it, and two instances can never apply the same batch. The runner applies
-its projections with one fold of the log for all of them (`apply_shared`), each projection
-still writing its rows and advancing its own row together.
+its projections with one fold of the log for all of them (`apply_shared`): their rows and
+their own tracking rows advance in one transaction.
 """
 
 from __future__ import annotations
@@ -59,31 +59,32 @@ async def apply_tracked(
         raise LookupError(f"projection {projection.name!r} has no tracking row")
     reached = await projection.apply(conn, after=after, limit=limit)
     if reached != after:
-        await _advance(conn, projection.name, reached)
+        await _advance(conn, [projection.name], reached)
     return after, reached
 
 
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """What a shared batch did for one projection."""
+class ProjectionFailed(Exception):
+    """One projection's rows could not be written: the shared batch is rolled back."""
 
-    after: int
-    reached: int  # `after` when it did not advance
-    error: Exception | None = None  # why its part was rolled back (the others' stays)
+    def __init__(self, name: str, error: Exception) -> None:
+        super().__init__(f"projection {name!r}: {error!r}")
+        self.name = name
+        self.error = error
 
 
 async def apply_shared(
     conn: asyncpg.Connection, fold: LogFold, projections: Sequence[MemberProjection], limit: int
-) -> dict[str, Applied]:
+) -> dict[str, tuple[int, int]]:
     """Inside the caller's transaction: one fold of the log for several projections.
 
     Locks their tracking rows (in name order), folds up to `limit` events from the lowest of
-    their positions, then for each projection, in a savepoint, writes the touched members'
-    rows and advances its row: one that fails keeps its position and reports the error while
-    the others advance. A projection ahead of the lowest position also gets the rows of the
-    members it has already applied, again with the same values (a row is the member's whole
-    state at its last event, a function of the log); one at or past the end of the fold is
-    left alone (it must never go back).
+    their positions, writes each projection's rows of the touched members and advances the
+    rows of those that moved. Returns (position before, position after) by name. A projection
+    ahead of the lowest position also gets the rows of members it has already applied, with
+    the same values (a row is the member's whole state at its last event, a function of the
+    log); one at or past the end of the fold is left alone (it must never go back). A failing
+    write raises ProjectionFailed naming the projection; the caller rolls the batch back and
+    goes on without it for a while.
     """
     names = [p.name for p in projections]
     rows = await conn.fetch(
@@ -95,30 +96,28 @@ async def apply_shared(
     missing = [n for n in names if n not in positions]
     if missing:
         raise LookupError(f"projections {missing} have no tracking row")
-    after = min(positions.values())
-    reached, touched = await fold.fold(conn, after=after, limit=limit)
-    applied = {}
-    for projection in projections:
-        before = positions[projection.name]
-        if reached <= before:
-            applied[projection.name] = Applied(before, before)
-            continue
+    reached, touched = await fold.fold(conn, after=min(positions.values()), limit=limit)
+    moved = [p for p in projections if reached > positions[p.name]]
+    for projection in moved:
         try:
-            async with conn.transaction():  # a savepoint
-                await projection.write(conn, touched)
-                await _advance(conn, projection.name, reached)
-        except Exception as exc:  # its part only; the caller reports it and retries it later
-            applied[projection.name] = Applied(before, before, exc)
-        else:
-            applied[projection.name] = Applied(before, reached)
-    return applied
+            await projection.write(conn, touched)
+        except Exception as exc:
+            raise ProjectionFailed(projection.name, exc) from exc
+    if moved:
+        await _advance(conn, [p.name for p in moved], reached)
+    return {n: (positions[n], reached if reached > positions[n] else positions[n]) for n in names}
 
 
-async def _advance(conn: asyncpg.Connection, name: str, position: int) -> None:
+async def _advance(conn: asyncpg.Connection, names: Sequence[str], position: int) -> None:
+    # One round trip: the tracking rows, and a progress notification for each.
     await conn.execute(
-        "UPDATE projection_positions SET position = $2, updated_at = now() WHERE name = $1", name, position
+        "WITH moved AS (UPDATE projection_positions SET position = $2, updated_at = now()"
+        " WHERE name = ANY($1::text[]) RETURNING name)"
+        " SELECT count(pg_notify($3, name || ':' || $2::text)) FROM moved",
+        list(names),
+        position,
+        PROGRESS_CHANNEL,
     )
-    await conn.execute("SELECT pg_notify($1, $2)", PROGRESS_CHANNEL, f"{name}:{position}")
 
 
 async def step(pool: asyncpg.Pool, projection: MemberProjection, limit: int) -> tuple[int, int]:
