@@ -146,8 +146,9 @@ async def _fold_and_swap(
     Returns how many processes folded the bulk of the log.
     """
     until = await pool.fetchval("SELECT coalesce(max(position), 0) FROM events")
-    parallel = database_url is not None and workers > 1 and until >= PARALLEL_MIN_EVENTS
-    if parallel:
+    used = 1
+    if database_url is not None and workers > 1 and until >= PARALLEL_MIN_EVENTS:
+        used = workers
         assert live.store is not None
         await fold_in_parallel(
             pool, live.store.keyring, database_url, type(live), fresh.table, until, workers, batch
@@ -162,7 +163,7 @@ async def _fold_and_swap(
         if reached - after < batch:
             break
     await _swap(pool, live, fresh, pause=pause, install=install, batch=batch)
-    return workers if parallel else 1
+    return used
 
 
 async def _swap(

@@ -17,10 +17,10 @@ import dataclasses
 import operator
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import msgspec
@@ -70,7 +70,7 @@ class _StructAsDict(Transcoding):
         return msgspec.convert(data, self.type)
 
 
-def make_transcoder() -> JSONTranscoder:
+def make_transcoder() -> FastJSONTranscoder:
     """The one transcoder used for every stored event and snapshot."""
     transcoder = FastJSONTranscoder()
     for transcoding in (UUIDAsHex(), DecimalAsStr(), DatetimeAsISO(), _DateAsISO()):
@@ -222,7 +222,7 @@ class TypedStateDecoder:
 
     def _wrapper(self, hint: Any) -> type[msgspec.Struct] | None:
         transcoding = self._transcoder.types.get(hint) if isinstance(hint, type) else None
-        if not isinstance(transcoding, (*_TYPED_TRANSCODINGS, _StructAsDict)):
+        if transcoding is None or not isinstance(transcoding, (*_TYPED_TRANSCODINGS, _StructAsDict)):
             return None
         return msgspec.defstruct(
             f"{transcoding.name}Wrapped",
@@ -289,7 +289,11 @@ class EventCodec:
     def decode(self, stored: StoredEvent, member_key: bytes | None) -> Any:
         """Map a StoredEvent back to its domain event, opening sealed fields when the key allows."""
         return self.decode_parts(
-            stored.originator_id, stored.originator_version, stored.topic, stored.state, member_key
+            cast(UUID, stored.originator_id),
+            stored.originator_version,
+            stored.topic,
+            stored.state,
+            member_key,
         )
 
     def decode_parts(
@@ -311,12 +315,12 @@ class EventCodec:
                 self._mapper.to_domain_event(StoredEvent(stream_id, version, topic, data)), member_key
             )
         # What Mapper.to_domain_event does after decoding (no upcasting: class_version is 1).
-        originator_id = find_id_convertor(cls, type(stream_id))(stream_id)
+        originator_id = cast(UUID, find_id_convertor(cls, cast(Hashable, type(stream_id)))(stream_id))
         for name in personal:
             state[name] = self._open(originator_id, member_key, state[name])
         state["originator_id"] = originator_id
         state["originator_version"] = version
-        event = object.__new__(cls)
+        event: Any = object.__new__(cls)
         object.__setattr__(event, "__dict__", state)
         return event
 
@@ -334,14 +338,11 @@ class EventCodec:
         return event
 
     def _plan(self, topic: str) -> tuple[type, TypedStateDecoder | None, tuple[str, ...]]:
-        cls = resolve_topic(topic)
+        cls: type = resolve_topic(topic)
         typed: TypedStateDecoder | None = None
         # Upcasting (class_version > 1), snapshots and anything not a dataclass stay with the library.
-        if (
-            getattr(cls, "class_version", 1) == 1
-            and dataclasses.is_dataclass(cls)
-            and not issubclass(cls, Snapshot)
-        ):
+        plain = getattr(cls, "class_version", 1) == 1 and not issubclass(cls, Snapshot)
+        if plain and dataclasses.is_dataclass(cls):
             try:
                 typed = TypedStateDecoder(cls, self._transcoder)
             except (TypeError, NameError, KeyError):  # hints it cannot resolve or type
