@@ -1,6 +1,6 @@
 """Full-rebuild throughput of the projections, on a generated log.
 
-    python -m projections.bench [--events 100000] [--members 10000] [--database-url URL]
+    python -m projections.bench [--events 100000] [--members 10000] [--database-url URL] [--workers N]
 
 Without --database-url an embedded PostgreSQL is started in a temporary directory. A fresh
 database is created on the server (and dropped afterwards unless --keep); the log is made of
@@ -195,7 +195,7 @@ async def _rebuild_all(url: str, keyring: Keyring, args: argparse.Namespace) -> 
                 rates.append(report.events_per_second)
                 print(
                     f"rebuild {name}: {report.events} events in {report.seconds:.2f} s"
-                    f" = {report.events_per_second:,.0f} events/s"
+                    f" = {report.events_per_second:,.0f} events/s, {report.workers} process(es)"
                     f" (CPU of this process and its workers: {cpu:.2f} s,"
                     f" {report.events / cpu:,.0f} events/CPU-s)"
                 )
@@ -233,7 +233,11 @@ def main() -> None:
     parser.add_argument("--projection", action="append", choices=list(PROJECTIONS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=1, help="rebuild each projection this many times")
-    parser.add_argument("--workers", type=int, help="processes folding the log (default 1)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes folding the log (default: one per CPU, as `loyalty projections rebuild`)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated database")
     parser.add_argument("--reuse", metavar="URL", help="rebuild on a database kept by --keep")
     parser.add_argument("--master-key", help="the master key printed by --keep (with --reuse)")

@@ -71,19 +71,28 @@ class LogReader:
 
     async def read(self, conn: asyncpg.Connection, *, after: int, limit: int) -> list[LogEvent]:
         """Up to `limit` events after `after`, by position (gapless: nothing is skipped)."""
-        rows = await conn.fetch(
+        return await self.decode(conn, await self.fetch(conn, after=after, limit=limit))
+
+    async def fetch(self, conn: asyncpg.Connection, *, after: int, limit: int) -> list[asyncpg.Record]:
+        """The rows of `read`, not decoded yet."""
+        rows: list[asyncpg.Record] = await conn.fetch(
             "SELECT position, stream_id, stream_version, event_type, topic, data, recorded_at"
             f" FROM events WHERE position > $1{self._filter} ORDER BY position LIMIT $2",
             after,
             limit,
             *self._args,
         )
-        await self._load_keys(conn, {r[1] for r in rows})
-        key, decode = self._keys.get, self._codec.decode
+        return rows
+
+    async def decode(self, conn: asyncpg.Connection, rows: Sequence[asyncpg.Record]) -> list[LogEvent]:
+        """The events of fetched rows (the page's missing keys are read in one query)."""
+        if self._keyring is not None:
+            await self._load_keys(conn, {r[1] for r in rows})
+        key, decode = self._keys.get, self._codec.decode_parts
         events = []
         forgotten = []
         for position, stream_id, version, event_type, topic, data, recorded_at in rows:
-            event = decode(StoredEvent(stream_id, version, topic, data), key(stream_id))
+            event = decode(stream_id, version, topic, data, key(stream_id))
             events.append(LogEvent(position, stream_id, version, event_type, recorded_at, event))
             if event_type == "member_forgotten":
                 forgotten.append(stream_id)

@@ -1,9 +1,10 @@
 """Read models with one row per member, derived from the Member aggregate itself.
 
-A projection folds each event into its member's aggregate (`event.mutate`) and writes the
-member's row from what the aggregate says, so the balance rules exist once, in the domain.
-Aggregates stay cached between batches with their version; a stream is re-read from the store
-when the cache misses or the version does not follow. Each row is written once per batch.
+A fold (LogFold) applies each event to its member's aggregate (`event.mutate`, see
+dispatch.py) and a projection writes the member's row from what the aggregate says, so the
+balance rules exist once, in the domain. Aggregates stay cached between batches with their
+version; a stream is re-read from the store when the cache misses or the version does not
+follow. Each row is written once per batch; one fold can feed several projections.
 
 The balance depends on `now` (locked lots unlock, lots expire, earns leave the tier window).
 A row holds the balance at the record time of the member's last event (`balance_at`: the
@@ -14,10 +15,11 @@ no new event. Until then the row is exact; after it a reader needing "now" asks 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -30,6 +32,7 @@ from domain.program import PROGRAM_ID, Program
 from domain.rules import DEFAULT_RULES, Rules
 from service.store.event_store import EventStore
 
+from .dispatch import mutate
 from .log import LogEvent, LogReader
 
 # Aggregates kept per projection (a miss costs a stream read, batched per page). A member with
@@ -101,11 +104,138 @@ def balance_values(t: Touched) -> tuple[Any, ...]:
     )
 
 
+class LogFold:
+    """The log folded into Member aggregates, page by page: what the per-member read models share.
+
+    Aggregates stay cached (LRU, up to `cache_size`) between batches with their version; a
+    stream is re-read from the store when the cache misses or the version does not follow, so
+    a fold can start at any position. One fold can feed several projections (the runner folds
+    once for all it applies); it reads personal data if its reader decrypts.
+    """
+
+    def __init__(self, reader: LogReader, cache_size: int = CACHE_SIZE) -> None:
+        self.reader = reader
+        self.cache_size = cache_size
+        self._cache: dict[UUID, Member] = {}
+        self._ignored: set[UUID] = set()  # streams of other aggregates
+        self._program: Program | None = None
+        self._rules: Rules = DEFAULT_RULES
+        self.position: int | None = None  # the log position the cache reflects (None: unknown)
+
+    def reset(self) -> None:
+        """Forget everything folded (after a failed batch, or to free the memory)."""
+        self._cache.clear()
+        self._ignored.clear()
+        self._program = None
+        self._rules = DEFAULT_RULES
+        self.position = None
+
+    async def fold(
+        self, conn: asyncpg.Connection, *, after: int, limit: int
+    ) -> tuple[int, dict[UUID, Touched]]:
+        """Fold up to `limit` events after `after`: the position reached and the members touched.
+
+        The next page is fetched while this one is applied (the server reads and sends it
+        meanwhile); the connection is used for nothing else until that fetch is awaited.
+        """
+        if self.position != after:
+            await self._start_at(conn, after)
+        last: dict[UUID, tuple[Member, Rules, LogEvent]] = {}
+        position = after
+        page = min(PAGE, limit)
+        rows = await self.reader.fetch(conn, after=position, limit=page)
+        while rows:
+            events = await self.reader.decode(conn, rows)
+            await self._load_stale(conn, events)
+            position = events[-1].position
+            ahead: asyncio.Future[list[asyncpg.Record]] | None = None
+            if len(rows) == page and position - after < limit:
+                page = min(PAGE, limit - (position - after))
+                ahead = asyncio.ensure_future(self.reader.fetch(conn, after=position, limit=page))
+                await asyncio.sleep(0)  # the fetch sends its query
+            try:
+                self._apply(events, last)
+            except BaseException:
+                if ahead is not None:
+                    ahead.cancel()
+                    with contextlib.suppress(BaseException):
+                        await ahead
+                raise
+            rows = await ahead if ahead is not None else []
+        self.position = position
+        touched = {
+            sid: Touched(member, rules, e.event.timestamp, e.position, e.recorded_at)
+            for sid, (member, rules, e) in last.items()
+        }
+        return position, touched
+
+    async def _start_at(self, conn: asyncpg.Connection, position: int) -> None:
+        # Cached members are checked by version as they are used; the program is not (its
+        # rules apply to every member), so it is loaded as of the position.
+        program = await self.reader.load_at_position(conn, PROGRAM_ID, position)
+        self._set_program(program)
+        self.position = position
+
+    def _set_program(self, program: Program | None) -> None:
+        self._program = program
+        self._rules = program.rules if program is not None and program.rules_versions else DEFAULT_RULES
+
+    async def _load_stale(self, conn: asyncpg.Connection, events: Sequence[LogEvent]) -> None:
+        # Each stream's first event of the page must follow the aggregate held for it.
+        first: dict[UUID, int] = {}
+        for e in events:
+            first.setdefault(e.stream_id, e.stream_version)
+        stale: dict[UUID, int] = {}
+        for sid, version in first.items():
+            if version == 1 or sid in self._ignored:
+                continue
+            held = self._program if sid == PROGRAM_ID else self._cache.get(sid)
+            if held is None or held.version != version - 1:
+                stale[sid] = version
+        if stale:
+            for sid, aggregate in (await self.reader.load_streams(conn, stale)).items():
+                self._keep(sid, aggregate)
+
+    def _apply(self, events: Sequence[LogEvent], last: dict[UUID, tuple[Member, Rules, LogEvent]]) -> None:
+        cache, ignored = self._cache, self._ignored
+        rules = self._rules
+        for e in events:
+            sid = e.stream_id
+            if sid in ignored:
+                continue
+            if sid == PROGRAM_ID:
+                self._set_program(e.event.mutate(self._program if e.stream_version > 1 else None))
+                rules = self._rules
+                continue
+            # Move to the end: the dict's order is the LRU order.
+            member = cache.pop(sid, None) if e.stream_version > 1 else None
+            member = mutate(e.event, member)
+            if not isinstance(member, Member):
+                ignored.add(sid)
+                continue
+            cache[sid] = member
+            last[sid] = (member, rules, e)
+        while len(cache) > self.cache_size:
+            del cache[next(iter(cache))]
+
+    def _keep(self, sid: UUID, aggregate: Any) -> None:
+        if aggregate is None:
+            raise LookupError(f"stream {sid} has none of the events before those being applied")
+        if sid == PROGRAM_ID:
+            self._set_program(aggregate)
+        elif isinstance(aggregate, Member):
+            self._cache.pop(sid, None)
+            self._cache[sid] = aggregate
+        else:
+            self._ignored.add(sid)
+
+
 class MemberProjection:
-    """Base of the per-member read models: fold, cache, and one upsert per batch.
+    """Base of the per-member read models: its own fold (see LogFold), one upsert per batch.
 
     A subclass names itself and its columns and turns a touched member into its row. The
-    runner owns transactions and tracking; this class only reads and writes inside them.
+    runner owns transactions and tracking, and may fold once for several projections and hand
+    each the touched members (`write`); this class only reads and writes inside them.
     """
 
     kind: ClassVar[str]  # the read model; also its default tracking name and table
@@ -128,16 +258,27 @@ class MemberProjection:
                 raise ValueError("a projection needs the store or a reader")
             reader = LogReader(store.keyring if self.personal_data else None)
         self.store = store
-        self.reader = reader
+        self.fold = LogFold(reader, cache_size)
         self.name = name or self.kind  # its row in projection_positions
         self.table = table or self.kind
-        self.cache_size = cache_size
-        self._cache: dict[UUID, Member] = {}
-        self._ignored: set[UUID] = set()  # streams of other aggregates
-        self._program: Program | None = None
-        self._rules: Rules = DEFAULT_RULES
-        self.position: int | None = None  # the log position the cache reflects (None: unknown)
         self.bind(self.table)
+
+    @property
+    def reader(self) -> LogReader:
+        return self.fold.reader
+
+    @property
+    def cache_size(self) -> int:
+        return self.fold.cache_size
+
+    @cache_size.setter
+    def cache_size(self, size: int) -> None:
+        self.fold.cache_size = size
+
+    @property
+    def position(self) -> int | None:
+        """The log position its own fold reached (None: unknown)."""
+        return self.fold.position
 
     def bind(self, table: str) -> None:
         """Write to `table` from now on (a rebuild writes elsewhere, then takes the live name)."""
@@ -158,11 +299,7 @@ class MemberProjection:
 
     def reset(self) -> None:
         """Forget everything folded: after a failed batch the cache may hold uncommitted changes."""
-        self._cache.clear()
-        self._ignored.clear()
-        self._program = None
-        self._rules = DEFAULT_RULES
-        self.position = None
+        self.fold.reset()
 
     async def apply(self, conn: asyncpg.Connection, *, after: int, limit: int) -> int:
         """Fold up to `limit` events after `after` and upsert the rows they change.
@@ -170,82 +307,15 @@ class MemberProjection:
         Returns the position reached (`after` when there was nothing). Runs inside the caller's
         transaction, which also advances the tracking position.
         """
-        if self.position != after:
-            await self._start_at(conn, after)
-        touched: dict[UUID, Touched] = {}
-        position = after
-        while position - after < limit:
-            page = min(PAGE, limit - (position - after))
-            events = await self.reader.read(conn, after=position, limit=page)
-            if not events:
-                break
-            await self._fold(conn, events, touched)
-            position = events[-1].position
-            if len(events) < page:
-                break
+        position, touched = await self.fold.fold(conn, after=after, limit=limit)
+        await self.write(conn, touched)
+        return position
+
+    async def write(self, conn: asyncpg.Connection, touched: Mapping[UUID, Touched]) -> None:
+        """Upsert the rows of these members (each its whole row: writing one again is harmless)."""
         if touched:
             rows = [self.row(t) for t in touched.values()]
             await conn.execute(self._upsert, *(list(column) for column in zip(*rows, strict=True)))
-        self.position = position
-        return position
-
-    async def _start_at(self, conn: asyncpg.Connection, position: int) -> None:
-        # Cached members are checked by version as they are used; the program is not (its
-        # rules apply to every member), so it is loaded as of the position.
-        program = await self.reader.load_at_position(conn, PROGRAM_ID, position)
-        self._set_program(program)
-        self.position = position
-
-    def _set_program(self, program: Program | None) -> None:
-        self._program = program
-        self._rules = program.rules if program is not None and program.rules_versions else DEFAULT_RULES
-
-    async def _fold(
-        self, conn: asyncpg.Connection, events: Sequence[LogEvent], touched: dict[UUID, Touched]
-    ) -> None:
-        cache, ignored = self._cache, self._ignored
-        # Each stream's first event of the page must follow the aggregate held for it.
-        first: dict[UUID, int] = {}
-        for e in events:
-            first.setdefault(e.stream_id, e.stream_version)
-        stale: dict[UUID, int] = {}
-        for sid, version in first.items():
-            if version == 1 or sid in ignored:
-                continue
-            held = self._program if sid == PROGRAM_ID else cache.get(sid)
-            if held is None or held.version != version - 1:
-                stale[sid] = version
-        if stale:
-            for sid, aggregate in (await self.reader.load_streams(conn, stale)).items():
-                self._keep(sid, aggregate)
-        for e in events:
-            sid = e.stream_id
-            if sid in ignored:
-                continue
-            if sid == PROGRAM_ID:
-                self._set_program(e.event.mutate(self._program if e.stream_version > 1 else None))
-                continue
-            # Move to the end: the dict's order is the LRU order.
-            member = cache.pop(sid, None) if e.stream_version > 1 else None
-            member = e.event.mutate(member)
-            if not isinstance(member, Member):
-                ignored.add(sid)
-                continue
-            cache[sid] = member
-            touched[sid] = Touched(member, self._rules, e.event.timestamp, e.position, e.recorded_at)
-        while len(cache) > self.cache_size:
-            del cache[next(iter(cache))]
-
-    def _keep(self, sid: UUID, aggregate: Any) -> None:
-        if aggregate is None:
-            raise LookupError(f"stream {sid} has none of the events before those being applied")
-        if sid == PROGRAM_ID:
-            self._set_program(aggregate)
-        elif isinstance(aggregate, Member):
-            self._cache.pop(sid, None)
-            self._cache[sid] = aggregate
-        else:
-            self._ignored.add(sid)
 
 
 @contextlib.contextmanager

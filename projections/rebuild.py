@@ -20,7 +20,7 @@ import asyncpg
 
 from service.store.event_store import EventStore
 
-from .parallel import PARALLEL_MIN_EVENTS, fold_in_parallel
+from .parallel import PARALLEL_MIN_EVENTS, fold_in_parallel, worker_count
 from .projection import REBUILD_CACHE_SIZE, MemberProjection, fewer_collections
 from .registry import projection_class
 from .tracking import LOCK_CLASS, PROGRESS_CHANNEL, REBUILD_SUFFIX, apply_tracked, ensure_tracked, step
@@ -43,6 +43,7 @@ class RebuildReport:
     events: int
     seconds: float
     position: int
+    workers: int = 1  # processes that folded the bulk of the log
 
     @property
     def events_per_second(self) -> float:
@@ -60,9 +61,11 @@ async def rebuild(
     """Rebuild a projection from position 0 and swap it in (`loyalty projections rebuild NAME`).
 
     Safe while services run: their appliers wait on the tracking row during the swap. With
-    `database_url` and `workers` > 1, a long log is folded by that many processes (see
-    projections/parallel.py; `worker_count()` is one per CPU).
+    `database_url`, a long log is folded by `workers` processes (see projections/parallel.py),
+    by default one per CPU (`worker_count()`); `workers=1` folds it in this process.
     """
+    if workers is None:
+        workers = worker_count() if database_url is not None else 1
     report, _ = await rebuild_projection(
         pool, projection_class(name)(store), database_url=database_url, workers=workers
     )
@@ -109,12 +112,14 @@ async def rebuild_projection(
                 )
             started = time.perf_counter()
             with fewer_collections():
-                await _fold_and_swap(pool, live, fresh, pause, install, batch, database_url, workers)
+                used = await _fold_and_swap(pool, live, fresh, pause, install, batch, database_url, workers)
             seconds = time.perf_counter() - started
         finally:
             await guard.fetchval("SELECT pg_advisory_unlock($1, hashtext($2))", LOCK_CLASS, fresh.name)
     assert fresh.position is not None
-    report = RebuildReport(name=live.name, events=fresh.position, seconds=seconds, position=fresh.position)
+    report = RebuildReport(
+        name=live.name, events=fresh.position, seconds=seconds, position=fresh.position, workers=used
+    )
     log.info(
         "projection rebuilt",
         extra={
@@ -135,10 +140,15 @@ async def _fold_and_swap(
     batch: int,
     database_url: str | None,
     workers: int,
-) -> None:
-    """Fold the whole log into the fresh tables, catch up with the head, swap them in."""
+) -> int:
+    """Fold the whole log into the fresh tables, catch up with the head, swap them in.
+
+    Returns how many processes folded the bulk of the log.
+    """
     until = await pool.fetchval("SELECT coalesce(max(position), 0) FROM events")
+    used = 1
     if database_url is not None and workers > 1 and until >= PARALLEL_MIN_EVENTS:
+        used = workers
         assert live.store is not None
         await fold_in_parallel(
             pool, live.store.keyring, database_url, type(live), fresh.table, until, workers, batch
@@ -153,6 +163,7 @@ async def _fold_and_swap(
         if reached - after < batch:
             break
     await _swap(pool, live, fresh, pause=pause, install=install, batch=batch)
+    return used
 
 
 async def _swap(

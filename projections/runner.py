@@ -1,8 +1,12 @@
-"""Runs the projections in the service: each follows the log in its own task, exactly once.
+"""Runs the projections in the service: they follow the log exactly once, in one pass.
 
 One instance at a time leads each projection (a session advisory lock on the runner's own
 connection, released when the instance dies) and applies it, batch by batch (see tracking.py);
-the others follow its progress, so `wait_for` answers on every instance.
+the others follow its progress, so `wait_for` answers on every instance. The projections an
+instance leads share one fold of the log (each event is decoded and applied once per batch,
+not once per projection); each keeps its own tracking row, advanced with its rows. When one
+fails, the batch is rolled back and the others go on without it; it is retried on its own
+back-off.
 
 Wake-ups: LISTEN `loyalty_events` (the appender's NOTIFY at commit) on a dedicated connection
 (a pooled one would be UNLISTENed on release), and a poll every POLL_INTERVAL, so a lost
@@ -25,17 +29,19 @@ import asyncpg
 from service.store.appender import NOTIFY_CHANNEL
 from service.store.event_store import EventStore
 
-from .projection import MemberProjection
+from .log import LogReader
+from .projection import LogFold, MemberProjection
 from .rebuild import RebuildInProgress, RebuildReport, rebuild, rebuild_projection
 from .registry import PROJECTIONS, UnknownProjection, default_projections
 from .tracking import (
     LOCK_CLASS,
     PROGRESS_CHANNEL,
+    ProjectionFailed,
     ProjectionStatus,
+    apply_shared,
     ensure_tracked,
     projection_status,
     statuses,
-    step,
 )
 
 __all__ = [
@@ -54,6 +60,7 @@ log = logging.getLogger(__name__)
 LIVE_BATCH = 1_000  # small batches keep the lag low and the tracking row's lock short
 POLL_INTERVAL = 0.5
 KEEPALIVE = 5.0
+MIN_BACKOFF = 0.1
 MAX_BACKOFF = 5.0
 
 
@@ -62,12 +69,12 @@ class _Slot:
     projection: MemberProjection
     position: int = 0
     progress: asyncio.Event = field(default_factory=asyncio.Event)  # replaced at each advance
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    pause: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pause: asyncio.Lock = field(default_factory=asyncio.Lock)  # held: not applied (a swap)
     leading: bool = False
     observed_at: float = 0.0  # when a follower last read the leader's position
     error: str | None = None
-    task: asyncio.Task[None] | None = None
+    retry_at: float = 0.0  # after a failure, not applied again before this (monotonic)
+    backoff: float = MIN_BACKOFF
 
 
 class ProjectionRunner:
@@ -94,17 +101,25 @@ class ProjectionRunner:
         self._batch = batch
         self._rebuild_workers = rebuild_workers
         self._may_lead = lead  # False: only follow the leaders' progress (wait_for, status)
+        # The fold all applied projections share: it reads personal data if any of them needs it.
+        personal = any(p.personal_data for p in chosen)
+        self._fold = LogFold(
+            LogReader(store.keyring if personal else None),
+            max((p.cache_size for p in chosen), default=0),
+        )
         self._conn: asyncpg.Connection | None = None
         self._conn_lock = asyncio.Lock()
         self._connected = asyncio.Event()
+        self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
+        self._applier: asyncio.Task[None] | None = None
 
     @property
     def names(self) -> list[str]:
         return list(self._slots)
 
     async def start(self) -> None:
-        """Track every projection, connect the listener, start one task per projection."""
+        """Track every projection, connect the listener, start following the log."""
         await ensure_tracked(self._pool, self.names)
         for status in await statuses(self._pool, self.names):
             self._slots[status.name].position = status.position
@@ -115,22 +130,19 @@ class ProjectionRunner:
         if self._listener in done:
             waiter.cancel()
             self._listener.result()
-        for name, slot in self._slots.items():
-            slot.task = asyncio.create_task(self._follow(slot), name=f"projection-{name}")
+        self._applier = asyncio.create_task(self._follow(), name="projections")
 
     async def stop(self) -> None:
         """Stop applying (a batch in flight is rolled back) and close the listener."""
-        tasks = [s.task for s in self._slots.values() if s.task is not None]
-        if self._listener is not None:
-            tasks.append(self._listener)
+        tasks = [t for t in (self._applier, self._listener) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for slot in self._slots.values():
-            slot.task, slot.leading = None, False
-        self._listener = None
+            slot.leading = False
+        self._applier = self._listener = None
 
     def position(self, name: str) -> int:
         """The last position this instance knows the projection to have applied."""
@@ -176,7 +188,7 @@ class ProjectionRunner:
         def install(projection: MemberProjection) -> None:
             slot.projection = projection
 
-        report, _ = await rebuild_projection(
+        report, fresh = await rebuild_projection(
             self._pool,
             slot.projection,
             pause=slot.pause,
@@ -184,7 +196,9 @@ class ProjectionRunner:
             database_url=self._dsn,
             workers=self._rebuild_workers,
         )
+        fresh.reset()  # the runner applies it with the shared fold: free the rebuild's cache
         self._advance(slot, report.position)
+        self._wake.set()  # it was left out while paused
         return report
 
     def _slot(self, name: str) -> _Slot:
@@ -199,38 +213,82 @@ class ProjectionRunner:
             slot.progress.set()
             slot.progress = asyncio.Event()
 
-    async def _follow(self, slot: _Slot) -> None:
-        backoff = 0.1
+    async def _follow(self) -> None:
         while True:
-            slot.wake.clear()  # a notification from now on wakes the next wait
+            self._wake.clear()  # a notification from now on wakes the next wait
             more = False
-            try:
+            for slot in self._slots.values():
                 # A follower tries to take the lead (and reads the leader's position, in case a
                 # progress notification was lost) once per poll, not at every notification.
                 if not slot.leading and time.monotonic() - slot.observed_at >= self._poll:
                     slot.observed_at = time.monotonic()
-                    if not await self._lead(slot):
-                        position = await self._pool.fetchval(
-                            "SELECT position FROM projection_positions WHERE name = $1", slot.projection.name
-                        )
-                        self._advance(slot, position or 0)
-                if slot.leading:
-                    async with slot.pause:
-                        after, reached = await step(self._pool, slot.projection, self._batch)
-                    self._advance(slot, reached)
-                    more = reached - after >= self._batch
-                slot.error, backoff = None, 0.1
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                slot.error = repr(exc)
-                log.exception("projection batch failed; retrying", extra={"projection": slot.projection.name})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-                continue
+                    await self._observe(slot)
+            now = time.monotonic()
+            due = [
+                s for s in self._slots.values() if s.leading and s.retry_at <= now and not s.pause.locked()
+            ]
+            if due:
+                more = await self._apply(due)
             if not more:
+                retry = [s.retry_at - now for s in self._slots.values() if s.leading and s.retry_at > now]
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(slot.wake.wait(), self._poll)
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, min([self._poll, *retry])))
+
+    async def _observe(self, slot: _Slot) -> None:
+        try:
+            if not await self._lead(slot):
+                position = await self._pool.fetchval(
+                    "SELECT position FROM projection_positions WHERE name = $1", slot.projection.name
+                )
+                self._advance(slot, position or 0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._failed([slot], exc)
+
+    async def _apply(self, due: list[_Slot]) -> bool:
+        """One shared batch for these slots; True to go on at once (more may be waiting)."""
+        try:
+            async with contextlib.AsyncExitStack() as paused:
+                for slot in due:
+                    await paused.enter_async_context(slot.pause)
+                try:
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        applied = await apply_shared(
+                            conn, self._fold, [s.projection for s in due], self._batch
+                        )
+                except BaseException:
+                    # The fold may be ahead of what was committed.
+                    self._fold.reset()
+                    raise
+        except asyncio.CancelledError:
+            raise
+        except ProjectionFailed as exc:
+            # Only its fault: the others go on at once without it, it after its back-off.
+            self._failed([s for s in due if s.projection.name == exc.name], exc.error)
+            return len(due) > 1
+        except Exception as exc:
+            self._failed(due, exc)
+            return False
+        full = False
+        for slot in due:
+            after, reached = applied[slot.projection.name]
+            slot.error, slot.backoff = None, MIN_BACKOFF
+            self._advance(slot, reached)
+            full = full or reached - after >= self._batch
+        return full
+
+    def _failed(self, slots: list[_Slot], exc: Exception) -> None:
+        # Retried with back-off, each on its own: the others go on meanwhile.
+        for slot in slots:
+            slot.error = repr(exc)
+            slot.retry_at = time.monotonic() + slot.backoff
+            slot.backoff = min(slot.backoff * 2, MAX_BACKOFF)
+            log.error(
+                "projection batch failed; retrying",
+                exc_info=exc,
+                extra={"projection": slot.projection.name},
+            )
 
     async def _lead(self, slot: _Slot) -> bool:
         conn = self._conn
@@ -245,8 +303,7 @@ class ProjectionRunner:
         return slot.leading
 
     def _on_event(self, *_: Any) -> None:
-        for slot in self._slots.values():
-            slot.wake.set()
+        self._wake.set()
 
     def _on_progress(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         name, _, position = payload.rpartition(":")

@@ -2,7 +2,9 @@
 
 Each projection has a row in `projection_positions`. A batch is applied after locking that
 row (FOR UPDATE) and the row is advanced in the same transaction: a crash loses the whole
-batch or none of it, and two instances can never apply the same batch.
+batch or none of it, and two instances can never apply the same batch. The runner applies
+its projections with one fold of the log for all of them (`apply_shared`): their rows and
+their own tracking rows advance in one transaction.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 import asyncpg
 
-from .projection import MemberProjection
+from .projection import LogFold, MemberProjection
 from .registry import PROJECTIONS
 
 PROGRESS_CHANNEL = "loyalty_projections"  # NOTIFY "name:position" after each applied batch
@@ -57,13 +59,65 @@ async def apply_tracked(
         raise LookupError(f"projection {projection.name!r} has no tracking row")
     reached = await projection.apply(conn, after=after, limit=limit)
     if reached != after:
-        await conn.execute(
-            "UPDATE projection_positions SET position = $2, updated_at = now() WHERE name = $1",
-            projection.name,
-            reached,
-        )
-        await conn.execute("SELECT pg_notify($1, $2)", PROGRESS_CHANNEL, f"{projection.name}:{reached}")
+        await _advance(conn, [projection.name], reached)
     return after, reached
+
+
+class ProjectionFailed(Exception):
+    """One projection's rows could not be written: the shared batch is rolled back."""
+
+    def __init__(self, name: str, error: Exception) -> None:
+        super().__init__(f"projection {name!r}: {error!r}")
+        self.name = name
+        self.error = error
+
+
+async def apply_shared(
+    conn: asyncpg.Connection, fold: LogFold, projections: Sequence[MemberProjection], limit: int
+) -> dict[str, tuple[int, int]]:
+    """Inside the caller's transaction: one fold of the log for several projections.
+
+    Locks their tracking rows (in name order), folds up to `limit` events from the lowest of
+    their positions, writes each projection's rows of the touched members and advances the
+    rows of those that moved. Returns (position before, position after) by name. A projection
+    ahead of the lowest position also gets the rows of members it has already applied, with
+    the same values (a row is the member's whole state at its last event, a function of the
+    log); one at or past the end of the fold is left alone (it must never go back). A failing
+    write raises ProjectionFailed naming the projection; the caller rolls the batch back and
+    goes on without it for a while.
+    """
+    names = [p.name for p in projections]
+    rows = await conn.fetch(
+        "SELECT name, position FROM projection_positions WHERE name = ANY($1::text[])"
+        " ORDER BY name FOR UPDATE",
+        names,
+    )
+    positions: dict[str, int] = {r["name"]: r["position"] for r in rows}
+    missing = [n for n in names if n not in positions]
+    if missing:
+        raise LookupError(f"projections {missing} have no tracking row")
+    reached, touched = await fold.fold(conn, after=min(positions.values()), limit=limit)
+    moved = [p for p in projections if reached > positions[p.name]]
+    for projection in moved:
+        try:
+            await projection.write(conn, touched)
+        except Exception as exc:
+            raise ProjectionFailed(projection.name, exc) from exc
+    if moved:
+        await _advance(conn, [p.name for p in moved], reached)
+    return {n: (positions[n], reached if reached > positions[n] else positions[n]) for n in names}
+
+
+async def _advance(conn: asyncpg.Connection, names: Sequence[str], position: int) -> None:
+    # One round trip: the tracking rows, and a progress notification for each.
+    await conn.execute(
+        "WITH moved AS (UPDATE projection_positions SET position = $2, updated_at = now()"
+        " WHERE name = ANY($1::text[]) RETURNING name)"
+        " SELECT count(pg_notify($3, name || ':' || $2::text)) FROM moved",
+        list(names),
+        position,
+        PROGRESS_CHANNEL,
+    )
 
 
 async def step(pool: asyncpg.Pool, projection: MemberProjection, limit: int) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import contextlib
 import secrets
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +28,7 @@ from projections import rebuild as rebuild_module
 from projections.balances import BalancesProjection, balance_row
 from projections.log import LogReader
 from projections.members import MembersProjection, member_view
-from projections.projection import MemberProjection, next_change_at
+from projections.projection import MemberProjection, Touched, next_change_at
 from projections.runner import ProjectionRunner, projection_status, rebuild
 from service.api.schemas import EarnIn, EnrolIn, IdentityIn, MemberOut, MergeIn, RedeemIn
 from service.config import Settings
@@ -361,12 +361,11 @@ class FailsOnce(BalancesProjection):
 
     failures = 0
 
-    async def apply(self, conn: asyncpg.Connection, *, after: int, limit: int) -> int:
-        reached = await super().apply(conn, after=after, limit=limit)
-        if reached > after and FailsOnce.failures == 0:
+    async def write(self, conn: asyncpg.Connection, touched: Mapping[uuid.UUID, Touched]) -> None:
+        await super().write(conn, touched)
+        if touched and FailsOnce.failures == 0:
             FailsOnce.failures += 1
             raise RuntimeError("crash after writing part of a batch")
-        return reached
 
 
 class Stalls(BalancesProjection):
@@ -376,12 +375,11 @@ class Stalls(BalancesProjection):
         super().__init__(*args, **kw)
         self.inside = asyncio.Event()
 
-    async def apply(self, conn: asyncpg.Connection, *, after: int, limit: int) -> int:
-        reached = await super().apply(conn, after=after, limit=limit)
-        if reached > after:
+    async def write(self, conn: asyncpg.Connection, touched: Mapping[uuid.UUID, Touched]) -> None:
+        await super().write(conn, touched)
+        if touched:
             self.inside.set()
             await asyncio.Event().wait()
-        return reached
 
 
 async def test_a_batch_that_fails_midway_is_retried_and_equals_a_rebuild_from_zero(
@@ -429,6 +427,75 @@ async def test_a_projection_killed_mid_batch_and_restarted_equals_a_rebuild_from
     for member in shoppers:
         row = next(r for r in live if r["member_id"] == uuid.UUID(member))
         assert row["lifetime_earned"] == counter.earned[member]
+
+
+class Broken(BalancesProjection):
+    """Fails at every write while `broken` is set."""
+
+    broken = True
+
+    async def write(self, conn: asyncpg.Connection, touched: Mapping[uuid.UUID, Touched]) -> None:
+        await super().write(conn, touched)
+        if touched and Broken.broken:
+            raise RuntimeError("this projection cannot write")
+
+
+async def test_the_runner_decodes_each_event_once_for_all_its_projections(
+    services: Services, counter: Counter, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shoppers = [await counter.enrol() for _ in range(6)]
+    await counter.shopping(shoppers, rounds=3)
+    read: list[int] = []
+    original = LogReader.decode
+
+    async def counted(self: LogReader, conn: asyncpg.Connection, rows: Any) -> Any:
+        events = await original(self, conn, rows)
+        read.extend(e.position for e in events)
+        return events
+
+    monkeypatch.setattr(LogReader, "decode", counted)
+    async with running(services, database_url) as runner:
+        for name in ("balances", "members"):
+            assert await runner.wait_for(name, counter.last_position, timeout=10)
+
+    assert sorted(read) == sorted(set(read))  # never twice
+    assert read[-1] == counter.last_position
+
+
+async def test_a_failing_projection_does_not_hold_the_others_back_and_catches_up_after(
+    services: Services, counter: Counter, database_url: str
+) -> None:
+    shoppers = [await counter.enrol() for _ in range(5)]
+    async with services.pool.acquire() as conn:
+        await conn.execute("CREATE TABLE broken (LIKE balances INCLUDING ALL)")
+    Broken.broken = True
+    projections: list[MemberProjection] = [
+        BalancesProjection(services.store),
+        MembersProjection(services.store),
+        Broken(services.store, name="broken", table="broken"),
+    ]
+    async with running(services, database_url, projections, poll_interval=0.1) as runner:
+        await counter.shopping(shoppers, rounds=3)
+        for name in ("balances", "members"):
+            assert await runner.wait_for(name, counter.last_position, timeout=10)
+        statuses = {s.name: s for s in await runner.status()}
+        assert statuses["broken"].position == 0
+        assert statuses["broken"].error is not None
+        assert statuses["balances"].error is None
+
+        # Mended: it catches up from its own position, behind the others, and equals them.
+        Broken.broken = False
+        await counter.shopping(shoppers[:2], rounds=1)
+        for name in ("balances", "members", "broken"):
+            assert await runner.wait_for(name, counter.last_position, timeout=15)
+        # (Its progress notification may wake the wait a moment before its error is cleared.)
+        for _ in range(100):
+            if {s.name: s.error for s in await runner.status()}["broken"] is None:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            pytest.fail("the mended projection still reports its error")
+    assert await table(services.pool, "broken") == await table(services.pool, "balances")
 
 
 # -- rebuilds ------------------------------------------------------------------------------
