@@ -121,6 +121,10 @@ class LogFold:
         self._program: Program | None = None
         self._rules: Rules = DEFAULT_RULES
         self.position: int | None = None  # the log position the cache reflects (None: unknown)
+        # With `keep_recorded`, each fold leaves (position, recorded_at as epoch seconds) of
+        # every event it read here, for the runner's commit -> applied delays.
+        self.keep_recorded = False
+        self.recorded: list[tuple[int, float]] = []
 
     def reset(self) -> None:
         """Forget everything folded (after a failed batch, or to free the memory)."""
@@ -143,9 +147,12 @@ class LogFold:
         last: dict[UUID, tuple[Member, Rules, LogEvent]] = {}
         position = after
         page = min(PAGE, limit)
+        self.recorded = []
         rows = await self.reader.fetch(conn, after=position, limit=page)
         while rows:
             events = await self.reader.decode(conn, rows)
+            if self.keep_recorded:
+                self.recorded += [(e.position, e.recorded_at.timestamp()) for e in events]
             await self._load_stale(conn, events)
             position = events[-1].position
             ahead: asyncio.Future[list[asyncpg.Record]] | None = None

@@ -26,6 +26,7 @@ from typing import Any
 
 import asyncpg
 
+from service.metrics import DelayHistogram
 from service.store.appender import NOTIFY_CHANNEL
 from service.store.event_store import EventStore
 
@@ -107,6 +108,8 @@ class ProjectionRunner:
             LogReader(store.keyring if personal else None),
             max((p.cache_size for p in chosen), default=0),
         )
+        self._fold.keep_recorded = True
+        self._delays = {p.name: DelayHistogram() for p in chosen}
         self._conn: asyncpg.Connection | None = None
         self._conn_lock = asyncio.Lock()
         self._connected = asyncio.Event()
@@ -143,6 +146,11 @@ class ProjectionRunner:
         for slot in self._slots.values():
             slot.leading = False
         self._applier = self._listener = None
+
+    def delays(self) -> dict[str, DelayHistogram]:
+        """Per projection: from each event's commit to the commit of the batch that applied it,
+        for the batches this instance applied (/metrics; what `loyalty bench` reports)."""
+        return self._delays
 
     def position(self, name: str) -> int:
         """The last position this instance knows the projection to have applied."""
@@ -270,9 +278,14 @@ class ProjectionRunner:
         except Exception as exc:
             self._failed(due, exc)
             return False
+        committed_at = time.time()
         full = False
         for slot in due:
             after, reached = applied[slot.projection.name]
+            delays = self._delays[slot.projection.name]
+            for position, recorded_at in self._fold.recorded:
+                if position > after:
+                    delays.observe(max(0.0, committed_at - recorded_at))
             slot.error, slot.backoff = None, MIN_BACKOFF
             self._advance(slot, reached)
             full = full or reached - after >= self._batch

@@ -189,7 +189,7 @@ def cmd_keys_create(settings: Settings, channel: str, scopes: list[str], name: s
     return 0
 
 
-def cmd_projections(settings: Settings, action: str, name: str | None) -> int:
+def cmd_projections(settings: Settings, action: str, name: str | None, workers: int | None = None) -> int:
     """`loyalty projections status` / `rebuild NAME` (safe while the service runs)."""
     import asyncpg
 
@@ -216,12 +216,15 @@ def cmd_projections(settings: Settings, action: str, name: str | None) -> int:
             keyring = Keyring(parse_master_key(resolved.master_key))
             store = EventStore(pool, EventCodec(keyring), keyring)
             try:
-                report = await rebuild(pool, store, name or "", database_url=resolved.database_url)
+                report = await rebuild(
+                    pool, store, name or "", database_url=resolved.database_url, workers=workers
+                )
             except UnknownProjection:
                 raise SystemExit(f"unknown projection {name!r}") from None
             print(
                 f"rebuilt {report.name}: {report.events} events in {report.seconds:.2f} s"
-                f" ({report.events_per_second:,.0f} events/s), now at position {report.position}"
+                f" ({report.events_per_second:,.0f} events/s, {report.workers} process(es)),"
+                f" now at position {report.position}"
             )
             return 0
         finally:
@@ -267,6 +270,13 @@ def parser() -> argparse.ArgumentParser:
     status = projections_sub.add_parser("status", help="each projection's position and lag")
     rebuild = projections_sub.add_parser("rebuild", help="rebuild one from position 0 and swap it in")
     rebuild.add_argument("name", help="balances or members")
+    rebuild.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes folding a long log (default: one per CPU; 1 leaves a core to a service"
+        " on the same machine)",
+    )
     for sub_parser in (status, rebuild):
         sub_parser.add_argument("--database-url")
         sub_parser.add_argument("--data-dir", type=Path)
@@ -301,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return cmd_keys_create(settings, args.channel, scopes, args.name)
     if args.command == "projections":
-        return cmd_projections(settings, args.projections_command, getattr(args, "name", None))
+        return cmd_projections(
+            settings, args.projections_command, getattr(args, "name", None), getattr(args, "workers", None)
+        )
     if args.command == "bench":
         from service.bench import run
 

@@ -6,6 +6,7 @@ components at scrape time, so a scrape always reports current positions and lags
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -14,6 +15,33 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+DELAY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class DelayHistogram:
+    """Delays (seconds) counted in DELAY_BUCKETS, kept by a component and read at each scrape."""
+
+    def __init__(self) -> None:
+        self._counts = [0] * len(DELAY_BUCKETS)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.sum += seconds
+        self.count += 1
+        index = bisect.bisect_left(DELAY_BUCKETS, seconds)
+        if index < len(self._counts):
+            self._counts[index] += 1
+
+    def cumulative(self) -> tuple[tuple[float, int], ...]:
+        """(upper bound, observations at or below it), Prometheus' shape; `+Inf` is `count`."""
+        out, total = [], 0
+        for bound, n in zip(DELAY_BUCKETS, self._counts, strict=True):
+            total += n
+            out.append((bound, total))
+        return tuple(out)
 
 
 class Metrics:
@@ -108,6 +136,14 @@ def relay_metrics(relay: Any) -> Iterable[Metric]:
 
 async def projection_metrics(runner: Any) -> Iterable[Metric]:
     statuses = await runner.status()
+    delays = HistogramMetricFamily(
+        "loyalty_projection_commit_to_applied_seconds",
+        "From an event's commit to the commit of the projection batch that applied it (this instance).",
+        labels=["projection"],
+    )
+    for name, histogram in runner.delays().items():
+        buckets = [(str(bound), n) for bound, n in histogram.cumulative()]
+        delays.add_metric([name], [*buckets, ("+Inf", histogram.count)], histogram.sum)
     families = {
         "position": GaugeMetricFamily(
             "loyalty_projection_position", "Last position applied.", labels=["projection"]
@@ -124,4 +160,4 @@ async def projection_metrics(runner: Any) -> Iterable[Metric]:
     for status in statuses:
         for field, family in families.items():
             family.add_metric([status.name], getattr(status, field))
-    return list(families.values())
+    return [*families.values(), delays]

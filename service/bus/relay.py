@@ -30,7 +30,6 @@ events wait in the log and go out, in order, when it returns.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import functools
 import logging
@@ -48,6 +47,7 @@ from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StorageType, Str
 from nats.js.errors import APIError, NotFoundError
 
 from service.config import Settings
+from service.metrics import DelayHistogram
 from service.store.appender import NOTIFY_CHANNEL
 from service.store.event_store import EventStore, RecordedEvent
 
@@ -61,24 +61,6 @@ TRACKING_NAME = "relay"
 # Long enough to absorb a crash and retry; JetStream requires it to be at most max_age.
 DUPLICATE_WINDOW_S = 3600.0
 STREAM_NAME_IN_USE = 10058  # "stream name already in use with a different configuration"
-LATENCY_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.075,
-    0.1,
-    0.15,
-    0.2,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +165,7 @@ class Relay:
         self._published = 0
         self._duplicates = 0
         self._latencies: deque[float] = deque(maxlen=10_000)
-        self._bucket_counts = [0] * len(LATENCY_BUCKETS)
-        self._latency_sum = 0.0
-        self._latency_count = 0
+        self._ack_delays = DelayHistogram()
         self._last_error: str | None = None
 
         # Test hooks. `before_record` is awaited with the position a batch reached, after all
@@ -224,10 +204,6 @@ class Relay:
         if lag and oldest is not None:
             lag_seconds = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
         recent = sorted(self._latencies)
-        cumulative, total = [], 0
-        for bound, count in zip(LATENCY_BUCKETS, self._bucket_counts, strict=True):
-            total += count
-            cumulative.append((bound, total))
         client = self._nats.client
         return RelayStatus(
             active=self._active,
@@ -240,9 +216,9 @@ class Relay:
             duplicates=self._duplicates,
             ack_latency_p50=_quantile(recent, 0.50),
             ack_latency_p99=_quantile(recent, 0.99),
-            ack_latency_buckets=tuple(cumulative),
-            ack_latency_sum=self._latency_sum,
-            ack_latency_count=self._latency_count,
+            ack_latency_buckets=self._ack_delays.cumulative(),
+            ack_latency_sum=self._ack_delays.sum,
+            ack_latency_count=self._ack_delays.count,
             last_error=self._last_error,
         )
 
@@ -622,11 +598,7 @@ class Relay:
             return
         latency = max(0.0, time.time() - recorded_at)
         self._latencies.append(latency)
-        self._latency_sum += latency
-        self._latency_count += 1
-        index = bisect.bisect_left(LATENCY_BUCKETS, latency)
-        if index < len(self._bucket_counts):
-            self._bucket_counts[index] += 1
+        self._ack_delays.observe(latency)
 
     # -- tracking -----------------------------------------------------------------------------
 

@@ -29,8 +29,13 @@ async def test_bench_reports_throughput_latency_and_the_followers_delays(service
     assert set(report["kinds"]) == {"earn", "redeem"}
     assert report["kinds"]["earn"]["ok"] > 0
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] <= report["latency_ms"]["max"]
-    delays = {row["metric"]: row for row in report["followers"]["histograms"]}
-    ack = delays["loyalty_relay_commit_to_ack_seconds"]
-    assert ack["count"] > 0
-    assert 0 < ack["p50_ms"] <= ack["p99_ms"]
+    delays = {(row["metric"], row["labels"]): row for row in report["followers"]["histograms"]}
+    assert set(delays) == {
+        ("loyalty_relay_commit_to_ack_seconds", ""),
+        ("loyalty_projection_commit_to_applied_seconds", "projection=balances"),
+        ("loyalty_projection_commit_to_applied_seconds", "projection=members"),
+    }
+    for row in delays.values():
+        assert row["count"] > 0, row
+        assert 0 < row["p50_ms"] <= row["p99_ms"], row
     assert service.terminate() == 0

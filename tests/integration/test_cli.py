@@ -46,7 +46,9 @@ async def test_migrate_keys_and_projections_commands(database_url: str, nats_url
         nats_url=nats_url,
     )
     status = loyalty("projections", "status", database_url=database_url, nats_url=nats_url)
-    rebuilt = loyalty("projections", "rebuild", "balances", database_url=database_url, nats_url=nats_url)
+    rebuilt = loyalty(
+        "projections", "rebuild", "balances", "--workers", "1", database_url=database_url, nats_url=nats_url
+    )
     unknown = loyalty("projections", "rebuild", "nope", database_url=database_url, nats_url=nats_url)
 
     assert migrated.returncode == 0, migrated.stderr
@@ -67,5 +69,6 @@ async def test_migrate_keys_and_projections_commands(database_url: str, nats_url
     assert {line.split()[0] for line in status.stdout.splitlines()[1:]} == {"balances", "members"}
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert rebuilt.stdout.startswith("rebuilt balances")
+    assert "1 process(es)" in rebuilt.stdout
     assert unknown.returncode != 0
     assert "unknown projection" in unknown.stderr
