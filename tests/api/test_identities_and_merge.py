@@ -129,7 +129,10 @@ async def test_merge_adds_up_moves_identities_and_retires_the_source(pos: Pos) -
     for kind, value in (("phone", "+8613900000001"), ("email", "dup@x.cn"), ("app_user", "u-77")):
         found = await api.get("/v1/members/lookup", key=key, params={"kind": kind, "value": value})
         assert found.json()["member_id"] == target, (kind, found.text)
-    view = (await api.get(f"/v1/members/{source}", key=key)).json()
+    # The member view is a projection: read it at the merge's position (it may lag otherwise).
+    view = (
+        await api.get(f"/v1/members/{source}", key=key, params={"min_position": merged.json()["position"]})
+    ).json()
     assert view["status"] == "merged"
     assert view["merged_into"] == target
     refused = await api.post(
