@@ -6,7 +6,9 @@ expected stream versions, idempotency key and unique claims (orders, identities)
 against the database and against the requests before it in the same batch; the accepted ones
 get the next positions (max + 1: gapless, strictly increasing in commit order) and are written
 with their idempotency records and claims; the rejected ones are answered with the reason and
-write nothing. See docs/decisions/0002-positions-by-serialised-group-commit.md.
+write nothing. The next batch's transaction is already open and waiting for the lock while
+one commits (IN_FLIGHT), so PostgreSQL hands it the lock at that commit. See
+docs/decisions/0002-positions-by-serialised-group-commit.md.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 APPEND_LOCK = 0x4C45444745520001  # "LEDGER" + 1: serialises appends across all instances
 NOTIFY_CHANNEL = "loyalty_events"
 MAX_BATCH = 500
+# Batch transactions in flight: one holding the lock and committing, the next already waiting
+# for the lock in PostgreSQL, which grants it at that commit without a turn of our event loop.
+IN_FLIGHT = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,11 +152,13 @@ class _Pending:
 class Appender:
     """The single writer of this process; `append()` is safe to call from any task."""
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = MAX_BATCH, in_flight: int = IN_FLIGHT) -> None:
         self._pool = pool
         self._max_batch = max_batch
+        self._in_flight = in_flight
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._commits: set[asyncio.Task[None]] = set()
         self.batches = 0
         self.appended = 0
 
@@ -164,10 +171,10 @@ class Appender:
         self._task = asyncio.create_task(self._run(), name="appender")
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop."""
+        """Finish what is queued (and in flight), then stop."""
         if self._task is None:
             return
-        await self._queue.join()
+        await self._queue.join()  # every batch taken from it has been committed or refused
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
@@ -182,26 +189,36 @@ class Appender:
         return await future
 
     async def _run(self) -> None:
+        slots = asyncio.Semaphore(self._in_flight)
         while True:
+            # A slot first: while all are busy, requests wait in the queue and make the next
+            # batch larger.
+            await slots.acquire()
             first = await self._queue.get()
             batch = [first]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            try:
-                await self._commit_batch(batch)
-            except Exception as exc:
-                if len(batch) == 1:
-                    _settle(batch[0], exc)
-                else:
-                    log.warning("group commit of %d failed (%r); retrying one by one", len(batch), exc)
-                    for pending in batch:
-                        try:
-                            await self._commit_batch([pending])
-                        except Exception as single_exc:
-                            _settle(pending, single_exc)
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+            commit = asyncio.create_task(self._commit(batch, slots.release))
+            self._commits.add(commit)
+            commit.add_done_callback(self._commits.discard)
+
+    async def _commit(self, batch: list[_Pending], done: Callable[[], None]) -> None:
+        try:
+            await self._commit_batch(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0], exc)
+            else:
+                log.warning("group commit of %d failed (%r); retrying one by one", len(batch), exc)
+                for pending in batch:
+                    try:
+                        await self._commit_batch([pending])
+                    except Exception as single_exc:
+                        _settle(pending, single_exc)
+        finally:
+            done()
+            for _ in batch:
+                self._queue.task_done()
 
     async def _commit_batch(self, batch: list[_Pending]) -> None:
         # Four round trips a batch (BEGIN and the lock, the reads, the writes, COMMIT): each

@@ -228,3 +228,36 @@ async def test_idempotency_key_replays_or_refuses_even_within_one_batch(appender
     assert isinstance(other, IdempotencyKeyReused)
     assert isinstance(again, Replayed)
     assert again.response == first.response
+
+
+async def test_a_batch_waiting_for_the_lock_sees_what_the_batch_before_it_committed(
+    pools: list[asyncpg.Pool],
+) -> None:
+    # Small batches, two transactions in flight: the claims and the stream versions of one
+    # batch must be checked against the batch that committed just before it.
+    appender = Appender(pools[0], max_batch=3, in_flight=2)
+    await appender.start()
+    try:
+        stream = uuid.uuid4()
+        claims = [
+            AppendRequest(
+                events=[event(uuid.uuid4(), 1)], expected={}, order_claims=[("O-race", uuid.uuid4())]
+            )
+            for _ in range(30)
+        ]
+        versions = [AppendRequest(events=[event(stream, 1)], expected={stream: 0}) for _ in range(30)]
+        results = await asyncio.gather(
+            *(appender.append(r) for pair in zip(claims, versions, strict=True) for r in pair),
+            return_exceptions=True,
+        )
+    finally:
+        await appender.stop()
+
+    assert appender.batches >= 10  # many batches did take part
+    committed = [r for r in results if isinstance(r, Committed)]
+    assert len(committed) == 2  # one claim of the order, one first event of the stream
+    assert sum(isinstance(r, OrderClaimed) for r in results) == 29
+    assert sum(isinstance(r, StreamConflict) for r in results) == 29
+    async with pools[0].acquire() as conn:
+        positions = [r["position"] for r in await conn.fetch("SELECT position FROM events ORDER BY position")]
+    assert positions == list(range(1, len(positions) + 1))
