@@ -38,11 +38,6 @@ class FollowerProcess:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._supervise, name="follower-supervisor", daemon=True)
 
-    @property
-    def pid(self) -> int | None:
-        child = self._child
-        return None if child is None else child.pid
-
     def start(self) -> None:
         self._spawn()
         self._thread.start()
@@ -87,6 +82,8 @@ class FollowerProcess:
                 return
             started = time.monotonic()
             code = child.wait()
+            if child.stdin is not None:
+                child.stdin.close()  # our end of its pipe, or one would leak with each restart
             if self._stopping.is_set():
                 return
             failures = 1 if time.monotonic() - started >= STABLE_SECONDS else failures + 1

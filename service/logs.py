@@ -113,6 +113,7 @@ def configure_logging(fmt: str = "auto", level: int = logging.INFO) -> None:
     handler = _Enqueue(records)
     handler.addFilter(RequestContextFilter())
     if _listener is not None:
+        atexit.unregister(_listener.stop)
         _listener.stop()
     _listener = QueueListener(records, writer)
     _listener.start()
