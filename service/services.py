@@ -66,7 +66,6 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
         min_size=2,
         max_size=settings.db_pool_size,
         command_timeout=30,
-        reset=_no_session_state_to_reset,
     )
     try:
         async with pool.acquire() as conn:
@@ -115,13 +114,6 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
                 await bus.close()
     finally:
         await pool.close()
-
-
-async def _no_session_state_to_reset(conn: asyncpg.Connection) -> None:
-    """Pooled connections keep no session state: advisory locks are transaction-scoped or
-    released explicitly, LISTEN has connections of its own, nothing is SET. So the pool's
-    default reset on every release (a round trip: unlock all, close cursors, UNLISTEN, RESET ALL)
-    is skipped; asyncpg still rolls back a transaction left open."""
 
 
 async def _prune_idempotency_keys(records: IdempotencyRecords, every: float = 3600.0) -> None:
