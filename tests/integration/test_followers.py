@@ -3,39 +3,21 @@ restarts when it dies and which never outlives it."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import httpx
 import nats
-import pytest
 from nats.js.errors import NotFoundError
 
 from tests.service_process import ADMIN_KEY, Service
+from tests.waiting import until
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-async def until(probe: Callable[[], Any], *, what: str, within: float = 30.0) -> Any:
-    """Poll `probe` until it returns something truthy; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = probe()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def alive(pid: int) -> bool:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,25 +34,9 @@ from service.handlers.context import CommandContext
 from service.handlers.program import ensure_program
 from service.services import Services, open_services
 from service.store.appender import OrderClaimed
+from tests.waiting import DEADLINE, until
 
 ROOT = Path(__file__).resolve().parents[2]
-DEADLINE = 30.0
-
-
-async def until(
-    condition: Callable[[], Awaitable[bool] | bool], *, within: float = DEADLINE, what: str = ""
-) -> None:
-    """Poll `condition` until it holds; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what or condition}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass
