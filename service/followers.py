@@ -57,6 +57,8 @@ class FollowerProcess:
                 log.warning("follower process did not stop; killing it", extra={"pid": child.pid})
                 child.kill()
                 child.wait()
+            # Its exit code says whether it stopped cleanly (0) or crashed on the way out.
+            log.info("follower process stopped", extra={"pid": child.pid, "exit_code": child.returncode})
         self._thread.join(timeout=STOP_TIMEOUT)
 
     def _spawn(self) -> None:
@@ -120,9 +122,15 @@ def exit_with_parent() -> None:
     if os.environ.get(PARENT_PIPE_VARIABLE) != "1":
         return
 
+    # os.read on a duplicate of fd 0, not sys.stdin: a daemon thread blocked inside the
+    # BufferedReader holds its lock, and the interpreter's shutdown then aborts on that lock
+    # ("Fatal Python error: _enter_buffered_busy") at every clean stop. os.read holds no
+    # Python-level lock, and the duplicate stays valid whatever happens to sys.stdin.
+    fd = os.dup(sys.stdin.fileno())
+
     def watch() -> None:
         with contextlib.suppress(OSError):
-            while sys.stdin.buffer.read(1):
+            while os.read(fd, 4096):
                 pass
         log.warning("serve process gone; follower stopping")
         os.kill(os.getpid(), signal.SIGTERM)

@@ -4,10 +4,12 @@ restarts when it dies and which never outlives it."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -118,3 +120,38 @@ async def test_the_follower_process_does_not_outlive_a_killed_serve(service: Ser
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(follower, signal.SIGKILL)
+
+
+def log_records(service: Service) -> list[dict[str, Any]]:
+    """The JSON log lines of `serve` and its follower (they share the log file)."""
+    records = []
+    for line in service.log.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+async def follower_serving(service: Service) -> bool:
+    async with httpx.AsyncClient(base_url=service.follower_url, timeout=5) as client:
+        try:
+            return (await client.get("/health/live")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+
+async def test_a_stopped_serve_stops_its_follower_cleanly(service: Service) -> None:
+    service.start()
+    await service.ready()
+    [follower] = await until(service.children, what="the follower process")
+    await until(lambda: follower_serving(service), what="the follower to serve /health")
+
+    assert service.terminate() == 0
+
+    assert not alive(follower)
+    # The follower's stderr goes to the same file: an interpreter that aborted on its way out
+    # (a daemon thread holding stdin's lock) would print this and exit with SIGABRT.
+    assert "Fatal Python error" not in service.log.read_text()
+    [stopped] = [r for r in log_records(service) if r.get("message") == "follower process stopped"]
+    assert (stopped["pid"], stopped["exit_code"]) == (follower, 0)
