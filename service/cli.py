@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import logging
 import sys
 from collections.abc import Iterator
@@ -80,52 +79,11 @@ def servers(settings: Settings, *, reuse_running: bool = False) -> Iterator[Sett
         )
 
 
-def _run_http(app: Any, host: str, port: int) -> None:
-    """uvicorn on uvloop + httptools until SIGTERM/SIGINT: it stops accepting, finishes the
-    requests in flight and runs the app's lifespan shutdown (the appender drains its queue)."""
-    import uvicorn
+def _run_http(app: Any, settings: Settings, port: int) -> None:
+    """uvicorn with the service's limits (service/http_server.py) until SIGTERM/SIGINT."""
+    from service.http_server import HttpLimits, run_http
 
-    class Server(uvicorn.Server):
-        """uvicorn re-raises SIGTERM after its graceful stop, which would kill us before the
-        embedded servers are stopped; a requested stop is a clean exit (status 0) instead."""
-
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            with super().capture_signals():
-                try:
-                    yield
-                finally:
-                    self._captured_signals.clear()
-
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            _settle_heap()
-
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=20,
-    )
-    Server(config).run()
-
-
-def _settle_heap() -> None:
-    """Once started: keep what start-up built (modules, the app, pools) out of every later
-    garbage collection, and collect the young generation less often.
-
-    With the defaults, collections took ~9 % of the request loop under load (86 full ones in
-    100 s, up to 80 ms each: every one walks every object start-up left) and throughput fell run
-    after run in one process; frozen and with these thresholds, 0.3 % (docs/benchmarks.md).
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 10)
+    run_http(app, host=settings.host, port=port, limits=HttpLimits.from_settings(settings))
 
 
 def cmd_serve(settings: Settings) -> int:
@@ -137,7 +95,7 @@ def cmd_serve(settings: Settings) -> int:
         if followers is not None:
             followers.start()
         try:
-            _run_http(create_app(resolved), resolved.host, resolved.port)
+            _run_http(create_app(resolved), resolved, resolved.port)
         finally:
             # Last, so that the relay publishes what the drained requests committed.
             if followers is not None:
@@ -152,7 +110,7 @@ def cmd_follow(settings: Settings) -> int:
 
     exit_with_parent()
     with servers(settings, reuse_running=True) as resolved:
-        _run_http(create_follower_app(resolved), resolved.host, resolved.follower_http_port)
+        _run_http(create_follower_app(resolved), resolved, resolved.follower_http_port)
     return 0
 
 

@@ -35,6 +35,12 @@ class Settings:
     # min_position reads, /health/ready and /metrics); one instance of each leads at a time.
     followers: str = "process"
     follower_port: int | None = None  # the follower's /health and /metrics; default port + 1
+    # HTTP limits: a request head (line and headers) must arrive within the timeout of the
+    # connection opening or of the previous response, and be at most max_header_bytes (431);
+    # an idle keep-alive connection is closed after keepalive seconds.
+    http_header_timeout_seconds: float = 10.0
+    http_keepalive_seconds: float = 5.0
+    http_max_header_bytes: int = 16384
 
     def __post_init__(self) -> None:
         if self.followers not in FOLLOWER_MODES:
@@ -101,4 +107,7 @@ def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
         subject_prefix=get("LOYALTY_SUBJECT_PREFIX") or "loyalty.events",
         followers=_choice(env, "LOYALTY_FOLLOWERS", FOLLOWER_MODES),
         follower_port=_int(env, "LOYALTY_FOLLOWER_PORT", 0) or None,
+        http_header_timeout_seconds=_int(env, "LOYALTY_HTTP_HEADER_TIMEOUT_SECONDS", 10),
+        http_keepalive_seconds=_int(env, "LOYALTY_HTTP_KEEPALIVE_SECONDS", 5),
+        http_max_header_bytes=_int(env, "LOYALTY_HTTP_MAX_HEADER_BYTES", 16384),
     )
