@@ -10,6 +10,7 @@ which AsyncAPI has no words for, go in `x-` extensions.
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from typing import Any
@@ -39,6 +40,7 @@ def asyncapi_document(
         [cloudevents.CloudEvent[s] for s in structs.values()],  # type: ignore[valid-type]
         ref_template=_REF,
     )
+    schemas = _clean_descriptions(schemas)
     envelopes = dict(zip(structs, refs, strict=True))
 
     channels: dict[str, Any] = {}
@@ -149,6 +151,31 @@ and campaigns), so a consumer can filter by event type, by member, or both.
 - Personal data is never broadcast: identities carry only their `kind`, profiles are left out.
 - Events committed while NATS was unreachable are published, in order, when it returns.
 """
+
+
+def _clean_descriptions(node: Any) -> Any:
+    """`node` (a schema, or a map or list of them) with each `description` as `inspect.cleandoc` writes it.
+
+    msgspec copies class docstrings, which are not the same everywhere: Python 3.13 strips their
+    indentation at compile time, msgspec 0.23 cleans them, 3.11 with 0.22 keeps it. The committed
+    document must not depend on which interpreter or library version wrote it.
+    """
+    if isinstance(node, list):
+        return [_clean_descriptions(value) for value in node]
+    if not isinstance(node, dict):
+        return node
+    cleaned: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "description" and isinstance(value, str):
+            cleaned[key] = inspect.cleandoc(value)
+        elif key in _VALUES:
+            cleaned[key] = value  # example data, not schemas: a "description" in it is data
+        else:
+            cleaned[key] = _clean_descriptions(value)
+    return cleaned
+
+
+_VALUES = frozenset({"const", "default", "enum", "examples"})
 
 
 def main() -> None:

@@ -3,6 +3,7 @@ AsyncAPI document generated from the same types (and committed under docs/)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import msgspec
 import pytest
 
 from domain.events import LedgerAggregate
@@ -239,3 +241,37 @@ def test_every_ref_in_the_document_resolves() -> None:
 def test_the_committed_asyncapi_document_is_the_generated_one() -> None:
     committed = (ROOT / "docs" / "asyncapi.json").read_text()
     assert committed == render(), "regenerate it: python -m service.bus.asyncapi > docs/asyncapi.json"
+
+
+def descriptions(node: Any) -> Any:
+    """Every schema `description` under `node`."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str):
+                yield value
+            else:
+                yield from descriptions(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from descriptions(value)
+
+
+def test_schema_descriptions_are_cleaned_whatever_docstrings_msgspec_hands_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What msgspec 0.22 gives on Python 3.11: the docstring's continuation lines still indented.
+    real = msgspec.json.schema_components
+
+    def as_0_22_on_3_11(*args: Any, **kwargs: Any) -> Any:
+        refs, schemas = real(*args, **kwargs)
+        schemas["RedactedIdentity"]["description"] = "An identity with its value removed:\n    only its kind."
+        return refs, schemas
+
+    monkeypatch.setattr(msgspec.json, "schema_components", as_0_22_on_3_11)
+    schemas = asyncapi_document()["components"]["schemas"]
+    assert schemas["RedactedIdentity"]["description"] == "An identity with its value removed:\nonly its kind."
+    assert schemas["CloudEvent_PointsEarnedData_"]["description"] == inspect.cleandoc(
+        cloudevents.CloudEvent.__doc__ or ""
+    )
+    for description in descriptions(schemas):
+        assert description == inspect.cleandoc(description)
