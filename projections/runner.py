@@ -249,6 +249,9 @@ class ProjectionRunner:
                     "SELECT position FROM projection_positions WHERE name = $1", slot.projection.name
                 )
                 self._advance(slot, position or 0)
+                # The leader's progress is readable again: a watcher has nothing failing (its
+                # error would otherwise keep /health/ready at 503 for good after an outage).
+                slot.error, slot.backoff = None, MIN_BACKOFF
         except asyncio.CancelledError:
             raise
         except Exception as exc:

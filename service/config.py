@@ -41,6 +41,8 @@ class Settings:
     http_header_timeout_seconds: float = 10.0
     http_keepalive_seconds: float = 5.0
     http_max_header_bytes: int = 16384
+    # /health/ready fails when the relay is further behind than this while NATS is reachable.
+    ready_max_relay_lag_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if self.followers not in FOLLOWER_MODES:
@@ -110,4 +112,5 @@ def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
         http_header_timeout_seconds=_int(env, "LOYALTY_HTTP_HEADER_TIMEOUT_SECONDS", 10),
         http_keepalive_seconds=_int(env, "LOYALTY_HTTP_KEEPALIVE_SECONDS", 5),
         http_max_header_bytes=_int(env, "LOYALTY_HTTP_MAX_HEADER_BYTES", 16384),
+        ready_max_relay_lag_seconds=_int(env, "LOYALTY_READY_MAX_RELAY_LAG_SECONDS", 60),
     )

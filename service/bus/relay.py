@@ -61,6 +61,8 @@ TRACKING_NAME = "relay"
 # Long enough to absorb a crash and retry; JetStream requires it to be at most max_age.
 DUPLICATE_WINDOW_S = 3600.0
 STREAM_NAME_IN_USE = 10058  # "stream name already in use with a different configuration"
+STREAM_CHECK_TTL = 1.0  # /health/ready asks JetStream whether the stream exists at most this often
+STREAM_CHECK_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,9 @@ class RelayStatus:
     ack_latency_sum: float
     ack_latency_count: int
     last_error: str | None
+    # Since NATS was last seen unreachable (or the relay started): the time it has had to
+    # publish the backlog that built up meanwhile.
+    nats_up_seconds: float = 0.0
 
 
 class _Position(msgspec.Struct):
@@ -154,6 +159,8 @@ class Relay:
         self._client: Any = None
         self._js: JetStreamContext | None = None
         self._stream_ready = False
+        self._stream_checked: tuple[float, bool] | None = None  # (monotonic, exists): stream_exists()
+        self._nats_down_at = time.monotonic()  # see RelayStatus.nats_up_seconds
 
         self._active = False
         self._published_position = 0
@@ -204,10 +211,9 @@ class Relay:
         if lag and oldest is not None:
             lag_seconds = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
         recent = sorted(self._latencies)
-        client = self._nats.client
         return RelayStatus(
             active=self._active,
-            nats_connected=client is not None and client.is_connected,
+            nats_connected=self._nats_connected(),
             published_position=self._published_position,
             head_position=max(self._head, self._published_position),
             lag_events=lag,
@@ -220,7 +226,38 @@ class Relay:
             ack_latency_sum=self._ack_delays.sum,
             ack_latency_count=self._ack_delays.count,
             last_error=self._last_error,
+            nats_up_seconds=time.monotonic() - self._nats_down_at,
         )
+
+    async def stream_exists(self) -> bool | None:
+        """Whether the stream exists (/health/ready); None while NATS is unreachable.
+
+        The active relay says no until it has ensured the stream; otherwise JetStream is asked,
+        at most once per STREAM_CHECK_TTL (readiness probes must not load it). Errors other
+        than "not found" (e.g. JetStream not answering) are raised.
+        """
+        client = self._nats.client
+        if not self._nats_connected() or client is None:
+            return None
+        if self._active and not self._stream_ready:
+            return False
+        now = time.monotonic()
+        if self._stream_checked is not None and now - self._stream_checked[0] < STREAM_CHECK_TTL:
+            return self._stream_checked[1]
+        try:
+            await client.jetstream(timeout=STREAM_CHECK_TIMEOUT).stream_info(self.stream_name)
+            exists = True
+        except NotFoundError:
+            exists = False
+        self._stream_checked = (now, exists)
+        return exists
+
+    def _nats_connected(self) -> bool:
+        client = self._nats.client
+        connected = client is not None and client.is_connected
+        if not connected:
+            self._nats_down_at = time.monotonic()
+        return connected
 
     def stream_config(self) -> StreamConfig:
         """The stream as the service wants it."""
@@ -277,6 +314,7 @@ class Relay:
             if self._may_lead and await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
                 return True
             # Standby: keep the status current so that any instance can report the relay's lag.
+            self._nats_connected()  # notices NATS outages between readiness probes
             self._published_position = await self._tracked(conn)
             self._head = await _head(conn)
             self._pending_since = await _recorded_at(conn, self._published_position + 1)
@@ -346,7 +384,7 @@ class Relay:
         attempts = 0
         while not self._stopping.is_set():
             client = self._nats.client
-            if client is not None and client.is_connected:
+            if self._nats_connected() and client is not None:
                 if client is not self._client or self._js is None:
                     self._client = client
                     self._js = client.jetstream(

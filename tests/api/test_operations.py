@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from tests.api.conftest import Pos
+import httpx
+
+from tests.api.conftest import Api, Pos
+from tests.waiting import until
 
 
 async def test_health_and_metrics_are_public_and_report_the_service(pos: Pos) -> None:
@@ -13,7 +16,8 @@ async def test_health_and_metrics_are_public_and_report_the_service(pos: Pos) ->
     )
 
     live = await api.client.get("/health/live")
-    ready = await api.client.get("/health/ready")
+    # The relay creates the stream in the background; ready says so once it exists.
+    ready = await until(lambda: _ready(api), what="ready")
     metrics = await api.client.get("/metrics")
 
     assert live.status_code == 200
@@ -31,3 +35,14 @@ async def test_health_and_metrics_are_public_and_report_the_service(pos: Pos) ->
     assert 'loyalty_projection_position{projection="members"}' in text
     assert "loyalty_relay_position" in text
     assert ready.json()["checks"]["projection:balances"]["ok"] is True
+    assert ready.json()["status"] == "ok"
+    assert ready.json()["checks"]["stream"] == {
+        "ok": True,
+        "name": api.services.relay.stream_name,
+        "exists": True,
+    }
+
+
+async def _ready(api: Api) -> httpx.Response | None:
+    response = await api.client.get("/health/ready")
+    return response if response.status_code == 200 else None
