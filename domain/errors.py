@@ -1,4 +1,8 @@
-"""Domain errors: each one is a problem type the HTTP layer maps to a status."""
+"""Domain errors: each class is one problem type, and declares its code and status once.
+
+`status` follows the HTTP API's convention (404 unknown, 409 a business rule or a conflict,
+422 invalid input); the HTTP layer reads it, the domain never acts on it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,8 @@ class DomainError(Exception):
 
     code: ClassVar[str] = "domain_error"
     title: ClassVar[str] = "Domain rule violated"
+    # Every subclass declares its own; one that forgot is a bug, answered as one (500, logged).
+    status: ClassVar[int] = 500
 
     def __init__(self, detail: str, **extra: object) -> None:
         super().__init__(detail)
@@ -19,17 +25,25 @@ class DomainError(Exception):
 
 
 class MemberNotActive(DomainError):
-    """The member was merged or forgotten; the code says which."""
+    """The member was merged or forgotten (one of the two subclasses is raised)."""
 
     code: ClassVar[str] = "member_not_active"
     title: ClassVar[str] = "Member is not active"
+    status: ClassVar[int] = 409
 
-    def __init__(self, detail: str, **extra: object) -> None:
-        super().__init__(detail, **extra)
-        # One class, two problem types: the instance carries the one that applies.
-        merged = extra.get("status") == "merged"
-        vars(self)["code"] = "member_merged" if merged else "member_forgotten"
-        vars(self)["title"] = "Member was merged" if merged else "Member was forgotten"
+
+class MemberMerged(MemberNotActive):
+    """The member was merged into another; `merged_into` names the survivor."""
+
+    code: ClassVar[str] = "member_merged"
+    title: ClassVar[str] = "Member was merged"
+
+
+class MemberForgotten(MemberNotActive):
+    """The member's personal data was erased at their request; the account is closed."""
+
+    code: ClassVar[str] = "member_forgotten"
+    title: ClassVar[str] = "Member was forgotten"
 
 
 class InsufficientPoints(DomainError):
@@ -37,6 +51,7 @@ class InsufficientPoints(DomainError):
 
     code: ClassVar[str] = "insufficient_points"
     title: ClassVar[str] = "Insufficient points"
+    status: ClassVar[int] = 409
 
 
 class BelowRedemptionMinimum(DomainError):
@@ -44,6 +59,7 @@ class BelowRedemptionMinimum(DomainError):
 
     code: ClassVar[str] = "below_redemption_minimum"
     title: ClassVar[str] = "Below the redemption minimum"
+    status: ClassVar[int] = 422
 
 
 class UnknownCurrency(DomainError):
@@ -51,6 +67,7 @@ class UnknownCurrency(DomainError):
 
     code: ClassVar[str] = "unknown_currency"
     title: ClassVar[str] = "Unknown currency"
+    status: ClassVar[int] = 422
 
 
 class CurrencyMismatch(DomainError):
@@ -58,6 +75,7 @@ class CurrencyMismatch(DomainError):
 
     code: ClassVar[str] = "currency_mismatch"
     title: ClassVar[str] = "Currency does not match the program"
+    status: ClassVar[int] = 422
 
 
 class DuplicateOrder(DomainError):
@@ -65,6 +83,7 @@ class DuplicateOrder(DomainError):
 
     code: ClassVar[str] = "duplicate_order"
     title: ClassVar[str] = "Order already earned"
+    status: ClassVar[int] = 409
 
 
 class InvalidIdentity(DomainError):
@@ -72,6 +91,7 @@ class InvalidIdentity(DomainError):
 
     code: ClassVar[str] = "invalid_identity"
     title: ClassVar[str] = "Invalid identity"
+    status: ClassVar[int] = 422
 
 
 class InvalidRules(DomainError):
@@ -79,6 +99,7 @@ class InvalidRules(DomainError):
 
     code: ClassVar[str] = "invalid_rules"
     title: ClassVar[str] = "Invalid rules"
+    status: ClassVar[int] = 422
 
 
 class InvalidAmount(DomainError):
@@ -86,6 +107,7 @@ class InvalidAmount(DomainError):
 
     code: ClassVar[str] = "invalid_amount"
     title: ClassVar[str] = "Invalid amount"
+    status: ClassVar[int] = 422
 
 
 class IdentityNotLinked(DomainError):
@@ -93,6 +115,7 @@ class IdentityNotLinked(DomainError):
 
     code: ClassVar[str] = "identity_not_linked"
     title: ClassVar[str] = "Identity not linked"
+    status: ClassVar[int] = 404
 
 
 class LastIdentity(DomainError):
@@ -100,6 +123,7 @@ class LastIdentity(DomainError):
 
     code: ClassVar[str] = "last_identity"
     title: ClassVar[str] = "Last identity"
+    status: ClassVar[int] = 409
 
 
 class MergeRefused(DomainError):
@@ -107,3 +131,4 @@ class MergeRefused(DomainError):
 
     code: ClassVar[str] = "merge_refused"
     title: ClassVar[str] = "Merge refused"
+    status: ClassVar[int] = 409

@@ -18,7 +18,8 @@ from domain.errors import (
     InvalidAmount,
     InvalidIdentity,
     LastIdentity,
-    MemberNotActive,
+    MemberForgotten,
+    MemberMerged,
     MergeRefused,
 )
 from domain.events import LedgerAggregate
@@ -351,10 +352,12 @@ class Member(LedgerAggregate):
     def _check_active(self) -> None:
         if self._status == MemberStatus.ACTIVE:
             return
-        extra: dict[str, object] = {"member_id": str(self.id), "status": self._status}
-        if self.merged_into is not None:
-            extra["merged_into"] = str(self.merged_into)
-        raise MemberNotActive(f"member {self.id} is {self._status}", **extra)
+        detail = f"member {self.id} is {self._status}"
+        if self._status == MemberStatus.MERGED:
+            raise MemberMerged(
+                detail, member_id=str(self.id), status=self._status, merged_into=str(self.merged_into)
+            )
+        raise MemberForgotten(detail, member_id=str(self.id), status=self._status)
 
     def _after_earn(
         self,

@@ -1,4 +1,12 @@
-"""The one place where errors become problem+json responses (RFC 9457)."""
+"""The one place where errors become problem+json responses (RFC 9457).
+
+- A DomainError (domain or use case) carries its code, title and status on its class.
+- Litestar's own errors (401, 403, 404, 405, 413, 415, 429, validation of path and query
+  parameters) keep their status and get a problem type.
+- The database being unreachable is 503 with `Retry-After`: the request may be retried (with
+  the same Idempotency-Key, a command that did commit is answered from its record).
+- Anything else is a bug: 500, logged with its traceback, the body saying nothing more.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,7 @@ import logging
 import re
 from typing import Any
 
+import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import (
@@ -16,7 +25,6 @@ from litestar.exceptions import (
 )
 
 from domain.errors import DomainError
-from service.store.appender import IdempotencyKeyReused, IdentityClaimed, OrderClaimed
 
 from .schemas import Problem, ProblemField
 
@@ -24,32 +32,7 @@ log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://loyalty-ledger.dev/problems/"
-
-# Problem type (code) -> HTTP status. 404 unknown, 409 business rule or conflict, 422 invalid.
-STATUS_OF_CODE: dict[str, int] = {
-    "member_not_found": 404,
-    "not_found": 404,
-    "member_merged": 409,
-    "member_forgotten": 409,
-    "insufficient_points": 409,
-    "duplicate_order": 409,
-    "identity_taken": 409,
-    "idempotency_key_reused": 409,
-    "channel_exists": 409,
-    "identity_not_linked": 404,
-    "last_identity": 409,
-    "merge_refused": 409,
-    "below_redemption_minimum": 422,
-    "unknown_currency": 422,
-    "currency_mismatch": 422,
-    "invalid_identity": 422,
-    "invalid_rules": 422,
-    "invalid_amount": 422,
-    "validation_error": 422,
-    "forbidden": 403,
-    "busy": 503,
-    "projection_behind": 503,
-}
+RETRY_AFTER_SECONDS = 2  # what a 503 asks a client to wait before retrying
 
 _encoder = msgspec.json.Encoder()
 
@@ -62,7 +45,9 @@ def problem(
     *,
     errors: list[ProblemField] | None = None,
     extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response[bytes]:
+    """A problem+json response; `extra` members are added beside the standard ones."""
     body = msgspec.to_builtins(
         Problem(type=TYPE_BASE + code, title=title, status=status, detail=detail, errors=errors)
     )
@@ -70,41 +55,23 @@ def problem(
         body.pop("errors", None)
     for key, value in (extra or {}).items():
         body.setdefault(key, value)
-    return Response(content=_encoder.encode(body), status_code=status, media_type=PROBLEM_JSON)
+    if status == 503 and not (headers and "Retry-After" in headers):
+        headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_SECONDS)}
+    return Response(
+        content=_encoder.encode(body), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
 
 
-def domain_error(_: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]:
+def domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]:
     extra = dict(exc.extra)
     errors = None
     if "errors" in extra:
         errors = [ProblemField(field=e["field"], message=e["message"]) for e in extra.pop("errors")]  # type: ignore[attr-defined]
-    elif "field" in extra and exc.code in ("invalid_amount", "invalid_identity", "unknown_currency"):
+    elif "field" in extra and exc.status == 422:
         errors = [ProblemField(field=str(extra["field"]), message=exc.detail)]
-    status = STATUS_OF_CODE.get(exc.code, 409)
-    return problem(status, exc.code, exc.title, exc.detail, errors=errors, extra=extra)
-
-
-def append_rejected(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    if isinstance(exc, OrderClaimed):
-        return problem(
-            409,
-            "duplicate_order",
-            "Order already earned",
-            str(exc),
-            extra={"order_ref": exc.order_ref, "member_id": str(exc.member_id)},
-        )
-    if isinstance(exc, IdentityClaimed):
-        return problem(
-            409, "identity_taken", "Identity already bound", str(exc), extra={"member_id": str(exc.member_id)}
-        )
-    if isinstance(exc, IdempotencyKeyReused):
-        return problem(
-            409,
-            "idempotency_key_reused",
-            "Idempotency key reused",
-            "this Idempotency-Key was already used with a different request",
-        )
-    return unexpected(_, exc)
+    if exc.status >= 500 and exc.status != 503:
+        return unexpected(request, exc)
+    return problem(exc.status, exc.code, exc.title, exc.detail, errors=errors, extra=extra)
 
 
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
@@ -127,7 +94,7 @@ def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Res
         if isinstance(item, dict):
             fields.append(_field_problem(item))
     if not fields:
-        # Not a field problem: the body is not JSON (or not an object) at all.
+        # Not a field problem: the body is missing, or not JSON at all.
         return problem(400, "malformed_request", "Malformed request", str(exc.detail))
     detail = "; ".join(f"{f.field}: {f.message}" for f in fields)
     return problem(422, "validation_error", "Invalid request", detail, errors=fields)
@@ -138,35 +105,79 @@ _HTTP_PROBLEMS = {
     404: ("not_found", "Not found"),
     405: ("method_not_allowed", "Method not allowed"),
     413: ("request_too_large", "Request too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+    429: ("rate_limited", "Too many requests"),
+    503: ("unavailable", "Service unavailable"),
 }
 
 
-def http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
+def http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[bytes]:
     if isinstance(exc, NotAuthorizedException):
-        return problem(401, "unauthorized", "Unauthorized", exc.detail)
+        bearer = {"WWW-Authenticate": "Bearer"}
+        return problem(401, "unauthorized", "Unauthorized", exc.detail, headers=bearer)
     if isinstance(exc, PermissionDeniedException):
         return problem(403, "forbidden", "Forbidden", exc.detail)
+    if exc.status_code >= 500 and exc.status_code != 503:
+        return unexpected(request, exc)
     code, title = _HTTP_PROBLEMS.get(exc.status_code, ("http_error", "HTTP error"))
-    response = problem(exc.status_code, code, title, exc.detail)
-    if exc.headers:
-        response.headers.update(exc.headers)
-    return response
+    return problem(exc.status_code, code, title, exc.detail, headers=dict(exc.headers or {}))
+
+
+def malformed(_: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """A body the JSON decoder gave up on (e.g. nested thousands deep): the client's fault."""
+    return problem(400, "malformed_request", "Malformed request", "the request body is not acceptable JSON")
+
+
+def unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The database cannot be reached (down, restarting, out of connections): retry later."""
+    log.warning("database unavailable", extra={"path": request.url.path, "error": type(exc).__name__})
+    return problem(
+        503, "unavailable", "Service unavailable", "the database cannot be reached right now; retry shortly"
+    )
 
 
 def unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
-    log.exception("unhandled error", extra={"path": request.url.path})
+    if _is_unavailable(exc):
+        return unavailable(request, exc)
+    log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
     return problem(
         500, "internal_error", "Internal error", "an unexpected error occurred; it has been logged"
     )
 
 
+# Errors that mean "the database is not there right now", not "this request is wrong".
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # connection refused or reset
+    TimeoutError,  # no pooled connection, or no answer, in time
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.InterfaceError,  # the connection closed under the query
+    asyncpg.exceptions.OperatorInterventionError,  # 57P: shutting down, starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # 53: e.g. too many connections
+)
+
+
+# Also, when met in an unexpected error's chain: a connection that died in the middle of a
+# query leaves asyncpg's protocol in a state it reports as "another operation is in progress".
+_BROKEN_CONNECTION = (*UNAVAILABLE, asyncpg.exceptions.InternalClientError)
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(5):  # the cause chain: a failed append is raised from its connection error
+        if seen is None:
+            return False
+        if isinstance(seen, _BROKEN_CONNECTION):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     DomainError: domain_error,
-    OrderClaimed: append_rejected,
-    IdentityClaimed: append_rejected,
-    IdempotencyKeyReused: append_rejected,
     ValidationException: validation_error,
     HTTPException: http_error,
+    RecursionError: malformed,
+    **dict.fromkeys(UNAVAILABLE, unavailable),
     Exception: unexpected,
 }
 

@@ -52,7 +52,7 @@ class MembersController(Controller):
         request: Request[Any, Any, Any],
         services: NamedDependency[Services],
         member_id: FromPath[UUID],
-        min_position: Annotated[int | None, QueryParameter(ge=0)] = None,
+        min_position: Annotated[int | None, QueryParameter(ge=0, le=2**63 - 1)] = None,
     ) -> MemberOut:
         """From the members projection; `min_position` waits (up to 5 s, then 503) until it has
         applied that position, so a channel reads its own writes."""
@@ -96,9 +96,10 @@ class MembersController(Controller):
 
     @post(
         "/{member_id:uuid}/merge",
-        guards=[requires("members")],
+        # Both: a merge hands one person's account (points and identities) to another.
+        guards=[requires("members"), requires("privacy")],
         status_code=201,
-        summary="Merge a duplicate member into this one",
+        summary="Merge a duplicate member into this one (scopes members and privacy)",
     )
     async def merge(
         self,

@@ -25,7 +25,9 @@ from domain.identities import Identity
 from domain.member import Member
 from domain.program import Program
 from service.services import Services
+from service.store import appender as store
 from service.store.appender import (
+    AppendRejected,
     AppendRequest,
     IdempotencyRecord,
     IdentityClaim,
@@ -36,7 +38,7 @@ from service.store.appender import (
 )
 
 from .context import CommandContext, Reply
-from .errors import Busy, UnknownMember
+from .errors import Busy, IdempotencyKeyReused, IdentityTaken, OrderTaken, UnknownMember
 
 MAX_ATTEMPTS = 8
 
@@ -175,6 +177,10 @@ async def execute(
             except StreamConflict:
                 _forget(repository, uow, changed_only=False)
                 conflict = True
+            except AppendRejected as rejected:
+                # The appender checked the idempotency key before the claims: no replay here.
+                _forget(repository, uow, changed_only=False)
+                raise _refusal(rejected, ctx) from None
             except DomainError:
                 _forget(repository, uow, changed_only=True)
                 replay = await _first_answer(services, ctx)
@@ -212,5 +218,23 @@ async def _first_answer(services: Services, ctx: CommandContext) -> Reply | None
     """The recorded answer to this idempotency key, if the command already succeeded once."""
     if ctx.idempotency_key is None:
         return None
-    replay = await services.idempotency.lookup(ctx.channel, ctx.idempotency_key, ctx.request_hash)
+    try:
+        replay = await services.idempotency.lookup(ctx.channel, ctx.idempotency_key, ctx.request_hash)
+    except store.IdempotencyKeyReused:
+        raise IdempotencyKeyReused() from None
     return None if replay is None else Reply(replay.status, replay.response, replayed=True)
+
+
+def _refusal(rejected: AppendRejected, ctx: CommandContext) -> DomainError:
+    """The use-case error of a claim the appender refused."""
+    if isinstance(rejected, store.OrderClaimed):
+        extra: dict[str, object] = {"order_ref": rejected.order_ref}
+        # Whose order it is is told only to the channel that reported it (SPEC §4).
+        if rejected.channel is not None and rejected.channel == ctx.channel:
+            extra["member_id"] = str(rejected.member_id)
+        return OrderTaken(f"order {rejected.order_ref!r} has already earned points", **extra)
+    if isinstance(rejected, store.IdentityClaimed):
+        return IdentityTaken(rejected.kind, rejected.member_id)
+    if isinstance(rejected, store.IdempotencyKeyReused):
+        return IdempotencyKeyReused()
+    raise rejected

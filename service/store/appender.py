@@ -129,9 +129,11 @@ class IdempotencyKeyReused(AppendRejected):
 
 
 class OrderClaimed(AppendRejected):
-    def __init__(self, order_ref: str, member_id: UUID) -> None:
+    """The order already earned, for `member_id`, reported by `channel`."""
+
+    def __init__(self, order_ref: str, member_id: UUID, channel: str | None) -> None:
         super().__init__(f"order {order_ref!r} has already earned points")
-        self.order_ref, self.member_id = order_ref, member_id
+        self.order_ref, self.member_id, self.channel = order_ref, member_id, channel
 
 
 class IdentityClaimed(AppendRejected):
@@ -274,7 +276,7 @@ class _Plan:
         self.next_position = 1
         self.versions: dict[UUID, int] = {}
         self.idempotency: dict[tuple[str, str], tuple[bytes, int, bytes]] = {}
-        self.orders: dict[str, UUID] = {}
+        self.orders: dict[str, tuple[UUID, str | None]] = {}
         self.identities: dict[tuple[str, bytes], UUID] = {}
         self.responses: dict[int, tuple[IdempotencyRecord, bytes, int]] = {}
         self.positions: dict[int, list[int]] = {}
@@ -309,7 +311,12 @@ class _Plan:
                 strict=True,
             )
         }
-        plan.orders = dict(zip(row["order_refs"] or (), row["order_owners"] or (), strict=True))
+        plan.orders = {
+            ref: (owner, channel)
+            for ref, owner, channel in zip(
+                row["order_refs"] or (), row["order_owners"] or (), row["order_channels"] or (), strict=True
+            )
+        }
         plan.identities = {
             (kind, value_hash): member_id
             for kind, value_hash, member_id in zip(
@@ -338,7 +345,7 @@ class _Plan:
         for order_ref, _ in request.order_claims:
             owner = self.orders.get(order_ref)
             if owner is not None:
-                return OrderClaimed(order_ref, owner)
+                return OrderClaimed(order_ref, *owner)
         released = {(c.kind, c.value_hash) for c in request.identity_releases}
         for claim in request.identity_claims:
             owner = self.identities.get((claim.kind, claim.value_hash))
@@ -354,7 +361,7 @@ class _Plan:
         for event in request.events:
             self.versions[event.stream_id] = max(self.versions.get(event.stream_id, 0), event.stream_version)
         for order_ref, member_id in request.order_claims:
-            self.orders[order_ref] = member_id
+            self.orders[order_ref] = (member_id, request.metadata.channel)
         for claim in request.identity_releases:
             self.identities.pop((claim.kind, claim.value_hash), None)
         for claim in request.identity_claims:
@@ -392,7 +399,7 @@ class _Plan:
         events = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 12
         last = rows[-1][0] if rows else 0
         idem_rows = [self.responses[id(r)] for r in requests if id(r) in self.responses]
-        orders = [(o, m) for r in requests for o, m in r.order_claims]
+        orders = [(o, m, r.metadata.channel) for r in requests for o, m in r.order_claims]
         keys = [k for r in requests for k in r.member_keys]
         await conn.execute(
             _WRITE_BATCH,
@@ -403,13 +410,14 @@ class _Plan:
             [i.status for i, _, _ in idem_rows],
             [body for _, body, _ in idem_rows],
             [pos for _, _, pos in idem_rows],
-            [o for o, _ in orders],
-            [m for _, m in orders],
+            [o for o, _, _ in orders],
+            [m for _, m, _ in orders],
             last,
             [m for m, _ in keys],
             [w for _, w in keys],
             NOTIFY_CHANNEL,
             str(last),  # delivered at commit, never before: listeners wake only for committed events
+            [c for _, _, c in orders],
         )
         releases = [c for r in requests for c in r.identity_releases]
         if releases:
@@ -451,7 +459,7 @@ SELECT
   (SELECT coalesce(max(position), 0) FROM events) AS head,
   v.stream_ids, v.versions,
   i.idem_channels, i.idem_keys, i.idem_hashes, i.idem_statuses, i.idem_responses,
-  o.order_refs, o.order_owners,
+  o.order_refs, o.order_owners, o.order_channels,
   c.identity_kinds, c.identity_hashes, c.identity_owners
 FROM
   (SELECT array_agg(stream_id) AS stream_ids, array_agg(version) AS versions
@@ -463,7 +471,8 @@ FROM
      FROM idempotency_keys
     WHERE (channel, key) IN (SELECT * FROM unnest($2::text[], $3::text[]))
       AND created_at > now() - interval '24 hours') AS i,
-  (SELECT array_agg(order_ref) AS order_refs, array_agg(member_id) AS order_owners
+  (SELECT array_agg(order_ref) AS order_refs, array_agg(member_id) AS order_owners,
+          array_agg(channel) AS order_channels
      FROM order_refs WHERE order_ref = ANY($4::text[])) AS o,
   (SELECT array_agg(kind) AS identity_kinds, array_agg(value_hash) AS identity_hashes,
           array_agg(member_id) AS identity_owners
@@ -490,8 +499,8 @@ WITH
       status = EXCLUDED.status, response = EXCLUDED.response, position = EXCLUDED.position,
       created_at = now()),
   new_orders AS (
-    INSERT INTO order_refs (order_ref, member_id, position)
-    SELECT o, m, $21 FROM unnest($19::text[], $20::uuid[]) AS t(o, m)),
+    INSERT INTO order_refs (order_ref, member_id, position, channel)
+    SELECT o, m, $21, c FROM unnest($19::text[], $20::uuid[], $26::text[]) AS t(o, m, c)),
   new_member_keys AS (
     INSERT INTO member_keys (member_id, wrapped_key)
     SELECT * FROM unnest($22::uuid[], $23::bytea[]))

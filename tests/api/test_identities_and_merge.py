@@ -120,7 +120,8 @@ async def test_merge_adds_up_moves_identities_and_retires_the_source(pos: Pos) -
         m: (await api.get(f"/v1/members/{m}/balance", key=key)).json()["balance"] for m in (target, source)
     }
 
-    merged = await api.post(f"/v1/members/{target}/merge", {"source_member_id": source}, key=key)
+    crm = await api.channel_key("crm", ["read", "members", "privacy"], kind="internal")
+    merged = await api.post(f"/v1/members/{target}/merge", {"source_member_id": source}, key=crm)
 
     assert merged.status_code == 201, merged.text
     after = merged.json()["balance"]
@@ -163,8 +164,33 @@ async def test_merge_adds_up_moves_identities_and_retires_the_source(pos: Pos) -
     assert str(retired.merged_into) == target
 
 
-async def test_merge_into_itself_or_into_a_merged_member_is_refused(pos: Pos) -> None:
+async def test_merge_needs_the_privacy_scope_too_and_records_the_acting_key(pos: Pos) -> None:
     api, key = pos.api, pos.key
+    target, source = await api.enrol(key), await api.enrol(key)
+    position = await api.last_position()
+
+    # `members` alone (every POS has it) may not hand one person's account to another.
+    refused = await api.post(f"/v1/members/{target}/merge", {"source_member_id": source}, key=key)
+    assert refused.status_code == 403
+    assert "privacy" in refused.json()["detail"]
+    assert await api.last_position() == position
+
+    crm = await api.channel_key("crm", ["read", "members", "privacy"], kind="internal")
+    merged = await api.post(f"/v1/members/{target}/merge", {"source_member_id": source}, key=crm)
+    assert merged.status_code == 201, merged.text
+    async with api.services.pool.acquire() as conn:
+        actors = await conn.fetch(
+            "SELECT e.channel, k.key_id, k.scopes FROM events e"
+            " JOIN api_keys k ON k.key_id::text = e.api_key_id WHERE e.event_type = 'members_merged'"
+        )
+    # On both streams, each naming the key that did it.
+    assert len(actors) == 2
+    assert {(a["channel"], "privacy" in a["scopes"]) for a in actors} == {("crm", True)}
+
+
+async def test_merge_into_itself_or_into_a_merged_member_is_refused(pos: Pos) -> None:
+    api = pos.api
+    key = await api.channel_key("crm", ["read", "members", "privacy"], kind="internal")
     a, b, c = [await api.enrol(key) for _ in range(3)]
     position = await api.last_position()
 
