@@ -13,16 +13,16 @@ from litestar import Litestar, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.exceptions import HTTPException
-from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from service.api.access import AccessController
-from service.api.auth import authenticate, is_public
+from service.api.auth import Gate, is_public
+from service.api.body import StrictRequest
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.health import HealthController
 from service.api.ledger import LedgerController
 from service.api.members import MembersController
+from service.api.openapi import openapi_config
 from service.api.program import ProgramController
 from service.bus.asyncapi import asyncapi_document
 from service.config import Settings
@@ -39,10 +39,31 @@ def _services(state: State) -> Services:
     return services
 
 
-def _front(metrics: Metrics, *, log_requests: bool, authenticated: bool = True) -> Any:
-    """The one middleware of every request: request id, the caller (from the API key, unless
-    the path is public), and one log line and one metrics sample at the end (method, route,
-    status, duration, ids; never bodies or query strings)."""
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_NOT_JSON = "request bodies must be JSON (Content-Type: application/json)"
+
+
+def _json_content(headers: dict[bytes, bytes]) -> bool:
+    """Whether a request with a body says it is JSON (`application/json` or `…+json`, UTF-8)."""
+    media, _, params = (headers.get(b"content-type") or b"").decode("latin-1").partition(";")
+    media = media.strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        return False
+    charset = params.strip().lower()
+    if not charset.startswith("charset="):
+        return True
+    return charset.removeprefix("charset=").strip('"') in ("utf-8", "utf8")
+
+
+def _has_body(headers: dict[bytes, bytes]) -> bool:
+    return headers.get(b"content-length", b"0").strip() not in (b"0", b"") or b"transfer-encoding" in headers
+
+
+def _front(metrics: Metrics, gate: Gate | None, *, log_requests: bool) -> Any:
+    """The one middleware of every request: request id, the caller (from the API key, within its
+    rate limit, unless the path is public; `gate` None: every path is public), JSON bodies only,
+    and one log line and one metrics sample at the end (method, route, status, duration, ids;
+    never bodies or query strings)."""
 
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
@@ -64,9 +85,12 @@ def _front(metrics: Metrics, *, log_requests: bool, authenticated: bool = True) 
                 await send(message)
 
             try:
-                if authenticated and not is_public(scope["path"]):
+                if gate is not None and not is_public(scope["path"]):
                     services = scope["app"].state.services
-                    scope["user"] = await authenticate(services, headers.get(b"authorization"))
+                    client = (scope.get("client") or ("unknown", 0))[0]
+                    scope["user"] = await gate.admit(services, headers.get(b"authorization"), client)
+                    if scope["method"] in _BODY_METHODS and _has_body(headers) and not _json_content(headers):
+                        raise HTTPException(status_code=415, detail=_NOT_JSON)
                 await app(scope, receive, send_wrapper)
             except HTTPException as exc:  # answered by the app's exception handlers
                 status = exc.status_code
@@ -158,21 +182,10 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
         ),
         lifespan=[_lifespan(settings, metrics, lead=None)],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
-        middleware=[_front(metrics, log_requests=log_requests)],
+        middleware=[_front(metrics, Gate(settings.rate_limit_per_key), log_requests=log_requests)],
         exception_handlers=EXCEPTION_HANDLERS,
-        openapi_config=OpenAPIConfig(
-            title="Loyalty ledger",
-            version="1.0.0",
-            description="One member, one balance and one set of rules behind every sales channel.",
-            components=Components(
-                security_schemes={
-                    "apiKey": SecurityScheme(
-                        type="http", scheme="bearer", description="An API key of a channel"
-                    ),
-                }
-            ),
-            security=[{"apiKey": []}],
-        ),
+        request_class=StrictRequest,
+        openapi_config=openapi_config(),
         logging_config=None,  # service.logs configures logging, once, for everything
         debug=False,
     )
@@ -187,7 +200,7 @@ def create_follower_app(settings: Settings) -> Litestar:
         state=State({"metrics": metrics}),
         lifespan=[_lifespan(settings, metrics, lead=True)],
         dependencies={"services": Provide(_services, sync_to_thread=False)},
-        middleware=[_front(metrics, log_requests=False, authenticated=False)],
+        middleware=[_front(metrics, None, log_requests=False)],
         exception_handlers=EXCEPTION_HANDLERS,
         openapi_config=None,
         logging_config=None,

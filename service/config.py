@@ -41,6 +41,11 @@ class Settings:
     http_header_timeout_seconds: float = 10.0
     http_keepalive_seconds: float = 5.0
     http_max_header_bytes: int = 16384
+    # Business times (`occurred_at`) may be at most this many days in the past (SPEC §4).
+    max_backdate_days: int = 400
+    # Requests per second one API key may make to one instance (a token bucket holding two
+    # seconds' worth); 0 turns the limit off.
+    rate_limit_per_key: int = 2000
     # /health/ready fails when the relay is further behind than this while NATS is reachable.
     ready_max_relay_lag_seconds: float = 60.0
 
@@ -112,5 +117,7 @@ def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
         http_header_timeout_seconds=_int(env, "LOYALTY_HTTP_HEADER_TIMEOUT_SECONDS", 10),
         http_keepalive_seconds=_int(env, "LOYALTY_HTTP_KEEPALIVE_SECONDS", 5),
         http_max_header_bytes=_int(env, "LOYALTY_HTTP_MAX_HEADER_BYTES", 16384),
+        max_backdate_days=_int(env, "LOYALTY_MAX_BACKDATE_DAYS", 400),
+        rate_limit_per_key=_int(env, "LOYALTY_RATE_LIMIT_PER_KEY", 2000),
         ready_max_relay_lag_seconds=_int(env, "LOYALTY_READY_MAX_RELAY_LAG_SECONDS", 60),
     )

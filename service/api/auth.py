@@ -11,14 +11,17 @@ from typing import Any
 from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
-from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
+from litestar.exceptions import NotAuthorizedException, PermissionDeniedException, TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
 
 from service.handlers.context import CommandContext
 from service.handlers.errors import InvalidInput
 from service.logs import channel_var, request_id_var
 from service.services import Services
-from service.store.access import Principal
+from service.store.access import LookupRefused, Principal
+
+from .body import canonical
+from .limits import TokenBuckets, retry_after
 
 PUBLIC_PREFIXES = ("/health", "/schema", "/metrics", "/asyncapi.json")
 IDEMPOTENCY_HEADER = "idempotency-key"
@@ -29,17 +32,59 @@ def is_public(path: str) -> bool:
     return path.startswith(PUBLIC_PREFIXES)
 
 
-async def authenticate(services: Services, authorization: bytes | None) -> Principal:
-    """`Authorization: Bearer <key>` → the key's Principal; NotAuthorizedException (401) if not."""
+async def authenticate(services: Services, authorization: bytes | None, *, look_up: bool = True) -> Principal:
+    """`Authorization: Bearer <key>` → the key's Principal; NotAuthorizedException (401) if not
+    (LookupRefused when the key is not cached and `look_up` is False)."""
     scheme, _, key = (authorization or b"").decode("latin-1").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise NotAuthorizedException("an API key is required: Authorization: Bearer <key>")
-    principal = await services.access.authenticate(key)
+    principal = await services.access.authenticate(key, look_up=look_up)
     if principal is None:
         raise NotAuthorizedException("the API key is not valid")
     channel_var.set(principal.channel)
     return principal
+
+
+class Gate:
+    """Who gets in: a valid API key, within its rate limit; and a brake on guessing keys.
+
+    Each lookup of a key not cached takes a token from its client address's bucket (given back
+    when the key is valid); while an address has used them up, a key from it that is not cached
+    is answered 429 without a database lookup, so a flood of made-up keys cannot crowd out the
+    honest callers' queries (and the cached keys of that address, e.g. the other tills behind a
+    store's NAT, still work).
+    """
+
+    FAILURES_PER_SECOND = 5.0
+    FAILURE_BURST = 50.0
+
+    def __init__(self, rate_per_key: int) -> None:
+        self._keys = TokenBuckets(rate_per_key, 2.0 * rate_per_key) if rate_per_key > 0 else None
+        self._failures = TokenBuckets(self.FAILURES_PER_SECOND, self.FAILURE_BURST)
+
+    async def admit(self, services: Services, authorization: bytes | None, client: str) -> Principal:
+        """The caller's Principal; 401 without a valid key, 429 over a limit."""
+        try:
+            principal = await authenticate(services, authorization, look_up=False)
+        except LookupRefused:
+            # Not cached: a lookup costs a token of the address's failure bucket, given back
+            # when the key turns out valid (taken first, so that concurrent guesses count too).
+            wait = self._failures.take(client)
+            if wait:
+                raise TooManyRequestsException(
+                    "too many requests with invalid API keys from this address",
+                    headers={"Retry-After": retry_after(wait)},
+                ) from None
+            principal = await authenticate(services, authorization)
+            self._failures.give_back(client)
+        if self._keys is not None:
+            wait = self._keys.take(principal.key_id)
+            if wait:
+                raise TooManyRequestsException(
+                    "this API key is over its rate limit", headers={"Retry-After": retry_after(wait)}
+                )
+        return principal
 
 
 def requires(*scopes: str) -> Any:
@@ -53,6 +98,7 @@ def requires(*scopes: str) -> Any:
             raise PermissionDeniedException(f"this API key lacks the {wanted} scope")
 
     guard.__name__ = "requires_" + "_or_".join(scopes)
+    guard.scopes = scopes  # type: ignore[attr-defined]  # read by the OpenAPI document
     return guard
 
 
@@ -68,7 +114,8 @@ async def command_context(
     (It takes `services` only so that Litestar resolves the two dependencies one after the
     other: two independent ones cost an anyio task group on every request, ~7 % of CPU here.)
 
-    POSTs must carry an Idempotency-Key; the request hash covers method, path and body, so the
+    POSTs must carry an Idempotency-Key; the request hash covers method, path and the decoded
+    body (so a retry that differs only in whitespace or key order is the same request), and the
     same key with any other request is refused.
     """
     principal = request.user
@@ -78,7 +125,7 @@ async def command_context(
             raise InvalidInput([("Idempotency-Key", "header is required on every POST that changes state")])
         if not _valid_idempotency_key(key):
             raise InvalidInput([("Idempotency-Key", "must be 1-200 printable ASCII characters")])
-    body = await request.body()
+    body = canonical(await request.json()) if request.route_handler.parsed_data_field else b""
     digest = hashlib.sha256()
     for part in (request.method.encode(), request.url.path.encode(), body):
         digest.update(len(part).to_bytes(8, "big"))

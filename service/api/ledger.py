@@ -8,6 +8,7 @@ from uuid import UUID
 
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency, Provide
+from litestar.exceptions import PermissionDeniedException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from service.handlers import ledger
@@ -37,7 +38,12 @@ class LedgerController(Controller):
         services: NamedDependency[Services],
         ctx: NamedDependency[CommandContext],
     ) -> Response[EarnOut]:
-        return reply(await ledger.earn(services, ctx, member_id, data))
+        """A purchase needs the `earn` scope; an award (`points`, `reason`) the `award` scope."""
+        kind = ledger.earn_kind(data)
+        scope = "award" if kind == "award" else "earn"
+        if scope not in ctx.scopes:
+            raise PermissionDeniedException(f"this API key lacks the {scope!r} scope")
+        return reply(await ledger.earn(services, ctx, member_id, data, kind))
 
     @post(
         "/quotes/earn",
@@ -79,7 +85,7 @@ class LedgerController(Controller):
         self,
         member_id: FromPath[UUID],
         services: NamedDependency[Services],
-        after: Annotated[int, QueryParameter(ge=0)] = 0,
+        after: Annotated[int, QueryParameter(ge=0, le=2**63 - 1)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> HistoryOut:
         return await ledger.history(services, member_id, after=after, limit=limit)

@@ -12,7 +12,7 @@ from service.services import Services
 
 from .auth import command_context, requires
 from .responses import reply
-from .schemas import ProgramOut, RulesIn, RulesVersionOut
+from .schemas import ProgramOut, RulesIn, RulesVersionOut, rules_of
 
 
 class ProgramController(Controller):
@@ -31,7 +31,7 @@ class ProgramController(Controller):
         services: NamedDependency[Services],
         ctx: NamedDependency[CommandContext],
     ) -> Response[ProgramOut]:
-        return reply(await program.publish_rules(services, ctx, data))
+        return reply(await program.publish_rules(services, ctx, rules_of(data)))
 
     @get("/rules/{version:int}", guards=[requires("read")], summary="One published version of the rules")
     async def get_rules(self, version: FromPath[int], services: NamedDependency[Services]) -> RulesVersionOut:

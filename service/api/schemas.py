@@ -6,25 +6,42 @@ string (never a JSON number, so no float ever touches it); points as integers.
 
 from __future__ import annotations
 
+import typing
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
+import msgspec.inspect
 from msgspec import Meta
 
-from domain.rules import Rules
+from domain.rules import EarnRule, RedemptionRule, Rules, SegmentRules, Tier
 from service.store.access import CHANNEL_KINDS, SCOPES
 
-Money = Annotated[
-    str,
-    Meta(pattern=r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,4})?$", description='Decimal string, e.g. "128.50"'),
-]
+_MONEY = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,4})?$"
+Money = Annotated[str, Meta(pattern=_MONEY, description='Decimal string, e.g. "128.50"')]
 Points = Annotated[int, Meta(gt=0, le=1_000_000_000)]
 SignedPoints = Annotated[int, Meta(ge=-1_000_000_000, le=1_000_000_000)]
 Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")]
-Ref = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x21-\x7e]+$")]
-Text = Annotated[str, Meta(min_length=1, max_length=500)]
+_REF = r"^[\x21-\x7e]+$"
+Ref = Annotated[str, Meta(min_length=1, max_length=200, pattern=_REF)]
+# Free text a person reads: no control characters (C0, DEL, C1), no invisible format characters
+# (zero-width, bidirectional overrides and isolates, BOM) that make a value display as another.
+_PLAIN = r"^[^\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]*$"
+Text = Annotated[str, Meta(min_length=1, max_length=500, pattern=_PLAIN)]
+Name = Annotated[str, Meta(min_length=1, max_length=200, pattern=_PLAIN)]
+# A BCP 47 language tag, e.g. zh-Hans-CN.
+_LOCALE = r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$"
+Locale = Annotated[str, Meta(min_length=2, max_length=35, pattern=_LOCALE)]
+# What a value failing each pattern is told (msgspec's message would quote the regex).
+PATTERN_HINTS = {
+    _MONEY: 'must be a decimal string like "128.50"',
+    _REF: "must be printable ASCII without spaces",
+    _PLAIN: "must not contain control characters or invisible formatting characters",
+    _LOCALE: "must be a language tag like zh-Hans-CN",
+}
+# A 64-bit position or count in a query: beyond it the database cannot hold the value.
+QueryInt = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 
 
 class Body(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -44,9 +61,9 @@ class IdentityIn(Body, kw_only=True):
 
 
 class ProfileIn(Body, kw_only=True):
-    name: Annotated[str, Meta(max_length=200)] | None = None
+    name: Name | None = None
     birthday: date | None = None
-    locale: Annotated[str, Meta(max_length=35)] | None = None
+    locale: Locale | None = None
 
 
 class EnrolIn(Body, kw_only=True):
@@ -89,7 +106,7 @@ class RedeemIn(Body, kw_only=True):
 
 class ChannelIn(Body, kw_only=True):
     id: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
-    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    name: Name
     kind: Literal[CHANNEL_KINDS]  # type: ignore[valid-type]
 
 
@@ -98,11 +115,45 @@ Scope = Literal[SCOPES]  # type: ignore[valid-type]  # the one list, in service.
 
 class ApiKeyIn(Body, kw_only=True):
     channel: Annotated[str, Meta(min_length=1, max_length=64)]
-    scopes: Annotated[list[Scope], Meta(min_length=1)]
-    name: Annotated[str, Meta(max_length=200)] | None = None
+    scopes: Annotated[list[Scope], Meta(min_length=1, max_length=len(SCOPES))]
+    name: Name | None = None
 
 
-RulesIn = Rules  # the rules document of SPEC §3 is itself the wire format (ADR 0003)
+def _required(cls: type[msgspec.Struct], *, optional: frozenset[str] = frozenset()) -> type[msgspec.Struct]:
+    """`cls` as a request body: the same fields, every one required (but `optional`)."""
+    info = msgspec.inspect.type_info(cls)
+    assert isinstance(info, msgspec.inspect.StructType)
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields: list[Any] = []
+    for f in info.fields:
+        tp = _REQUIRED.get(hints[f.name], hints[f.name])
+        if f.name not in optional:
+            fields.append((f.name, tp))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append((f.name, tp, msgspec.field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, tp, f.default))
+    return msgspec.defstruct(
+        f"{cls.__name__}In", fields, kw_only=True, forbid_unknown_fields=True, frozen=True, module=__name__
+    )
+
+
+# The rules document of SPEC §3 is the wire format (ADR 0003), but a PUT states the whole of it:
+# `{}` must not publish the defaults as a new version. A tier's benefits may be left out.
+_REQUIRED: dict[Any, Any] = {}
+for _part in (EarnRule, RedemptionRule, SegmentRules):
+    _REQUIRED[_part] = _required(_part)
+_REQUIRED[Tier] = _required(Tier, optional=frozenset({"benefits"}))
+_REQUIRED[list[Tier]] = list[_REQUIRED[Tier]]  # type: ignore[misc]
+_REQUIRED[typing.get_type_hints(Rules, include_extras=True)["tiers"]] = Annotated[
+    list[_REQUIRED[Tier]], Meta(min_length=1)  # type: ignore[misc]
+]
+RulesIn = _required(Rules)
+
+
+def rules_of(body: msgspec.Struct) -> Rules:
+    """The domain's rules document from a RulesIn body."""
+    return msgspec.convert(msgspec.to_builtins(body), Rules)
 
 
 # --- responses ------------------------------------------------------------------------------

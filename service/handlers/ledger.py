@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
 
@@ -24,7 +24,7 @@ from service.api.schemas import (
 from service.services import Services
 
 from .context import CommandContext, Reply
-from .errors import InvalidInput, MissingScope, UnknownMember
+from .errors import InvalidInput, UnknownMember
 from .unit_of_work import Render, UnitOfWork, execute
 from .views import balance_out, breakdown_out
 
@@ -35,7 +35,7 @@ _PURCHASE_FIELDS = ("order_ref", "amount", "currency", "occurred_at", "items")
 _AWARD_FIELDS = ("points", "reason")
 
 
-def _kind_of(body: EarnIn, now: datetime) -> str:
+def earn_kind(body: EarnIn) -> str:
     """'purchase' or 'award', checking that the body is wholly one of them."""
     given = {f for f in (*_PURCHASE_FIELDS, *_AWARD_FIELDS) if getattr(body, f) is not None}
     if given & set(_AWARD_FIELDS) and given & set(_PURCHASE_FIELDS):
@@ -52,12 +52,23 @@ def _kind_of(body: EarnIn, now: datetime) -> str:
     ]
     if missing:
         raise InvalidInput(missing)
-    if body.occurred_at is not None:
-        if body.occurred_at.tzinfo is None:
-            raise InvalidInput([("occurred_at", "must include a time zone offset")])
-        if body.occurred_at > now + MAX_CLOCK_SKEW:
-            raise InvalidInput([("occurred_at", "is in the future")])
     return kind
+
+
+def business_time(
+    value: datetime | None, *, now: datetime, max_backdate_days: int, field: str = "occurred_at"
+) -> datetime:
+    """A business time within the accepted window (SPEC §4), or `now` when none was given."""
+    if value is None:
+        return now
+    if value.tzinfo is None:
+        raise InvalidInput([(field, "must include a time zone offset")])
+    ahead = value - now  # aware datetimes: compared in UTC
+    if ahead > MAX_CLOCK_SKEW:
+        raise InvalidInput([(field, "is more than 5 minutes in the future")])
+    if -ahead > timedelta(days=max_backdate_days):
+        raise InvalidInput([(field, f"is more than {max_backdate_days} days in the past")])
+    return value
 
 
 def _items(body: EarnIn) -> list[PurchaseItem]:
@@ -67,12 +78,11 @@ def _items(body: EarnIn) -> list[PurchaseItem]:
     ]
 
 
-async def earn(services: Services, ctx: CommandContext, member_id: UUID, body: EarnIn) -> Reply:
-    """Earn points for a purchase (scope `earn`) or award them (scope `award`)."""
-    kind = _kind_of(body, ctx.now)
-    scope = "award" if kind == "award" else "earn"
-    if scope not in ctx.scopes:
-        raise MissingScope(scope)
+async def earn(services: Services, ctx: CommandContext, member_id: UUID, body: EarnIn, kind: str) -> Reply:
+    """Earn points for a purchase (`kind` "purchase") or award them ("award")."""
+    occurred_at = business_time(
+        body.occurred_at, now=ctx.now, max_backdate_days=services.settings.max_backdate_days
+    )
 
     async def decide(uow: UnitOfWork) -> Render:
         member = await uow.member(member_id)
@@ -87,7 +97,7 @@ async def earn(services: Services, ctx: CommandContext, member_id: UUID, body: E
                 amount=Decimal(body.amount),
                 currency=body.currency,
                 items=_items(body),
-                occurred_at=body.occurred_at or ctx.now,
+                occurred_at=occurred_at,
                 at=ctx.now,
                 channel=ctx.channel,
                 rules=rules,
@@ -122,7 +132,7 @@ async def earn(services: Services, ctx: CommandContext, member_id: UUID, body: E
 
 async def quote(services: Services, member_id: UUID, body: EarnIn, *, now: datetime) -> QuoteOut:
     """What a purchase would earn this member now; nothing is written."""
-    if _kind_of(body, now) != "purchase":
+    if earn_kind(body) != "purchase":
         raise InvalidInput([("order_ref", "a quote is for a purchase")])
     assert body.amount is not None
     assert body.currency is not None
@@ -188,7 +198,10 @@ async def balance(
     else:
         if as_of.tzinfo is None:
             raise InvalidInput([("as_of", "must include a time zone offset")])
-        at = min(as_of, now)
+        try:
+            at = min(as_of, now).astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+00:01: before year 1 in UTC
+            raise InvalidInput([("as_of", "is out of range")]) from None
         replayed = await services.repository.as_of(Member, member_id, at)
         if replayed is None:
             await _member(services, member_id)  # 404 if it never existed

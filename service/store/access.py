@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from uuid import UUID, uuid4
 
 import asyncpg
+
+from .appender import IdempotencyKeyReused
 
 SCOPES = (
     "read",
@@ -37,6 +42,8 @@ CHANNEL_KINDS = (
 )
 ADMIN_CHANNEL = "admin"
 _CACHE_SECONDS = 5.0  # how long a revoked key may still be accepted by an instance
+_UNKNOWN_CACHE_SECONDS = 30.0  # how long an unknown key is answered 401 without a lookup
+_LOOKUPS = 4  # uncached key lookups at once: the rest of the pool stays with the commands
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +62,10 @@ class Channel:
     kind: str
 
 
+class LookupRefused(Exception):
+    """The key is not cached and looking it up was not allowed."""
+
+
 class UnknownChannel(LookupError):
     pass
 
@@ -71,21 +82,44 @@ def new_key_secret() -> str:
     return "lk_" + secrets.token_urlsafe(32)
 
 
+@dataclass(frozen=True, slots=True)
+class Once:
+    """A request's Idempotency-Key (per calling channel) and the fingerprint of its body."""
+
+    channel: str
+    key: str
+    request_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    replayed: bool
+
+
+_ONCE_LOCK = 0x4C4B4559  # "LKEY": advisory-lock namespace (int4) of admin idempotency keys
+
+
 class Access:
     """Channel and key records, with a short-lived cache of authenticated keys."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._cache: dict[bytes, tuple[float, Principal | None]] = {}
+        self._lookups = asyncio.Semaphore(_LOOKUPS)
 
-    async def authenticate(self, key: str) -> Principal | None:
-        """The principal of a valid, unrevoked key; None otherwise."""
+    async def authenticate(self, key: str, *, look_up: bool = True) -> Principal | None:
+        """The principal of a valid, unrevoked key; None otherwise. Without `look_up`, only the
+        cache answers, and a key it does not hold raises LookupRefused."""
         digest = _hash(key)
         now = time.monotonic()
         hit = self._cache.get(digest)
-        if hit is not None and now - hit[0] < _CACHE_SECONDS:
+        if hit is not None and now - hit[0] < (_CACHE_SECONDS if hit[1] else _UNKNOWN_CACHE_SECONDS):
             return hit[1]
-        async with self._pool.acquire() as conn:
+        if not look_up:
+            raise LookupRefused()
+        async with self._lookups, self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT key_id, channel, scopes FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
                 digest,
@@ -98,8 +132,57 @@ class Access:
         self._cache[digest] = (now, principal)
         return principal
 
-    async def create_channel(self, channel: Channel) -> None:
-        async with self._pool.acquire() as conn:
+    async def once(
+        self,
+        once: Once,
+        status: int,
+        act: Callable[[asyncpg.Connection], Awaitable[bytes]],
+        *,
+        seal: Callable[[bytes], bytes] = bytes,
+        unseal: Callable[[bytes], bytes] = bytes,
+    ) -> Answer:
+        """Run `act` (a change of channels or keys) once per Idempotency-Key: its answer is kept
+        (through `seal`) in the same transaction, and a retry within 24 h gets it again.
+
+        These records are not events: channels and keys live beside the log, not in it.
+        """
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Two retries racing: the second waits here and then finds the first one's record.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2 || ':' || $3))",  # no channel id has a colon
+                _ONCE_LOCK,
+                once.channel,
+                once.key,
+            )
+            row = await conn.fetchrow(
+                "SELECT request_hash, status, response FROM idempotency_keys WHERE channel = $1"
+                " AND key = $2 AND created_at > now() - interval '24 hours'",
+                once.channel,
+                once.key,
+            )
+            if row is not None:
+                if row["request_hash"] != once.request_hash:
+                    raise IdempotencyKeyReused(once.key)
+                return Answer(row["status"], unseal(row["response"]), replayed=True)
+            body = await act(conn)
+            await conn.execute(
+                "INSERT INTO idempotency_keys (channel, key, request_hash, status, response, position)"
+                " VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (channel, key) DO UPDATE SET"
+                " request_hash = EXCLUDED.request_hash, status = EXCLUDED.status,"
+                " response = EXCLUDED.response, position = 0, created_at = now()",
+                once.channel,
+                once.key,
+                once.request_hash,
+                status,
+                seal(body),
+            )
+        return Answer(status, body, replayed=False)
+
+    async def create_channel(self, channel: Channel, conn: asyncpg.Connection | None = None) -> None:
+        """Register a channel; ChannelExists if its id is taken (on `conn` when given)."""
+        async with contextlib.AsyncExitStack() as stack:
+            if conn is None:
+                conn = await stack.enter_async_context(self._pool.acquire())
             done = await conn.execute(
                 "INSERT INTO channels (id, name, kind) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
                 channel.id,
@@ -115,11 +198,19 @@ class Access:
         return [Channel(r["id"], r["name"], r["kind"]) for r in rows]
 
     async def create_key(
-        self, *, channel: str, scopes: list[str], name: str | None, secret: str | None = None
+        self,
+        *,
+        channel: str,
+        scopes: list[str],
+        name: str | None,
+        secret: str | None = None,
+        conn: asyncpg.Connection | None = None,
     ) -> tuple[UUID, str]:
         """A new key for a channel: (key id, the key itself — shown only this once)."""
         key_id, secret = uuid4(), secret or new_key_secret()
-        async with self._pool.acquire() as conn:
+        async with contextlib.AsyncExitStack() as stack:
+            if conn is None:
+                conn = await stack.enter_async_context(self._pool.acquire())
             try:
                 await conn.execute(
                     "INSERT INTO api_keys (key_id, channel, scopes, name, secret_hash)"

@@ -69,6 +69,7 @@ class Keyring:
         self._master = master_key
         # Separate keys per purpose, derived so that one master key is all an operator keeps.
         self._identity_key = hmac.digest(master_key, b"loyalty:identity-index:v1", "sha256")
+        self._record_key = hmac.digest(master_key, b"loyalty:idempotency-records:v1", "sha256")
 
     def new_member_key(self, member_id: UUID) -> tuple[bytes, bytes]:
         """A fresh data key for a member: (plain key, wrapped key to store)."""
@@ -89,6 +90,13 @@ class Keyring:
     @staticmethod
     def decrypt(key: bytes, member_id: UUID, ciphertext: bytes) -> bytes:
         return _open(key, ciphertext, member_id.bytes)
+
+    def seal_record(self, plain: bytes) -> bytes:
+        """Encrypt a stored answer that holds a secret (a new API key kept for its retries)."""
+        return _seal(self._record_key, plain, b"idempotency-record")
+
+    def open_record(self, sealed: bytes) -> bytes:
+        return _open(self._record_key, sealed, b"idempotency-record")
 
     def identity_hash(self, kind: str, value: str) -> bytes:
         """Keyed hash of a normalised identity: the index can match it but not reveal it."""

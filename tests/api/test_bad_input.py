@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -34,6 +36,26 @@ CASES: list[tuple[str, str, Any, int, str | None]] = [
     ("bad item", "earn", {**PURCHASE, "items": [{"sku": "A", "amount": 3}]}, 422, "items"),
     ("timezone-less time", "earn", {**PURCHASE, "occurred_at": "2026-01-01T10:00:00"}, 422, "occurred_at"),
     ("future time", "earn", {**PURCHASE, "occurred_at": "2999-01-01T10:00:00Z"}, 422, "occurred_at"),
+    # Before year 1 in UTC (the database cannot even hold it), and year 1 itself: past the
+    # backdating bound (LOYALTY_MAX_BACKDATE_DAYS, 400 by default).
+    (
+        "time before year 1",
+        "earn",
+        {**PURCHASE, "occurred_at": "0001-01-01T00:00:00+14:00"},
+        422,
+        "occurred_at",
+    ),
+    ("year 1", "earn", {**PURCHASE, "occurred_at": "0001-01-01T00:00:00Z"}, 422, "occurred_at"),
+    ("too far back", "earn", {**PURCHASE, "occurred_at": "2020-01-01T00:00:00Z"}, 422, "occurred_at"),
+    # Strict decoding: no number from a string, a float or an exponent.
+    ("points as a numeric string", "redeem", {"points": "1"}, 422, "points"),
+    ("points as a float", "redeem", b'{"points": 100.0}', 422, "points"),
+    ("points with an exponent", "redeem", b'{"points": 1e2}', 422, "points"),
+    ("NUL in a reason", "earn", {"points": 5, "reason": "goodwill\u0000"}, 422, "reason"),
+    ("escape in a reason", "earn", {"points": 5, "reason": "\u001b[31mred"}, 422, "reason"),
+    ("bidi override in a reward", "redeem", {"points": 1, "reward_ref": "\u202eCUP"}, 422, "reward_ref"),
+    ("nested a thousand deep", "earn", b'{"items": ' + b"[" * 1000 + b"]" * 1000 + b"}", 422, "items"),
+    ("nested array body", "earn", b"[" * 5000 + b"]" * 5000, 422, None),
 ]
 
 
@@ -145,3 +167,115 @@ async def test_invalid_rules_are_refused_naming_each_field(member_with_points: M
     fields = {e["field"] for e in response.json()["errors"]}
     assert {"currency", "tiers[1].threshold"} <= fields
     assert (await api.get("/v1/program", key=hq)).json()["rules_version"] == 1
+
+
+async def test_nested_json_is_refused_quietly_even_on_a_read_only_endpoint(
+    member_with_points: MemberWithPoints, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = member_with_points.api
+    reader = await api.channel_key("dashboard", ["read"], kind="internal")
+    deep = b'{"member_id": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    headers = {"Authorization": f"Bearer {reader}", "Content-Type": "application/json"}
+
+    response = await api.client.post("/v1/quotes/earn", content=deep, headers=headers)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["field"] == "member_id"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "application/xml",
+        "multipart/form-data; boundary=x",
+        "application/json; charset=latin-1",
+    ],
+)
+async def test_a_body_that_is_not_json_is_415_and_writes_nothing(
+    member_with_points: MemberWithPoints, content_type: str | None
+) -> None:
+    api, key, member_id = member_with_points.api, member_with_points.key, member_with_points.member_id
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    position = await api.last_position()
+
+    response = await api.client.post(
+        f"/v1/members/{member_id}/redeem", content=b'{"points": 1}', headers=headers
+    )
+
+    assert response.status_code == 415, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert await api.last_position() == position
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/merge-patch+json"])
+async def test_json_media_types_are_accepted(member_with_points: MemberWithPoints, content_type: str) -> None:
+    api, key, member_id = member_with_points.api, member_with_points.key, member_with_points.member_id
+    headers = {
+        "Authorization": f"Bearer {key}",
+        "Idempotency-Key": uuid.uuid4().hex,
+        "Content-Type": content_type,
+    }
+    response = await api.client.post(
+        f"/v1/members/{member_id}/redeem", content=b'{"points": 1}', headers=headers
+    )
+    assert response.status_code == 201, response.text
+
+
+async def test_a_business_time_within_the_backdating_bound_is_accepted(
+    member_with_points: MemberWithPoints,
+) -> None:
+    api, key, member_id = member_with_points.api, member_with_points.key, member_with_points.member_id
+    old = (datetime.now(UTC) - timedelta(days=399)).isoformat()
+    response = await api.post(f"/v1/members/{member_id}/earn", {**PURCHASE, "occurred_at": old}, key=key)
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    ("suffix", "params", "field"),
+    [
+        ("history", {"after": str(2**63)}, "after"),
+        ("history", {"limit": str(10**30)}, "limit"),
+        ("balance", {"as_of": "0001-01-01T00:00:00+00:01"}, "as_of"),
+        ("", {"min_position": str(2**63)}, "min_position"),
+    ],
+)
+async def test_out_of_range_query_values_are_422(
+    member_with_points: MemberWithPoints, suffix: str, params: dict[str, str], field: str
+) -> None:
+    api, key, member_id = member_with_points.api, member_with_points.key, member_with_points.member_id
+    response = await api.get(f"/v1/members/{member_id}/{suffix}".rstrip("/"), key=key, params=params)
+    assert response.status_code in (400, 422), response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert field in response.text
+
+
+async def test_publishing_rules_needs_the_whole_document(member_with_points: MemberWithPoints) -> None:
+    api = member_with_points.api
+    hq = await api.channel_key("hq", ["read", "rules"], kind="internal")
+    headers = {"Authorization": f"Bearer {hq}"}
+    rules = (await api.get("/v1/program", key=hq)).json()["rules"]
+    del rules["segments"]
+
+    empty = await api.client.put("/v1/program/rules", json={}, headers=headers)
+    partial = await api.client.put("/v1/program/rules", json=rules, headers=headers)
+
+    assert empty.status_code == 422, empty.text
+    assert partial.status_code == 422
+    assert partial.json()["errors"][0]["field"] == "segments"
+    assert (await api.get("/v1/program", key=hq)).json()["rules_version"] == 1
+
+
+async def test_profile_text_with_control_characters_is_refused(member_with_points: MemberWithPoints) -> None:
+    api, key = member_with_points.api, member_with_points.key
+    position = await api.last_position()
+    for name in ("Li\u0000Lei", "Li\u202eLei", "Li\nLei"):
+        body = {"identities": [{"kind": "email", "value": "li@x.cn"}], "profile": {"name": name}}
+        response = await api.post("/v1/members", body, key=key)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["field"] == "profile.name"
+    assert await api.last_position() == position

@@ -1,0 +1,53 @@
+"""Limits that keep one caller from taking the service away from the others: 429 + Retry-After."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+
+from service.app import create_app
+from tests.api.conftest import ADMIN_KEY, Api, serving, settings_for
+
+
+async def test_a_key_over_its_rate_limit_gets_429_with_retry_after(database_url: str, nats_url: str) -> None:
+    settings = dataclasses.replace(settings_for(database_url, nats_url), rate_limit_per_key=5)
+    app = create_app(settings, log_requests=False)
+    async with serving(app) as client:
+        api = Api(client, app)
+        reader = await api.channel_key("dashboard", ["read"], kind="internal")
+
+        answers = [await api.get("/v1/program", key=reader) for _ in range(30)]
+
+        statuses = [a.status_code for a in answers]
+        # A burst of two seconds' worth (10) passes, then the bucket refills at 5 a second.
+        assert statuses.count(200) >= 10
+        limited = [a for a in answers if a.status_code == 429]
+        assert limited, statuses
+        assert int(limited[0].headers["Retry-After"]) >= 1
+        assert limited[0].headers["content-type"].startswith("application/problem+json")
+        # Another key is not held back by the first one's limit.
+        assert (await api.get("/v1/program", key=ADMIN_KEY)).status_code == 200
+
+
+async def test_a_flood_of_made_up_keys_is_braked_without_a_lookup_each(api: Api) -> None:
+    known = await api.channel_key("dashboard", ["read"], kind="internal")
+    assert (await api.get("/v1/program", key=known)).status_code == 200  # now cached
+
+    guesses = await asyncio.gather(*(api.get("/v1/program", key=secrets.token_hex(16)) for _ in range(120)))
+
+    statuses = [g.status_code for g in guesses]
+    assert set(statuses) == {401, 429}, statuses
+    assert statuses.count(401) <= 60  # the burst of failures an address is allowed
+    assert all(int(g.headers["Retry-After"]) >= 1 for g in guesses if g.status_code == 429)
+    # The keys this address is known to hold keep working meanwhile.
+    assert (await api.get("/v1/program", key=known)).status_code == 200
+
+
+async def test_the_rate_limit_can_be_switched_off(database_url: str, nats_url: str) -> None:
+    settings = dataclasses.replace(settings_for(database_url, nats_url), rate_limit_per_key=0)
+    app = create_app(settings, log_requests=False)
+    async with serving(app) as client:
+        api = Api(client, app)
+        answers = await asyncio.gather(*(api.get("/v1/program", key=ADMIN_KEY) for _ in range(50)))
+        assert {a.status_code for a in answers} == {200}
