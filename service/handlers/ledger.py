@@ -78,8 +78,11 @@ def _items(body: EarnIn) -> list[PurchaseItem]:
     ]
 
 
-async def earn(services: Services, ctx: CommandContext, member_id: UUID, body: EarnIn, kind: str) -> Reply:
+async def earn(
+    services: Services, ctx: CommandContext, member_id: UUID, body: EarnIn, kind: str | None = None
+) -> Reply:
     """Earn points for a purchase (`kind` "purchase") or award them ("award")."""
+    kind = kind or earn_kind(body)
     occurred_at = business_time(
         body.occurred_at, now=ctx.now, max_backdate_days=services.settings.max_backdate_days
     )
