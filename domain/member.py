@@ -231,11 +231,11 @@ class Member(LedgerAggregate):
         rules_version: int,
     ) -> EarnResult:
         """Earn points for a purchase at the member's current tier, then re-evaluate tier."""
-        self._check_active()
-        _check_purchase(amount, currency, items, rules)
+        quote = self.quote_purchase(
+            amount=amount, currency=currency, items=items, rules=rules, rules_version=rules_version
+        )
         if order_ref in self.orders:
             raise DuplicateOrder(f"order {order_ref!r} already earned", order_ref=order_ref)
-        quote = quote_purchase(rules, rules_version, self.tier, amount)
         available_at = occurred_at + timedelta(days=rules.earn.pending_days)
         expires_at = _expiry(rules, occurred_at)
         self._points_earned(
@@ -319,6 +319,28 @@ class Member(LedgerAggregate):
         return RedeemResult(redemption_id=self.version, points=points)
 
     # -- queries -------------------------------------------------------------------------
+
+    def quote_purchase(
+        self,
+        *,
+        amount: Decimal,
+        currency: str,
+        items: list[PurchaseItem],
+        rules: Rules,
+        rules_version: int,
+    ) -> EarnQuote:
+        """What a purchase would earn this member now (the checks of an earn, nothing recorded)."""
+        self._check_active()
+        _check_purchase(amount, currency, items, rules)
+        return quote_purchase(rules, rules_version, self.tier, amount)
+
+    def next_balance_change(self, *, after: datetime, rules: Rules) -> datetime | None:
+        """The first instant after `after` at which `balance(now=...)` changes with no new event:
+        a lot unlocks (`available_at`) or expires, or an earn leaves the tier window."""
+        window = timedelta(days=rules.tier_window_days)
+        instants = [i for lot in self.lots for i in (lot.available_at, lot.expires_at) if i is not None]
+        instants += [accrual.occurred_at + window for accrual in self.accruals]
+        return min((i for i in instants if i > after), default=None)
 
     def balance(self, *, now: datetime, rules: Rules) -> Balance:
         """The balance at `now`: locked lots are pending, lots past expiry are expired."""
