@@ -3,12 +3,14 @@ channels used, first and last activity). No clear personal value is ever stored 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
 import msgspec
 
 from domain.identities import Identity, mask_identity
+from domain.member_values import Balance
 
 from .projection import BALANCE_COLUMNS, BALANCE_FIELDS, MemberProjection, Touched, balance_values
 
@@ -77,13 +79,25 @@ class MembersProjection(MemberProjection):
         self._masked.clear()
 
 
-async def member_view(conn: Any, member_id: UUID) -> dict[str, Any] | None:
-    """The member view from the `members` projection (connection or pool), or None.
+class MemberView(msgspec.Struct, frozen=True, kw_only=True):
+    """A member's row of the `members` projection: the member view at the member's last event
+    (`position`), its balance exact until `balance_valid_until` (None: for ever)."""
 
-    Keys are the fields of the API's MemberOut (`position` is that of the member's last
-    event), plus `balance_valid_until`: the balance is exact until then (None: for ever);
-    from then on a reader that needs the balance at "now" reads the aggregate.
-    """
+    member_id: UUID
+    status: str
+    merged_into: UUID | None
+    tier: str
+    identities: list[Identity]  # values masked
+    balance: Balance
+    channels: list[str]
+    first_activity_at: datetime | None
+    last_activity_at: datetime | None
+    position: int
+    balance_valid_until: datetime | None
+
+
+async def member_view(conn: Any, member_id: UUID) -> MemberView | None:
+    """The member's row of the `members` projection (connection or pool), or None."""
     row = await conn.fetchrow(
         "SELECT member_id, status, merged_into, tier, identities, channels, first_activity_at,"
         f" last_activity_at, {', '.join(BALANCE_FIELDS)}, next_change_at, position"
@@ -92,16 +106,16 @@ async def member_view(conn: Any, member_id: UUID) -> dict[str, Any] | None:
     )
     if row is None:
         return None
-    return {
-        "member_id": row["member_id"],
-        "status": row["status"],
-        "merged_into": row["merged_into"],
-        "tier": row["tier"],
-        "identities": _decode(row["identities"]),
-        "balance": {**{f: row[f] for f in BALANCE_FIELDS}, "tier": row["tier"]},
-        "channels": _decode(row["channels"]),
-        "first_activity_at": row["first_activity_at"],
-        "last_activity_at": row["last_activity_at"],
-        "position": row["position"],
-        "balance_valid_until": row["next_change_at"],
-    }
+    return MemberView(
+        member_id=row["member_id"],
+        status=row["status"],
+        merged_into=row["merged_into"],
+        tier=row["tier"],
+        identities=_decode(row["identities"], type=list[Identity]),
+        balance=Balance(**{f: row[f] for f in BALANCE_FIELDS}, tier=row["tier"]),
+        channels=_decode(row["channels"], type=list[str]),
+        first_activity_at=row["first_activity_at"],
+        last_activity_at=row["last_activity_at"],
+        position=row["position"],
+        balance_valid_until=row["next_change_at"],
+    )

@@ -15,14 +15,14 @@ from litestar import Controller, Response, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody
 
-from service.handlers.context import CommandContext, Reply
+from service.handlers.context import CommandContext
 from service.handlers.errors import ChannelExists, IdempotencyKeyReused, InvalidInput, NotFound
 from service.services import Services
 from service.store import access as store
 from service.store.access import Channel, Once, UnknownChannel
 
 from .auth import command_context, requires
-from .responses import reply
+from .responses import encoded
 from .schemas import ApiKeyIn, ApiKeyOut, ChannelIn, ChannelOut
 
 _encode = msgspec.json.Encoder().encode
@@ -57,7 +57,7 @@ class AccessController(Controller):
             answer = await services.access.once(_once(ctx), 201, act)
         except store.IdempotencyKeyReused:
             raise IdempotencyKeyReused() from None
-        return reply(Reply(answer.status, answer.body, answer.replayed))
+        return encoded(answer.status, answer.body, replayed=answer.replayed)
 
     @get("/channels", summary="All channels")
     async def list_channels(self, services: NamedDependency[Services]) -> list[ChannelOut]:
@@ -94,7 +94,7 @@ class AccessController(Controller):
             )
         except store.IdempotencyKeyReused:
             raise IdempotencyKeyReused() from None
-        return reply(Reply(answer.status, answer.body, answer.replayed))
+        return encoded(answer.status, answer.body, replayed=answer.replayed)
 
     @delete("/api-keys/{key_id:uuid}", status_code=204, summary="Revoke an API key")
     async def revoke_key(self, key_id: FromPath[UUID], services: NamedDependency[Services]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated
 from uuid import UUID
 
@@ -11,13 +12,64 @@ from litestar.di import NamedDependency, Provide
 from litestar.exceptions import PermissionDeniedException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
+from domain.member_values import PurchaseItem
 from service.handlers import ledger
+from service.handlers.commands import Award, EarnPurchase, QuotePurchase, Redeem
 from service.handlers.context import CommandContext
+from service.handlers.errors import InvalidInput
 from service.services import Services
 
 from .auth import command_context, requires
 from .responses import reply
-from .schemas import BalanceAtOut, EarnIn, EarnOut, HistoryOut, QuoteIn, QuoteOut, RedeemIn, RedeemOut
+from .schemas import (
+    BalanceAtOut,
+    EarnIn,
+    EarnOut,
+    HistoryOut,
+    PurchaseItemIn,
+    QuoteIn,
+    QuoteOut,
+    RedeemIn,
+    RedeemOut,
+)
+from .views import balance_at_out, earn_out, history_out, quote_out, redeem_out
+
+_PURCHASE_FIELDS = ("order_ref", "amount", "currency", "occurred_at", "items")
+_AWARD_FIELDS = ("points", "reason")
+
+
+def earn_command(member_id: UUID, body: EarnIn) -> EarnPurchase | Award:
+    """The body's command: a purchase or an award, checking that it is wholly one of them."""
+    given = {f for f in (*_PURCHASE_FIELDS, *_AWARD_FIELDS) if getattr(body, f) is not None}
+    if given & set(_AWARD_FIELDS) and given & set(_PURCHASE_FIELDS):
+        stray = sorted(given & set(_AWARD_FIELDS))
+        raise InvalidInput(
+            [(f, "not allowed in a purchase earn (an award has only points and reason)") for f in stray]
+        )
+    if given & set(_AWARD_FIELDS):
+        if body.points is None or body.reason is None:
+            raise InvalidInput(
+                [(f, "required for an award") for f in _AWARD_FIELDS if getattr(body, f) is None]
+            )
+        return Award(member_id=member_id, points=body.points, reason=body.reason)
+    if body.order_ref is None or body.amount is None or body.currency is None:
+        missing = [f for f in ("order_ref", "amount", "currency") if getattr(body, f) is None]
+        raise InvalidInput([(f, "required for a purchase") for f in missing])
+    return EarnPurchase(
+        member_id=member_id,
+        order_ref=body.order_ref,
+        amount=Decimal(body.amount),
+        currency=body.currency,
+        items=_items(body.items),
+        occurred_at=body.occurred_at,
+    )
+
+
+def _items(items: list[PurchaseItemIn] | None) -> list[PurchaseItem]:
+    return [
+        PurchaseItem(sku=i.sku, category=i.category, amount=Decimal(i.amount), quantity=i.quantity)
+        for i in items or ()
+    ]
 
 
 class LedgerController(Controller):
@@ -39,11 +91,11 @@ class LedgerController(Controller):
         ctx: NamedDependency[CommandContext],
     ) -> Response[EarnOut]:
         """A purchase needs the `earn` scope; an award (`points`, `reason`) the `award` scope."""
-        kind = ledger.earn_kind(data)
-        scope = "award" if kind == "award" else "earn"
+        cmd = earn_command(member_id, data)
+        scope = "award" if isinstance(cmd, Award) else "earn"
         if scope not in ctx.scopes:
             raise PermissionDeniedException(f"this API key lacks the {scope!r} scope")
-        return reply(await ledger.earn(services, ctx, member_id, data, kind))
+        return reply(await ledger.earn(services, ctx, cmd), earn_out)
 
     @post(
         "/quotes/earn",
@@ -52,7 +104,13 @@ class LedgerController(Controller):
         summary="What a purchase would earn; nothing is written",
     )
     async def quote(self, data: JSONBody[QuoteIn], services: NamedDependency[Services]) -> QuoteOut:
-        return await ledger.quote(services, data.member_id, data, now=datetime.now(UTC))
+        cmd = earn_command(data.member_id, data)
+        if not isinstance(cmd, EarnPurchase):
+            raise InvalidInput([("order_ref", "a quote is for a purchase")])
+        query = QuotePurchase(
+            member_id=cmd.member_id, amount=cmd.amount, currency=cmd.currency, items=cmd.items
+        )
+        return quote_out(await ledger.quote(services, query))
 
     @post(
         "/members/{member_id:uuid}/redeem",
@@ -67,7 +125,10 @@ class LedgerController(Controller):
         services: NamedDependency[Services],
         ctx: NamedDependency[CommandContext],
     ) -> Response[RedeemOut]:
-        return reply(await ledger.redeem(services, ctx, member_id, data))
+        cmd = Redeem(
+            member_id=member_id, points=data.points, reward_ref=data.reward_ref, order_ref=data.order_ref
+        )
+        return reply(await ledger.redeem(services, ctx, cmd), redeem_out)
 
     @get(
         "/members/{member_id:uuid}/balance", guards=[requires("read")], summary="Balance now or at an instant"
@@ -78,7 +139,7 @@ class LedgerController(Controller):
         services: NamedDependency[Services],
         as_of: FromQuery[datetime | None] = None,
     ) -> BalanceAtOut:
-        return await ledger.balance(services, member_id, now=datetime.now(UTC), as_of=as_of)
+        return balance_at_out(await ledger.balance(services, member_id, now=datetime.now(UTC), as_of=as_of))
 
     @get("/members/{member_id:uuid}/history", guards=[requires("read")], summary="The member's events")
     async def history(
@@ -88,4 +149,4 @@ class LedgerController(Controller):
         after: Annotated[int, QueryParameter(ge=0, le=2**63 - 1)] = 0,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> HistoryOut:
-        return await ledger.history(services, member_id, after=after, limit=limit)
+        return history_out(await ledger.history(services, member_id, after=after, limit=limit))

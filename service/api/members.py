@@ -10,13 +10,21 @@ from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, JSONBody, QueryParameter
 
+from domain.identities import Identity
+from domain.member_values import Profile
 from service.handlers import members
+from service.handlers.commands import Enrol, LinkIdentity, Merge, UnlinkIdentity
 from service.handlers.context import CommandContext
 from service.services import Services
 
 from .auth import command_context, requires
 from .responses import reply
 from .schemas import EnrolIn, IdentityIn, MemberOut, MergeIn
+from .views import member_out
+
+
+def _identity(given: IdentityIn) -> Identity:
+    return Identity(kind=given.kind, value=given.value)
 
 
 class MembersController(Controller):
@@ -31,7 +39,13 @@ class MembersController(Controller):
         services: NamedDependency[Services],
         ctx: NamedDependency[CommandContext],
     ) -> Response[MemberOut]:
-        return reply(await members.enrol(services, ctx, data))
+        profile = None
+        if data.profile is not None:
+            profile = Profile(
+                name=data.profile.name, birthday=data.profile.birthday, locale=data.profile.locale
+            )
+        cmd = Enrol(identities=[_identity(i) for i in data.identities], profile=profile)
+        return reply(await members.enrol(services, ctx, cmd), member_out)
 
     @get("/lookup", guards=[requires("read")], summary="Find the member owning an identity")
     async def lookup(
@@ -41,10 +55,11 @@ class MembersController(Controller):
         kind: Annotated[str, QueryParameter(max_length=20)],
         value: Annotated[str, QueryParameter(max_length=320)],
     ) -> MemberOut:
-        member_id = await members.lookup(services, IdentityIn(kind=kind, value=value))
-        return await members.get_member(
+        member_id = await members.lookup(services, Identity(kind=kind, value=value))
+        state, position = await members.get_member(
             services, member_id, reveal="privacy" in request.user.scopes, now=datetime.now(UTC)
         )
+        return member_out(state, position)
 
     @get("/{member_id:uuid}", guards=[requires("read")], summary="The member view")
     async def get_member(
@@ -56,13 +71,14 @@ class MembersController(Controller):
     ) -> MemberOut:
         """From the members projection; `min_position` waits (up to 5 s, then 503) until it has
         applied that position, so a channel reads its own writes."""
-        return await members.get_member(
+        state, position = await members.get_member(
             services,
             member_id,
             reveal="privacy" in request.user.scopes,
             now=datetime.now(UTC),
             min_position=min_position,
         )
+        return member_out(state, position)
 
     @post(
         "/{member_id:uuid}/identities",
@@ -77,7 +93,8 @@ class MembersController(Controller):
         services: NamedDependency[Services],
         ctx: NamedDependency[CommandContext],
     ) -> Response[MemberOut]:
-        return reply(await members.link_identity(services, ctx, member_id, data))
+        cmd = LinkIdentity(member_id=member_id, identity=_identity(data))
+        return reply(await members.link_identity(services, ctx, cmd), member_out)
 
     @post(
         "/{member_id:uuid}/identities/unlink",
@@ -92,7 +109,8 @@ class MembersController(Controller):
         services: NamedDependency[Services],
         ctx: NamedDependency[CommandContext],
     ) -> Response[MemberOut]:
-        return reply(await members.unlink_identity(services, ctx, member_id, data))
+        cmd = UnlinkIdentity(member_id=member_id, identity=_identity(data))
+        return reply(await members.unlink_identity(services, ctx, cmd), member_out)
 
     @post(
         "/{member_id:uuid}/merge",
@@ -108,4 +126,5 @@ class MembersController(Controller):
         services: NamedDependency[Services],
         ctx: NamedDependency[CommandContext],
     ) -> Response[MemberOut]:
-        return reply(await members.merge(services, ctx, member_id, data))
+        cmd = Merge(target_id=member_id, source_id=data.source_member_id)
+        return reply(await members.merge(services, ctx, cmd), member_out)

@@ -17,12 +17,3 @@ class CommandContext:
     scopes: frozenset[str] = frozenset()
     idempotency_key: str | None = None
     request_hash: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A command's HTTP answer, already encoded (it may be a replay of the first answer)."""
-
-    status: int
-    body: bytes
-    replayed: bool = False

@@ -3,56 +3,20 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from uuid import UUID
 
-from domain.errors import CurrencyMismatch
-from domain.member import Member, PurchaseItem
-from domain.money import check_amount
+from domain.member import Member
 from domain.program import Program
-from domain.rules import quote_purchase
-from service.api.schemas import (
-    BalanceAtOut,
-    EarnIn,
-    EarnOut,
-    HistoryItemOut,
-    HistoryOut,
-    QuoteOut,
-    RedeemIn,
-    RedeemOut,
-)
 from service.services import Services
 
-from .context import CommandContext, Reply
+from .commands import Award, EarnPurchase, QuotePurchase, Redeem
+from .context import CommandContext
 from .errors import InvalidInput, UnknownMember
-from .unit_of_work import Render, UnitOfWork, execute
-from .views import balance_out, breakdown_out
+from .results import BalanceAt, Earned, History, HistoryItem, Outcome, Quote, Redeemed
+from .unit_of_work import UnitOfWork, execute
 
 # A POS catching up offline may send old purchases; a clock far ahead is a mistake.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
-
-_PURCHASE_FIELDS = ("order_ref", "amount", "currency", "occurred_at", "items")
-_AWARD_FIELDS = ("points", "reason")
-
-
-def earn_kind(body: EarnIn) -> str:
-    """'purchase' or 'award', checking that the body is wholly one of them."""
-    given = {f for f in (*_PURCHASE_FIELDS, *_AWARD_FIELDS) if getattr(body, f) is not None}
-    if given & set(_AWARD_FIELDS) and given & set(_PURCHASE_FIELDS):
-        stray = sorted(given & set(_AWARD_FIELDS))
-        raise InvalidInput(
-            [(f, "not allowed in a purchase earn (an award has only points and reason)") for f in stray]
-        )
-    kind = "award" if given & set(_AWARD_FIELDS) else "purchase"
-    required = ("points", "reason") if kind == "award" else ("order_ref", "amount", "currency")
-    missing = [
-        (f, f"required for {'an award' if kind == 'award' else 'a purchase'}")
-        for f in required
-        if getattr(body, f) is None
-    ]
-    if missing:
-        raise InvalidInput(missing)
-    return kind
 
 
 def business_time(
@@ -71,116 +35,98 @@ def business_time(
     return value
 
 
-def _items(body: EarnIn) -> list[PurchaseItem]:
-    return [
-        PurchaseItem(sku=i.sku, category=i.category, amount=Decimal(i.amount), quantity=i.quantity)
-        for i in body.items or ()
-    ]
-
-
-async def earn(
-    services: Services, ctx: CommandContext, member_id: UUID, body: EarnIn, kind: str | None = None
-) -> Reply:
-    """Earn points for a purchase (`kind` "purchase") or award them ("award")."""
-    kind = kind or earn_kind(body)
-    occurred_at = business_time(
-        body.occurred_at, now=ctx.now, max_backdate_days=services.settings.max_backdate_days
+async def earn(services: Services, ctx: CommandContext, cmd: EarnPurchase | Award) -> Outcome[Earned]:
+    """Earn points for a purchase (once per order, program-wide), or award them."""
+    occurred_at = (
+        business_time(cmd.occurred_at, now=ctx.now, max_backdate_days=services.settings.max_backdate_days)
+        if isinstance(cmd, EarnPurchase)
+        else ctx.now
     )
 
-    async def decide(uow: UnitOfWork) -> Render:
-        member = await uow.member(member_id)
+    async def decide(uow: UnitOfWork) -> Earned:
+        member = await uow.member(cmd.member_id)
         program = await uow.program()
         rules, version = program.rules, program.rules_version
-        if kind == "purchase":
-            assert body.order_ref is not None
-            assert body.amount is not None
-            assert body.currency is not None
-            result = member.earn_purchase(
-                order_ref=body.order_ref,
-                amount=Decimal(body.amount),
-                currency=body.currency,
-                items=_items(body),
+        if isinstance(cmd, EarnPurchase):
+            done = member.earn_purchase(
+                order_ref=cmd.order_ref,
+                amount=cmd.amount,
+                currency=cmd.currency,
+                items=list(cmd.items),
                 occurred_at=occurred_at,
                 at=ctx.now,
                 channel=ctx.channel,
                 rules=rules,
                 rules_version=version,
             )
-            uow.claim_order(body.order_ref, member_id)
+            uow.claim_order(cmd.order_ref, cmd.member_id)
         else:
-            assert body.points is not None
-            assert body.reason is not None
-            result = member.award(
-                points=body.points,
-                reason=body.reason,
+            done = member.award(
+                points=cmd.points,
+                reason=cmd.reason,
                 at=ctx.now,
                 channel=ctx.channel,
                 rules=rules,
                 rules_version=version,
             )
-        return lambda position: EarnOut(
-            member_id=member_id,
-            event_id=uow.event_ids[0] if uow.event_ids else None,
-            points=result.points,
-            breakdown=breakdown_out(result.breakdown),
-            rules_version=result.rules_version,
-            available_at=result.available_at,
-            expires_at=result.expires_at,
-            position=position,
-            balance=balance_out(member.balance(now=ctx.now, rules=rules)),
+        return Earned(
+            member_id=cmd.member_id,
+            event_id=uow.event_id(0),  # the points_earned event: the first one recorded
+            points=done.points,
+            breakdown=done.breakdown,
+            rules_version=done.rules_version,
+            available_at=done.available_at,
+            expires_at=done.expires_at,
+            balance=member.balance(now=ctx.now, rules=rules),
         )
 
-    return await execute(services, ctx, [member_id], decide)
+    return await execute(services, ctx, [cmd.member_id], decide, Earned)
 
 
-async def quote(services: Services, member_id: UUID, body: EarnIn, *, now: datetime) -> QuoteOut:
+async def quote(services: Services, query: QuotePurchase) -> Quote:
     """What a purchase would earn this member now; nothing is written."""
-    if earn_kind(body) != "purchase":
-        raise InvalidInput([("order_ref", "a quote is for a purchase")])
-    assert body.amount is not None
-    assert body.currency is not None
-    member = await _member(services, member_id)
+    member = await _member(services, query.member_id)
     program = await services.repository.program()
-    check_amount(Decimal(body.amount), body.currency)
-    if body.currency != program.rules.currency:
-        raise CurrencyMismatch(
-            f"the program earns in {program.rules.currency}", expected=program.rules.currency
-        )
-    quoted = quote_purchase(program.rules, program.rules_version, member.tier, Decimal(body.amount))
-    return QuoteOut(
-        member_id=member_id,
+    quoted = member.quote_purchase(
+        amount=query.amount,
+        currency=query.currency,
+        items=list(query.items),
+        rules=program.rules,
+        rules_version=program.rules_version,
+    )
+    return Quote(
+        member_id=query.member_id,
         points=quoted.points,
-        breakdown=breakdown_out(quoted.breakdown),
+        breakdown=quoted.breakdown,
         rules_version=quoted.rules_version,
         tier=quoted.tier,
     )
 
 
-async def redeem(services: Services, ctx: CommandContext, member_id: UUID, body: RedeemIn) -> Reply:
+async def redeem(services: Services, ctx: CommandContext, cmd: Redeem) -> Outcome[Redeemed]:
     """Spend available points (never below zero)."""
 
-    async def decide(uow: UnitOfWork) -> Render:
-        member = await uow.member(member_id)
+    async def decide(uow: UnitOfWork) -> Redeemed:
+        member = await uow.member(cmd.member_id)
         program = await uow.program()
-        result = member.redeem(
-            points=body.points,
-            reward_ref=body.reward_ref,
-            order_ref=body.order_ref,
+        done = member.redeem(
+            points=cmd.points,
+            reward_ref=cmd.reward_ref,
+            order_ref=cmd.order_ref,
             at=ctx.now,
             channel=ctx.channel,
             rules=program.rules,
         )
-        return lambda position: RedeemOut(
-            member_id=member_id,
-            redemption_id=uow.event_ids[0],
-            points=result.points,
-            reward_ref=body.reward_ref,
-            order_ref=body.order_ref,
-            position=position,
-            balance=balance_out(member.balance(now=ctx.now, rules=program.rules)),
+        return Redeemed(
+            member_id=cmd.member_id,
+            redemption_id=uow.event_id(0),  # the points_redeemed event
+            points=done.points,
+            reward_ref=cmd.reward_ref,
+            order_ref=cmd.order_ref,
+            balance=member.balance(now=ctx.now, rules=program.rules),
         )
 
-    return await execute(services, ctx, [member_id], decide)
+    return await execute(services, ctx, [cmd.member_id], decide, Redeemed)
 
 
 async def _member(services: Services, member_id: UUID) -> Member:
@@ -190,9 +136,7 @@ async def _member(services: Services, member_id: UUID) -> Member:
     return member
 
 
-async def balance(
-    services: Services, member_id: UUID, *, now: datetime, as_of: datetime | None
-) -> BalanceAtOut:
+async def balance(services: Services, member_id: UUID, *, now: datetime, as_of: datetime | None) -> BalanceAt:
     """The balance now, or as it was at `as_of` (replayed from the log)."""
     program: Program = await services.repository.program()
     if as_of is None:
@@ -210,17 +154,15 @@ async def balance(
             await _member(services, member_id)  # 404 if it never existed
             raise InvalidInput([("as_of", "is before the member enrolled")])
         member = replayed
-    return BalanceAtOut(
-        member_id=member_id, as_of=at, balance=balance_out(member.balance(now=at, rules=program.rules))
-    )
+    return BalanceAt(member_id=member_id, as_of=at, balance=member.balance(now=at, rules=program.rules))
 
 
-async def history(services: Services, member_id: UUID, *, after: int, limit: int) -> HistoryOut:
+async def history(services: Services, member_id: UUID, *, after: int, limit: int) -> History:
     """The member's events, oldest first, paged by position."""
     await _member(services, member_id)
     events = await services.store.stream_history(member_id, after=after, limit=limit)
     items = [
-        HistoryItemOut(
+        HistoryItem(
             position=e.position,
             event_id=e.event_id,
             stream_version=e.stream_version,
@@ -232,7 +174,7 @@ async def history(services: Services, member_id: UUID, *, after: int, limit: int
         )
         for e in events
     ]
-    return HistoryOut(
+    return History(
         member_id=member_id, events=items, next_after=items[-1].position if len(items) == limit else None
     )
 

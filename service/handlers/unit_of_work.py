@@ -2,10 +2,11 @@
 
 `execute()` is the one path every state-changing use case takes. Its `decide` callback loads
 aggregates through a UnitOfWork, calls their methods, names the unique claims the change
-makes, and returns how to render the response once the position is known. Everything the
-aggregates recorded is then appended in one transaction with the idempotency record; a
-concurrent change of the same stream (another instance) makes it run `decide` again on fresh
-state, so the caller never sees the conflict.
+makes, and returns the command's result. Everything the aggregates recorded is then appended
+in one transaction with the idempotency record (the result, encoded before the append: the
+appender only adds the position under its lock); a concurrent change of the same stream
+(another instance) makes it run `decide` again on fresh state, so the caller never sees the
+conflict.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
-import msgspec
 from eventsourcing.persistence import StoredEvent
 
 from domain.errors import DomainError
@@ -37,13 +37,13 @@ from service.store.appender import (
     StreamConflict,
 )
 
-from .context import CommandContext, Reply
+from .context import CommandContext
 from .errors import Busy, IdempotencyKeyReused, IdentityTaken, OrderTaken, UnknownMember
+from .results import Outcome, Result, keep, kept
 
 MAX_ATTEMPTS = 8
 
-Render = Callable[[int], msgspec.Struct]
-_encoder = msgspec.json.Encoder()
+R = TypeVar("R", bound=Result)
 
 
 class UnitOfWork:
@@ -58,7 +58,7 @@ class UnitOfWork:
         self.identity_releases: list[IdentityClaim] = []
         self.member_keys: list[tuple[UUID, bytes]] = []
         self._new_keys: dict[UUID, bytes] = {}
-        self.event_ids: list[UUID] = []
+        self.event_ids: list[UUID] = []  # of the events recorded, in order (grown by event_id)
 
     async def member(self, member_id: UUID) -> Member:
         """The member, at its latest version; UnknownMember if there is none."""
@@ -105,7 +105,13 @@ class UnitOfWork:
     def aggregates(self) -> list[Any]:
         return [aggregate for aggregate, _ in self._loaded.values()]
 
-    async def request(self, render: Render, status: int) -> AppendRequest:
+    def event_id(self, index: int = 0) -> UUID:
+        """The id the `index`-th event this command records will have (ids enter at the edge)."""
+        while len(self.event_ids) <= index:
+            self.event_ids.append(uuid4())
+        return self.event_ids[index]
+
+    async def request(self, result: Result, status: int) -> AppendRequest:
         """Everything the attempt recorded, as one append request."""
         codec = self._services.store.codec
         events: list[NewEvent] = []
@@ -118,8 +124,7 @@ class UnitOfWork:
             key = self._new_keys.get(stream_id) or await self._services.store.key_for(stream_id)
             for domain_event in pending:
                 stored: StoredEvent = codec.encode(domain_event, key)
-                event_id = uuid4()
-                self.event_ids.append(event_id)
+                event_id = self.event_id(len(events))
                 events.append(
                     NewEvent(
                         stream_id=stream_id,
@@ -139,7 +144,7 @@ class UnitOfWork:
                 key=ctx.idempotency_key,
                 request_hash=ctx.request_hash,
                 status=status,
-                render=lambda position: _encoder.encode(render(position)),
+                response=keep(result),
             )
         return AppendRequest(
             events=events,
@@ -157,10 +162,11 @@ async def execute(
     services: Services,
     ctx: CommandContext,
     streams: list[UUID],
-    decide: Callable[[UnitOfWork], Awaitable[Render]],
+    decide: Callable[[UnitOfWork], Awaitable[R]],
+    result_type: type[R],
     *,
     status: int = 201,
-) -> Reply:
+) -> Outcome[R]:
     """Run a command to completion: decide and append it, or replay its first answer.
 
     The idempotency key is looked up only when the decision is refused (a retried redemption
@@ -172,8 +178,8 @@ async def execute(
         async with repository.locked(streams):
             uow = UnitOfWork(services, ctx)
             try:
-                render = await decide(uow)
-                outcome = await services.appender.append(await uow.request(render, status))
+                result = await decide(uow)
+                outcome = await services.appender.append(await uow.request(result, status))
             except StreamConflict:
                 _forget(repository, uow, changed_only=False)
                 conflict = True
@@ -183,7 +189,7 @@ async def execute(
                 raise _refusal(rejected, ctx) from None
             except DomainError:
                 _forget(repository, uow, changed_only=True)
-                replay = await _first_answer(services, ctx)
+                replay: Outcome[R] | None = await _first_answer(services, ctx, result_type)
                 if replay is not None:
                     return replay
                 raise
@@ -194,13 +200,11 @@ async def execute(
                 conflict = False
                 if isinstance(outcome, Replayed):
                     _forget(repository, uow, changed_only=False)
-                    return Reply(outcome.status, outcome.response, replayed=True)
+                    first = kept(outcome.response, result_type)
+                    return Outcome(outcome.status, first, outcome.position, replayed=True)  # type: ignore[arg-type]
                 for aggregate in uow.aggregates():
                     repository.keep(aggregate)
-                body = outcome.response
-                if body is None:
-                    body = _encoder.encode(render(outcome.last_position))
-                return Reply(status, body)
+                return Outcome(status, result, outcome.last_position)
         if conflict:
             # Another instance changed the stream: back off a little, with jitter, and retry.
             await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311
@@ -214,15 +218,18 @@ def _forget(repository: Any, uow: UnitOfWork, *, changed_only: bool) -> None:
             repository.forget(aggregate.id)
 
 
-async def _first_answer(services: Services, ctx: CommandContext) -> Reply | None:
-    """The recorded answer to this idempotency key, if the command already succeeded once."""
+async def _first_answer(services: Services, ctx: CommandContext, result_type: type[R]) -> Outcome[R] | None:
+    """The first outcome of this idempotency key, if the command already succeeded once."""
     if ctx.idempotency_key is None:
         return None
     try:
         replay = await services.idempotency.lookup(ctx.channel, ctx.idempotency_key, ctx.request_hash)
     except store.IdempotencyKeyReused:
         raise IdempotencyKeyReused() from None
-    return None if replay is None else Reply(replay.status, replay.response, replayed=True)
+    if replay is None:
+        return None
+    first = kept(replay.response, result_type)
+    return Outcome(replay.status, first, replay.position, replayed=True)  # type: ignore[arg-type]
 
 
 def _refusal(rejected: AppendRejected, ctx: CommandContext) -> DomainError:

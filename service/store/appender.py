@@ -58,13 +58,13 @@ class Metadata:
 
 @dataclass(frozen=True, slots=True)
 class IdempotencyRecord:
-    """A command's idempotency key; `render` builds the response from the last position."""
+    """A command's idempotency key and its answer (kept with the position of its last event)."""
 
     channel: str
     key: str
     request_hash: bytes
     status: int
-    render: Callable[[int], bytes]
+    response: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,6 @@ class Committed:
     """The request's events are durable; `positions` in the order of its events."""
 
     positions: list[int]
-    response: bytes | None
 
     @property
     def last_position(self) -> int:
@@ -108,10 +107,12 @@ class Committed:
 
 @dataclass(frozen=True, slots=True)
 class Replayed:
-    """The idempotency key was already used with the same request: its first response."""
+    """The idempotency key was already used with the same request: its first answer, and the
+    position of that command's last event."""
 
     status: int
     response: bytes
+    position: int
 
 
 class AppendRejected(Exception):
@@ -278,7 +279,7 @@ class _Plan:
         self.idempotency: dict[tuple[str, str], tuple[bytes, int, bytes]] = {}
         self.orders: dict[str, tuple[UUID, str | None]] = {}
         self.identities: dict[tuple[str, bytes], UUID] = {}
-        self.responses: dict[int, tuple[IdempotencyRecord, bytes, int]] = {}
+        self.responses: dict[int, tuple[IdempotencyRecord, int]] = {}
         self.positions: dict[int, list[int]] = {}
 
     @classmethod
@@ -301,13 +302,14 @@ class _Plan:
         plan.next_position = 1 + row["head"]
         plan.versions = dict(zip(row["stream_ids"] or (), row["versions"] or (), strict=True))
         plan.idempotency = {
-            (channel, key): (request_hash, status, response)
-            for channel, key, request_hash, status, response in zip(
+            (channel, key): (request_hash, status, response, position)
+            for channel, key, request_hash, status, response, position in zip(
                 row["idem_channels"] or (),
                 row["idem_keys"] or (),
                 row["idem_hashes"] or (),
                 row["idem_statuses"] or (),
                 row["idem_responses"] or (),
+                row["idem_positions"] or (),
                 strict=True,
             )
         }
@@ -334,10 +336,10 @@ class _Plan:
         if idem is not None:
             seen = self.idempotency.get((idem.channel, idem.key))
             if seen is not None:
-                request_hash, status, response = seen
+                request_hash, status, response, position = seen
                 if request_hash != idem.request_hash:
                     return IdempotencyKeyReused(idem.key)
-                return Replayed(status, response)
+                return Replayed(status, response, position)
         for stream_id, expected in request.expected.items():
             actual = self.versions.get(stream_id, 0)
             if actual != expected:
@@ -366,14 +368,12 @@ class _Plan:
             self.identities.pop((claim.kind, claim.value_hash), None)
         for claim in request.identity_claims:
             self.identities[(claim.kind, claim.value_hash)] = claim.member_id
-        response = None
         last = positions[-1] if positions else self.next_position - 1
         if idem is not None:
-            response = idem.render(last)
-            self.idempotency[(idem.channel, idem.key)] = (idem.request_hash, idem.status, response)
-            self.responses[id(request)] = (idem, response, last)
+            self.idempotency[(idem.channel, idem.key)] = (idem.request_hash, idem.status, idem.response, last)
+            self.responses[id(request)] = (idem, last)
         self.positions[id(request)] = positions
-        return Committed(positions, response)
+        return Committed(positions)
 
     async def write(self, conn: asyncpg.Connection, requests: list[AppendRequest]) -> None:
         """Write the accepted requests: events, idempotency records, order claims, member keys
@@ -404,12 +404,12 @@ class _Plan:
         await conn.execute(
             _WRITE_BATCH,
             *events,
-            [i.channel for i, _, _ in idem_rows],
-            [i.key for i, _, _ in idem_rows],
-            [i.request_hash for i, _, _ in idem_rows],
-            [i.status for i, _, _ in idem_rows],
-            [body for _, body, _ in idem_rows],
-            [pos for _, _, pos in idem_rows],
+            [i.channel for i, _ in idem_rows],
+            [i.key for i, _ in idem_rows],
+            [i.request_hash for i, _ in idem_rows],
+            [i.status for i, _ in idem_rows],
+            [i.response for i, _ in idem_rows],
+            [pos for _, pos in idem_rows],
             [o for o, _, _ in orders],
             [m for _, m, _ in orders],
             last,
@@ -458,7 +458,7 @@ _READ_PLAN = """
 SELECT
   (SELECT coalesce(max(position), 0) FROM events) AS head,
   v.stream_ids, v.versions,
-  i.idem_channels, i.idem_keys, i.idem_hashes, i.idem_statuses, i.idem_responses,
+  i.idem_channels, i.idem_keys, i.idem_hashes, i.idem_statuses, i.idem_responses, i.idem_positions,
   o.order_refs, o.order_owners, o.order_channels,
   c.identity_kinds, c.identity_hashes, c.identity_owners
 FROM
@@ -467,7 +467,7 @@ FROM
             WHERE stream_id = ANY($1::uuid[]) GROUP BY stream_id) AS s) AS v,
   (SELECT array_agg(channel) AS idem_channels, array_agg(key) AS idem_keys,
           array_agg(request_hash) AS idem_hashes, array_agg(status) AS idem_statuses,
-          array_agg(response) AS idem_responses
+          array_agg(response) AS idem_responses, array_agg(position) AS idem_positions
      FROM idempotency_keys
     WHERE (channel, key) IN (SELECT * FROM unnest($2::text[], $3::text[]))
       AND created_at > now() - interval '24 hours') AS i,

@@ -20,6 +20,7 @@ RETENTION = "24 hours"
 class StoredReply:
     status: int
     response: bytes
+    position: int
 
 
 class IdempotencyRecords:
@@ -30,7 +31,7 @@ class IdempotencyRecords:
         """The first answer to this key, or None; IdempotencyKeyReused if the request differs."""
         async with self._pool.acquire() as conn:
             row = await conn.fetchrow(
-                "SELECT request_hash, status, response FROM idempotency_keys"
+                "SELECT request_hash, status, response, position FROM idempotency_keys"
                 f" WHERE channel = $1 AND key = $2 AND created_at > now() - interval '{RETENTION}'",
                 channel,
                 key,
@@ -39,7 +40,7 @@ class IdempotencyRecords:
             return None
         if row["request_hash"] != request_hash:
             raise IdempotencyKeyReused(key)
-        return StoredReply(row["status"], row["response"])
+        return StoredReply(row["status"], row["response"], row["position"])
 
     async def prune(self) -> int:
         """Delete records past their retention; returns how many."""

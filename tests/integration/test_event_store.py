@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import asyncpg
 import pytest_asyncio
 
+from domain.identities import Identity
 from domain.member import Member
-from service.api.schemas import EarnIn, EnrolIn, IdentityIn, RedeemIn
 from service.config import Settings
 from service.handlers import ledger, members
+from service.handlers.commands import EarnPurchase, Enrol, LinkIdentity, Redeem
 from service.handlers.context import CommandContext
 from service.handlers.program import ensure_program
 from service.services import Services, open_services
@@ -48,9 +49,9 @@ async def two_instances(database_url: str) -> AsyncIterator[list[Services]]:
 
 
 async def enrol(services: Services, value: str) -> uuid.UUID:
-    reply = await members.enrol(services, ctx(), EnrolIn(identities=[IdentityIn(kind="phone", value=value)]))
-    assert reply.status == 201
-    return uuid.UUID(json.loads(reply.body)["member_id"])
+    outcome = await members.enrol(services, ctx(), Enrol(identities=[Identity(kind="phone", value=value)]))
+    assert outcome.status == 201
+    return outcome.result.member_id
 
 
 async def test_commands_racing_on_two_instances_are_retried_not_refused(
@@ -66,8 +67,7 @@ async def test_commands_racing_on_two_instances_are_retried_not_refused(
             ledger.earn(
                 two_instances[i % 2],
                 ctx(),
-                member_id,
-                EarnIn(order_ref=f"X-{i}", amount="10", currency="CNY"),
+                EarnPurchase(member_id=member_id, order_ref=f"X-{i}", amount=Decimal("10"), currency="CNY"),
             )
             for i in range(40)
         )
@@ -86,11 +86,18 @@ async def test_commands_racing_on_two_instances_are_retried_not_refused(
 async def test_redemptions_on_two_instances_never_overspend(two_instances: list[Services]) -> None:
     first, second = two_instances
     member_id = await enrol(first, "+8613812345679")
-    await ledger.earn(first, ctx(), member_id, EarnIn(order_ref="SEED", amount="500", currency="CNY"))
+    await ledger.earn(
+        first,
+        ctx(),
+        EarnPurchase(member_id=member_id, order_ref="SEED", amount=Decimal("500"), currency="CNY"),
+    )
     await second.repository.member(member_id)
 
     results = await asyncio.gather(
-        *(ledger.redeem(two_instances[i % 2], ctx(), member_id, RedeemIn(points=40)) for i in range(30)),
+        *(
+            ledger.redeem(two_instances[i % 2], ctx(), Redeem(member_id=member_id, points=40))
+            for i in range(30)
+        ),
         return_exceptions=True,
     )
 
@@ -105,7 +112,11 @@ async def test_a_long_stream_is_loaded_from_a_snapshot_equal_to_its_replay(
     services = two_instances[0]
     member_id = await enrol(services, "+8613812345670")
     for i in range(SNAPSHOT_AFTER + 5):
-        await ledger.earn(services, ctx(), member_id, EarnIn(order_ref=f"S-{i}", amount="1", currency="CNY"))
+        await ledger.earn(
+            services,
+            ctx(),
+            EarnPurchase(member_id=member_id, order_ref=f"S-{i}", amount=Decimal("1"), currency="CNY"),
+        )
     services.repository.forget(member_id)
 
     from_events = await services.repository.member(member_id)  # replays everything, then snapshots
@@ -127,10 +138,16 @@ async def test_personal_data_is_never_stored_in_the_clear(two_instances: list[Se
     phone = "+8613987654321"
     member_id = await enrol(services, phone)
     await members.link_identity(
-        services, ctx(), member_id, IdentityIn(kind="email", value="secret.person@x.cn")
+        services,
+        ctx(),
+        LinkIdentity(member_id=member_id, identity=Identity(kind="email", value="secret.person@x.cn")),
     )
     for i in range(SNAPSHOT_AFTER):
-        await ledger.earn(services, ctx(), member_id, EarnIn(order_ref=f"P-{i}", amount="1", currency="CNY"))
+        await ledger.earn(
+            services,
+            ctx(),
+            EarnPurchase(member_id=member_id, order_ref=f"P-{i}", amount=Decimal("1"), currency="CNY"),
+        )
     services.repository.forget(member_id)
     await services.repository.member(member_id)  # takes a snapshot
 
@@ -156,7 +173,11 @@ async def test_a_member_without_its_key_replays_with_personal_data_unreadable(
 ) -> None:
     services = two_instances[0]
     member_id = await enrol(services, "+8613811112222")
-    await ledger.earn(services, ctx(), member_id, EarnIn(order_ref="K-1", amount="50", currency="CNY"))
+    await ledger.earn(
+        services,
+        ctx(),
+        EarnPurchase(member_id=member_id, order_ref="K-1", amount=Decimal("50"), currency="CNY"),
+    )
     conn = await asyncpg.connect(database_url)
     try:
         await conn.execute(
@@ -178,7 +199,11 @@ async def test_idempotency_records_past_24_hours_are_pruned(two_instances: list[
     member_id = await enrol(services, "+8613811113333")
     async with services.pool.acquire() as conn:
         await conn.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
-        await ledger.earn(services, ctx(), member_id, EarnIn(order_ref="FRESH", amount="1", currency="CNY"))
+        await ledger.earn(
+            services,
+            ctx(),
+            EarnPurchase(member_id=member_id, order_ref="FRESH", amount=Decimal("1"), currency="CNY"),
+        )
 
         pruned = await services.idempotency.prune()
 

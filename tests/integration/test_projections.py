@@ -14,7 +14,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from decimal import Decimal
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -30,11 +31,12 @@ from projections.log import LogReader
 from projections.members import MembersProjection, member_view
 from projections.projection import MemberProjection, Touched, next_change_at
 from projections.runner import ProjectionRunner, projection_status, rebuild
-from service.api.schemas import EarnIn, EnrolIn, IdentityIn, MemberOut, MergeIn, RedeemIn
 from service.config import Settings
 from service.handlers import ledger, members
+from service.handlers.commands import EarnPurchase, Enrol, Merge, Redeem
 from service.handlers.context import CommandContext
 from service.handlers.program import ensure_program
+from service.handlers.results import Outcome
 from service.services import Services, open_services
 
 SCOPES = frozenset({"earn", "award", "redeem", "members", "read"})
@@ -51,6 +53,9 @@ async def services(database_url: str) -> AsyncIterator[Services]:
     async with open_services(settings) as opened:
         await ensure_program(opened)
         yield opened
+
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -71,42 +76,43 @@ class Counter:
             scopes=SCOPES,
         )
 
-    def _seen(self, body: bytes) -> dict[str, Any]:
-        reply: dict[str, Any] = msgspec.json.decode(body)
-        self.last_position = max(self.last_position, reply["position"])
-        return reply
+    def _seen(self, outcome: Outcome[R]) -> R:
+        self.last_position = max(self.last_position, outcome.position)
+        return outcome.result
 
     async def enrol(
         self, phone: str | None = None, *, email: str | None = None, channel: str = "pos-sh-01"
     ) -> str:
-        identities = [IdentityIn(kind="phone", value=phone or f"+8613{secrets.randbelow(10**9):09d}")]
+        identities = [Identity(kind="phone", value=phone or f"+8613{secrets.randbelow(10**9):09d}")]
         if email:
-            identities.append(IdentityIn(kind="email", value=email))
-        reply = await members.enrol(self.services, self.ctx(channel), EnrolIn(identities=identities))
-        assert reply.status == 201, reply.body
-        return str(self._seen(reply.body)["member_id"])
+            identities.append(Identity(kind="email", value=email))
+        outcome = await members.enrol(self.services, self.ctx(channel), Enrol(identities=identities))
+        assert outcome.status == 201
+        self._seen(outcome)
+        return str(outcome.result.member_id)
 
     async def earn(self, member_id: str, amount: str, *, channel: str = "pos-sh-01") -> int:
-        body = EarnIn(order_ref=uuid.uuid4().hex, amount=amount, currency="CNY")
-        reply = await ledger.earn(self.services, self.ctx(channel), uuid.UUID(member_id), body)
-        assert reply.status == 201, reply.body
-        points = int(self._seen(reply.body)["points"])
+        cmd = EarnPurchase(
+            member_id=uuid.UUID(member_id), order_ref=uuid.uuid4().hex, amount=Decimal(amount), currency="CNY"
+        )
+        outcome = await ledger.earn(self.services, self.ctx(channel), cmd)
+        assert outcome.status == 201
+        points = self._seen(outcome).points
         self.earned[member_id] += points
         return points
 
     async def redeem(self, member_id: str, points: int, *, channel: str = "app") -> None:
-        reply = await ledger.redeem(
-            self.services, self.ctx(channel), uuid.UUID(member_id), RedeemIn(points=points)
-        )
-        assert reply.status == 201, reply.body
-        self._seen(reply.body)
+        cmd = Redeem(member_id=uuid.UUID(member_id), points=points)
+        outcome = await ledger.redeem(self.services, self.ctx(channel), cmd)
+        assert outcome.status == 201
+        self._seen(outcome)
         self.redeemed[member_id] += points
 
     async def merge(self, target: str, source: str) -> None:
-        body = MergeIn(source_member_id=uuid.UUID(source))
-        reply = await members.merge(self.services, self.ctx(), uuid.UUID(target), body)
-        assert reply.status == 201, reply.body
-        self._seen(reply.body)
+        cmd = Merge(target_id=uuid.UUID(target), source_id=uuid.UUID(source))
+        outcome = await members.merge(self.services, self.ctx(), cmd)
+        assert outcome.status == 201
+        self._seen(outcome)
         self.earned[target] += self.earned.pop(source, 0)
         self.redeemed[target] += self.redeemed.pop(source, 0)
 
@@ -173,38 +179,37 @@ async def test_projections_follow_commands_into_the_member_view(
         aggregate = await services.repository.member(uuid.UUID(member))
         assert aggregate is not None
         assert view is not None
-        assert view["status"] == "active"
-        assert view["merged_into"] is None
-        assert view["identities"][:2] == [
-            {"kind": "phone", "value": "+86*******8000"},
-            {"kind": "email", "value": "l***@example.com"},
+        assert view.status == "active"
+        assert view.merged_into is None
+        assert view.identities[:2] == [
+            Identity(kind="phone", value="+86*******8000"),
+            Identity(kind="email", value="l***@example.com"),
         ]
-        assert len(view["identities"]) == 3  # the duplicate's phone came along, masked
-        assert view["channels"] == ["pos-sh-01", "app", "web"]
-        assert view["tier"] == "silver"
-        assert view["first_activity_at"] == aggregate.first_activity_at
-        assert view["last_activity_at"] == aggregate.last_activity_at
+        assert len(view.identities) == 3  # the duplicate's phone came along, masked
+        assert view.channels == ["pos-sh-01", "app", "web"]
+        assert view.tier == "silver"
+        assert view.first_activity_at == aggregate.first_activity_at
+        assert view.last_activity_at == aggregate.last_activity_at
         # The balance is the aggregate's own, at the record time of the member's last event.
         expected = aggregate.balance(now=aggregate.modified_on, rules=DEFAULT_RULES)
-        assert view["balance"] == msgspec.to_builtins(expected)
-        assert view["balance"]["lifetime_earned"] == counter.earned[member] == 1200 + 100 + 10
-        assert view["balance"]["available"] == 1310 - 300
+        assert view.balance == expected
+        assert view.balance.lifetime_earned == counter.earned[member] == 1200 + 100 + 10
+        assert view.balance.available == 1310 - 300
         # `position` is that of the member's own last event (the merge wrote the duplicate's after it).
-        assert view["position"] == await services.pool.fetchval(
+        assert view.position == await services.pool.fetchval(
             "SELECT max(position) FROM events WHERE stream_id = $1", uuid.UUID(member)
         )
-        # The API's schema takes the view as it is.
-        out = msgspec.convert(view, MemberOut)
-        assert out.member_id == uuid.UUID(member)
+        assert view.member_id == uuid.UUID(member)
 
         merged = await member_view(services.pool, uuid.UUID(duplicate))
         assert merged is not None
-        assert merged["status"] == "merged"
-        assert merged["merged_into"] == uuid.UUID(member)
+        assert merged.status == "merged"
+        assert merged.merged_into == uuid.UUID(member)
 
         row = await balance_row(services.pool, uuid.UUID(member))
         assert row is not None
-        assert {k: row[k] for k in view["balance"]} == view["balance"]
+        balance = msgspec.to_builtins(view.balance)
+        assert {k: row[k] for k in balance} == balance
         assert row["version"] == aggregate.version
 
         # No clear personal value is stored in any projection.
@@ -533,10 +538,10 @@ async def test_a_rebuild_while_commands_keep_coming_equals_the_live_projection_a
                     view = await member_view(services.pool, uuid.UUID(member))
                     if view is None:
                         problems.append(f"{member} missing")
-                    elif view["position"] < seen.get(member, 0):
+                    elif view.position < seen.get(member, 0):
                         problems.append(f"{member} went back")
                     else:
-                        seen[member] = view["position"]
+                        seen[member] = view.position
                 count = await services.pool.fetchval("SELECT count(*) FROM balances")
                 if count < len(shoppers):
                     problems.append(f"balances had {count} rows")

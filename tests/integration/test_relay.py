@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +26,16 @@ import pytest
 from nats.aio.client import Client
 from nats.js.errors import NotFoundError
 
-from service.api.schemas import EarnIn, EnrolIn, IdentityIn
+from domain.identities import Identity
 from service.bus import cloudevents
 from service.bus.relay import TRACKING_NAME, Relay
 from service.config import Settings
 from service.handlers import ledger, members
+from service.handlers.commands import EarnPurchase, Enrol
 from service.handlers.context import CommandContext
+from service.handlers.errors import OrderTaken
 from service.handlers.program import ensure_program
 from service.services import Services, open_services
-from service.store.appender import OrderClaimed
 from tests.waiting import DEADLINE, until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,15 +102,17 @@ def ctx(channel: str = "pos-test") -> CommandContext:
 
 async def enrol(services: Services) -> uuid.UUID:
     phone = f"+8613{secrets.randbelow(10**9):09d}"
-    reply = await members.enrol(services, ctx(), EnrolIn(identities=[IdentityIn(kind="phone", value=phone)]))
-    assert reply.status == 201
-    return uuid.UUID(json.loads(reply.body)["member_id"])
+    outcome = await members.enrol(services, ctx(), Enrol(identities=[Identity(kind="phone", value=phone)]))
+    assert outcome.status == 201
+    return outcome.result.member_id
 
 
 async def earn(services: Services, member_id: uuid.UUID, order_ref: str | None = None) -> None:
-    body = EarnIn(order_ref=order_ref or uuid.uuid4().hex, amount="10.00", currency="CNY")
-    reply = await ledger.earn(services, ctx(), member_id, body)
-    assert reply.status == 201
+    cmd = EarnPurchase(
+        member_id=member_id, order_ref=order_ref or uuid.uuid4().hex, amount=Decimal("10.00"), currency="CNY"
+    )
+    outcome = await ledger.earn(services, ctx(), cmd)
+    assert outcome.status == 201
 
 
 async def log_ids(services: Services) -> list[str]:
@@ -169,7 +173,7 @@ async def test_every_committed_event_is_published_once_as_a_cloudevent(
         other = await enrol(services)
         # Refused by the appender (the order already earned, on another member): its
         # PointsEarned was built but never committed, so it must never appear.
-        with pytest.raises(OrderClaimed):
+        with pytest.raises(OrderTaken):
             await earn(services, other, order_ref="order-1")
         await earn(services, other, order_ref="order-2")
         messages = await assert_stream_is_the_log(nc, bus, services)

@@ -1,0 +1,117 @@
+"""Use-case results -> response bodies (the one place each response shape is filled)."""
+
+from __future__ import annotations
+
+from domain.member_values import Balance
+from domain.rules import BreakdownPart
+from service.handlers.results import BalanceAt, Earned, History, MemberState, Quote, Redeemed, RulesState
+
+from .schemas import (
+    BalanceAtOut,
+    BalanceOut,
+    BreakdownOut,
+    EarnOut,
+    HistoryItemOut,
+    HistoryOut,
+    IdentityOut,
+    MemberOut,
+    ProgramOut,
+    QuoteOut,
+    RedeemOut,
+)
+
+
+def balance_out(balance: Balance) -> BalanceOut:
+    return BalanceOut(
+        available=balance.available,
+        pending=balance.pending,
+        held=balance.held,
+        lifetime_earned=balance.lifetime_earned,
+        lifetime_redeemed=balance.lifetime_redeemed,
+        expired=balance.expired,
+        qualifying=balance.qualifying,
+        tier=balance.tier,
+    )
+
+
+def breakdown_out(parts: list[BreakdownPart]) -> list[BreakdownOut]:
+    return [BreakdownOut(rule=p.rule, points=p.points) for p in parts]
+
+
+def member_out(state: MemberState, position: int | None) -> MemberOut:
+    return MemberOut(
+        member_id=state.member_id,
+        status=state.status,
+        merged_into=state.merged_into,
+        tier=state.tier,
+        identities=[IdentityOut(kind=i.kind, value=i.value) for i in state.identities],
+        balance=balance_out(state.balance),
+        channels=list(state.channels),
+        first_activity_at=state.first_activity_at,
+        last_activity_at=state.last_activity_at,
+        position=position,
+    )
+
+
+def earn_out(earned: Earned, position: int) -> EarnOut:
+    return EarnOut(
+        member_id=earned.member_id,
+        event_id=earned.event_id,
+        points=earned.points,
+        breakdown=breakdown_out(earned.breakdown),
+        rules_version=earned.rules_version,
+        available_at=earned.available_at,
+        expires_at=earned.expires_at,
+        position=position,
+        balance=balance_out(earned.balance),
+    )
+
+
+def redeem_out(redeemed: Redeemed, position: int) -> RedeemOut:
+    return RedeemOut(
+        member_id=redeemed.member_id,
+        redemption_id=redeemed.redemption_id,
+        points=redeemed.points,
+        reward_ref=redeemed.reward_ref,
+        order_ref=redeemed.order_ref,
+        position=position,
+        balance=balance_out(redeemed.balance),
+    )
+
+
+def program_out(state: RulesState, position: int | None = None) -> ProgramOut:
+    return ProgramOut(rules_version=state.rules_version, rules=state.rules, position=position)
+
+
+def quote_out(quote: Quote) -> QuoteOut:
+    return QuoteOut(
+        member_id=quote.member_id,
+        points=quote.points,
+        breakdown=breakdown_out(quote.breakdown),
+        rules_version=quote.rules_version,
+        tier=quote.tier,
+    )
+
+
+def balance_at_out(at: BalanceAt) -> BalanceAtOut:
+    return BalanceAtOut(member_id=at.member_id, as_of=at.as_of, balance=balance_out(at.balance))
+
+
+def history_out(history: History) -> HistoryOut:
+    return HistoryOut(
+        member_id=history.member_id,
+        events=[
+            HistoryItemOut(
+                position=e.position,
+                event_id=e.event_id,
+                stream_version=e.stream_version,
+                type=e.type,
+                channel=e.channel,
+                points=e.points,
+                occurred_at=e.occurred_at,
+                recorded_at=e.recorded_at,
+            )
+            for e in history.events
+        ],
+        next_after=history.next_after,
+    )

@@ -1,0 +1,128 @@
+"""What the use cases answer: results in the ledger's words, and the outcome of a command.
+
+A command's result is kept with its idempotency key (encoded before the append, so nothing is
+rendered while the append lock is held) together with the position of its last event; a retry
+gets the same result and position back, and the HTTP edge renders both the same way each time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+from uuid import UUID
+
+import msgspec
+from msgspec import Struct
+
+from domain.identities import Identity
+from domain.member_values import Balance
+from domain.rules import BreakdownPart, Rules
+
+R = TypeVar("R")
+
+
+class Result(Struct, frozen=True, kw_only=True):
+    """Base of the commands' results."""
+
+
+class MemberState(Result):
+    """A member as a command left it; identity values are masked unless the caller may see
+    personal data (decided by the use case, so the kept result holds no more than was shown)."""
+
+    member_id: UUID
+    status: str
+    merged_into: UUID | None
+    tier: str
+    identities: list[Identity]
+    balance: Balance
+    channels: list[str]
+    first_activity_at: datetime | None
+    last_activity_at: datetime | None
+
+
+class Earned(Result):
+    member_id: UUID
+    event_id: UUID
+    points: int
+    breakdown: list[BreakdownPart]
+    rules_version: int
+    available_at: datetime
+    expires_at: datetime | None
+    balance: Balance
+
+
+class Redeemed(Result):
+    """A redemption; `redemption_id` is the id of its `points_redeemed` event."""
+
+    member_id: UUID
+    redemption_id: UUID
+    points: int
+    reward_ref: str | None
+    order_ref: str | None
+    balance: Balance
+
+
+class RulesState(Result):
+    rules_version: int
+    rules: Rules
+
+
+class Quote(Result):
+    member_id: UUID
+    points: int
+    breakdown: list[BreakdownPart]
+    rules_version: int
+    tier: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome(Generic[R]):
+    """A command's result and the position of its last event; `replayed` when it is the first
+    outcome of the same request, answered again."""
+
+    status: int
+    result: R
+    position: int
+    replayed: bool = False
+
+
+# A kept result starts with this byte; records written before results were kept hold the HTTP
+# body itself (JSON, so never this byte), and are answered as they are while they last (24 h).
+KEPT = b"R"
+_encoder = msgspec.json.Encoder()
+
+
+def keep(result: Result) -> bytes:
+    """The bytes an idempotency record keeps of a result."""
+    return KEPT + _encoder.encode(result)
+
+
+def kept(data: bytes, result_type: type[R]) -> R | bytes:
+    """A kept result, or the raw bytes of an older record (an HTTP body)."""
+    if data[:1] != KEPT:
+        return data
+    return msgspec.json.decode(data[1:], type=result_type)
+
+
+class BalanceAt(Struct, frozen=True, kw_only=True):
+    member_id: UUID
+    as_of: datetime
+    balance: Balance
+
+
+class HistoryItem(Struct, frozen=True, kw_only=True):
+    position: int
+    event_id: UUID
+    stream_version: int
+    type: str
+    channel: str | None
+    points: int | None  # signed: what the event did to the member's points
+    occurred_at: datetime
+    recorded_at: datetime
+
+
+class History(Struct, frozen=True, kw_only=True):
+    member_id: UUID
+    events: list[HistoryItem]
+    next_after: int | None
