@@ -31,9 +31,9 @@ from service.bus.relay import TRACKING_NAME, Relay
 from service.config import Settings
 from service.handlers import ledger, members
 from service.handlers.context import CommandContext
+from service.handlers.errors import OrderTaken
 from service.handlers.program import ensure_program
 from service.services import Services, open_services
-from service.store.appender import OrderClaimed
 from tests.waiting import DEADLINE, until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -169,7 +169,7 @@ async def test_every_committed_event_is_published_once_as_a_cloudevent(
         other = await enrol(services)
         # Refused by the appender (the order already earned, on another member): its
         # PointsEarned was built but never committed, so it must never appear.
-        with pytest.raises(OrderClaimed):
+        with pytest.raises(OrderTaken):
             await earn(services, other, order_ref="order-1")
         await earn(services, other, order_ref="order-2")
         messages = await assert_stream_is_the_log(nc, bus, services)
