@@ -19,9 +19,10 @@ from uuid import UUID
 
 import asyncpg
 
+from service.store.event_store import member_keys
 from service.store.keys import Keyring
+from service.store.log import LogReader, partition_of
 
-from .log import LogReader, member_keys, partition_of
 from .projection import REBUILD_CACHE_SIZE, MemberProjection, fewer_collections
 
 PARALLEL_MIN_EVENTS = 50_000  # below this, starting processes costs more than it saves

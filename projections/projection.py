@@ -31,9 +31,9 @@ from domain.member import Member
 from domain.program import PROGRAM_ID, Program
 from domain.rules import DEFAULT_RULES, Rules
 from service.store.event_store import EventStore
+from service.store.log import LogEvent, LogReader
 
 from .dispatch import mutate
-from .log import LogEvent, LogReader
 
 # Aggregates kept per projection (a miss costs a stream read, batched per page). A member with
 # a long history is a few kB; a rebuild touches every member, so it keeps more of them.

@@ -8,10 +8,13 @@ not once per projection); each keeps its own tracking row, advanced with its row
 fails, the batch is rolled back and the others go on without it; it is retried on its own
 back-off.
 
-Wake-ups: LISTEN `loyalty_events` (the appender's NOTIFY at commit) on a dedicated connection
-(a pooled one would be UNLISTENed on release), and a poll every POLL_INTERVAL, so a lost
-notification only delays. On an error the batch is rolled back and retried with back-off; no
-event is ever skipped.
+The locks are held, and LISTEN `loyalty_events` (the appender's NOTIFY at commit) and the
+leaders' progress (`loyalty_projections`) are heard, on one dedicated session (service/store/
+follower.py: a pooled connection would be UNLISTENed on release), kept open and pinged, and
+reconnected with back-off; its loss ends every lead of this instance. A poll every
+POLL_INTERVAL wakes the applier as well, so a lost notification only delays. The log is read
+with the one log reader (service/store/log.py). On an error the batch is rolled back and
+retried with back-off; no event is ever skipped.
 """
 
 from __future__ import annotations
@@ -22,15 +25,14 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 
 from service.metrics import DelayHistogram
-from service.store.appender import NOTIFY_CHANNEL
 from service.store.event_store import EventStore
+from service.store.follower import Backoff, LogWatch, Session, keep_session
+from service.store.log import LogReader
 
-from .log import LogReader
 from .projection import LogFold, MemberProjection
 from .rebuild import RebuildInProgress, RebuildReport, rebuild, rebuild_projection
 from .registry import PROJECTIONS, UnknownProjection, default_projections
@@ -110,10 +112,8 @@ class ProjectionRunner:
         )
         self._fold.keep_recorded = True
         self._delays = {p.name: DelayHistogram() for p in chosen}
-        self._conn: asyncpg.Connection | None = None
-        self._conn_lock = asyncio.Lock()
-        self._connected = asyncio.Event()
-        self._wake = asyncio.Event()
+        self._session: Session | None = None  # holds the locks; LISTENs
+        self._watch = LogWatch(poll_interval)
         self._listener: asyncio.Task[None] | None = None
         self._applier: asyncio.Task[None] | None = None
 
@@ -126,13 +126,25 @@ class ProjectionRunner:
         await ensure_tracked(self._pool, self.names)
         for status in await statuses(self._pool, self.names):
             self._slots[status.name].position = status.position
-        self._listener = asyncio.create_task(self._listen(), name="projections-listener")
-        # Wait for LISTEN (a failure to connect surfaces here) so no early event goes unheard.
-        waiter = asyncio.create_task(self._connected.wait())
-        done, _ = await asyncio.wait({waiter, self._listener}, return_when=asyncio.FIRST_COMPLETED)
-        if self._listener in done:
-            waiter.cancel()
-            self._listener.result()
+        # LISTEN before applying (a failure to connect surfaces here) so no early event goes unheard.
+        first = await Session.open(self._dsn)
+        try:
+            await self._attach(first)
+        except BaseException:
+            await first.close()
+            raise
+        self._listener = asyncio.create_task(
+            keep_session(
+                self._dsn,
+                self._attach,
+                name="projections",
+                first=first,
+                keepalive=KEEPALIVE,
+                backoff=Backoff(MIN_BACKOFF, MAX_BACKOFF),
+                on_close=self._session_closed,
+            ),
+            name="projections-listener",
+        )
         self._applier = asyncio.create_task(self._follow(), name="projections")
 
     async def stop(self) -> None:
@@ -206,7 +218,7 @@ class ProjectionRunner:
         )
         fresh.reset()  # the runner applies it with the shared fold: free the rebuild's cache
         self._advance(slot, report.position)
-        self._wake.set()  # it was left out while paused
+        self._watch.wake()  # it was left out while paused
         return report
 
     def _slot(self, name: str) -> _Slot:
@@ -223,7 +235,7 @@ class ProjectionRunner:
 
     async def _follow(self) -> None:
         while True:
-            self._wake.clear()  # a notification from now on wakes the next wait
+            self._watch.clear()  # a notification from now on wakes the next wait
             more = False
             for slot in self._slots.values():
                 # A follower tries to take the lead (and reads the leader's position, in case a
@@ -239,8 +251,7 @@ class ProjectionRunner:
                 more = await self._apply(due)
             if not more:
                 retry = [s.retry_at - now for s in self._slots.values() if s.leading and s.retry_at > now]
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), max(0.0, min([self._poll, *retry])))
+                await self._watch.wait(min([self._poll, *retry]))
 
     async def _observe(self, slot: _Slot) -> None:
         try:
@@ -307,59 +318,27 @@ class ProjectionRunner:
             )
 
     async def _lead(self, slot: _Slot) -> bool:
-        conn = self._conn
-        if conn is None or not self._may_lead:
+        session = self._session
+        if session is None or not self._may_lead:
             return False
-        async with self._conn_lock:
-            slot.leading = bool(
-                await conn.fetchval(
-                    "SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, slot.projection.name
-                )
-            )
+        slot.leading = await session.try_lock((LOCK_CLASS, slot.projection.name))
         return slot.leading
 
-    def _on_event(self, *_: Any) -> None:
-        self._wake.set()
+    async def _attach(self, session: Session) -> None:
+        """A new session: hear commits and the leaders' progress on it; lead on it from now on."""
+        await self._watch.attach(session)
+        await session.listen(PROGRESS_CHANNEL, self._on_progress)
+        self._session = session
+        self._watch.wake()  # anything committed before LISTEN
 
-    def _on_progress(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+    def _session_closed(self) -> None:
+        # Its advisory locks went with it: lead again only after taking them again.
+        self._session = None
+        for slot in self._slots.values():
+            slot.leading = False
+
+    def _on_progress(self, payload: str) -> None:
         name, _, position = payload.rpartition(":")
         slot = self._slots.get(name)
         if slot is not None:
             self._advance(slot, int(position))
-
-    async def _listen(self) -> None:
-        backoff = 0.1
-        while True:
-            conn = None
-            try:
-                conn = await asyncpg.connect(self._dsn)
-                closed = asyncio.Event()
-                conn.add_termination_listener(lambda _c, closed=closed: closed.set())
-                await conn.add_listener(NOTIFY_CHANNEL, self._on_event)
-                await conn.add_listener(PROGRESS_CHANNEL, self._on_progress)
-                self._conn = conn
-                self._connected.set()
-                self._on_event()  # anything committed before LISTEN
-                backoff = 0.1
-                while not closed.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(closed.wait(), KEEPALIVE)
-                    if not closed.is_set():
-                        # A silently dropped connection is only noticed by using it.
-                        async with self._conn_lock:
-                            await conn.execute("SELECT 1", timeout=KEEPALIVE)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                if not self._connected.is_set():
-                    raise
-                log.warning("projection listener lost its connection; reconnecting", exc_info=True)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-            finally:
-                # Its advisory locks went with it: lead again only after taking them again.
-                self._conn = None
-                for slot in self._slots.values():
-                    slot.leading = False
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()

@@ -62,16 +62,16 @@ def servers(settings: Settings, *, reuse_running: bool = False) -> Iterator[Sett
             raise SystemExit("set both LOYALTY_DATABASE_URL and LOYALTY_NATS_URL, or neither (embedded)")
         yield settings
         return
-    from service.embedded import EmbeddedServers
+    from service.embedded import EmbeddedServers, mask_password
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with EmbeddedServers(settings.data_dir) as urls:
-        log.info(
-            "embedded servers started", extra={"database_url": urls.database_url, "nats_url": urls.nats_url}
-        )
+        # The URLs carry the generated passwords: shown masked, whole only in servers.json (0600).
+        database_url, nats_url = mask_password(urls.database_url), mask_password(urls.nats_url)
+        log.info("embedded servers started", extra={"database_url": database_url, "nats_url": nats_url})
         print(
-            f"database: {urls.database_url}\nnats:     {urls.nats_url}\n"
-            f"(also in {settings.data_dir / 'servers.json'})",
+            f"database: {database_url}\nnats:     {nats_url}\n"
+            f"(with their passwords in {settings.data_dir / 'servers.json'})",
             flush=True,
         )
         yield settings.with_overrides(

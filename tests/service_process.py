@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -24,17 +25,16 @@ def _free_port() -> int:
 
 
 class Service:
-    """`loyalty serve` as a real child process, on the test's servers."""
+    """`loyalty serve` as a real child process, on the test's servers, or in embedded mode
+    (its own PostgreSQL and nats-server, data in `tmp`) when given no URLs."""
 
-    def __init__(self, database_url: str, nats_url: str, tmp: Path) -> None:
+    def __init__(self, database_url: str | None, nats_url: str | None, tmp: Path) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.follower_port = _free_port()
         self.follower_url = f"http://127.0.0.1:{self.follower_port}"
         self.env = {
             **os.environ,
-            "LOYALTY_DATABASE_URL": database_url,
-            "LOYALTY_NATS_URL": nats_url,
             "LOYALTY_PORT": str(self.port),
             "LOYALTY_FOLLOWER_PORT": str(self.follower_port),
             "LOYALTY_ADMIN_KEY": ADMIN_KEY,
@@ -44,6 +44,11 @@ class Service:
             "LOYALTY_STREAM_NAME": f"LOYALTY_{secrets.token_hex(6)}",
             "LOYALTY_SUBJECT_PREFIX": f"test.{secrets.token_hex(6)}.events",
         }
+        if database_url is not None and nats_url is not None:
+            self.env |= {"LOYALTY_DATABASE_URL": database_url, "LOYALTY_NATS_URL": nats_url}
+        else:
+            for name in ("LOYALTY_DATABASE_URL", "LOYALTY_NATS_URL"):
+                self.env.pop(name, None)
         self.log = tmp / "service.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -53,9 +58,11 @@ class Service:
                 [sys.executable, "-m", "service.cli", "serve"], env=self.env, stdout=log, stderr=log
             )
 
-    async def ready(self) -> None:
+    async def ready(self, within: float = 15.0) -> None:
+        """Wait for /health/ready (embedded mode: initdb and start-up take longer)."""
+        deadline = time.monotonic() + within
         async with httpx.AsyncClient() as client:
-            for _ in range(300):
+            while time.monotonic() < deadline:
                 assert self.process is not None
                 assert self.process.poll() is None, self.log.read_text()
                 try:

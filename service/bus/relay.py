@@ -5,8 +5,9 @@ it follows the log (`events` by position) and publishes behind it, so while NATS
 events wait in the log and go out, in order, when it returns.
 
 - One relay is active across all instances: the one holding a session-level advisory lock on
-  its own connection. The others retry the lock every second; if the leader's connection dies,
-  its session (and lock) ends and a standby takes over.
+  its own connection (`Leadership`, service/store/follower.py). The others retry the lock every
+  second, keeping the relay's status current meanwhile; if the leader's connection dies, its
+  session (and lock) ends and a standby takes over.
 - How far the stream holds the log is kept in `tracking` under the name "relay", written on the
   lock connection (a relay that lost its lock cannot write it) only once every acknowledgement
   of a batch is in. A crash in between republishes the batch: each message carries
@@ -23,8 +24,9 @@ events wait in the log and go out, in order, when it returns.
   in-order prefix of the log: if one message is lost (a disconnection), every later one is
   refused rather than stored out of order, and the run restarts from the first event not
   acknowledged. (The stream checks de-duplication before that header, so repeats still succeed.)
-- It wakes on LISTEN `loyalty_events` (sent by the appender at commit) and polls every second
-  as well, so a lost notification costs at most a second.
+- It reads the log with the one log reader (service/store/log.py) on a connection of its own,
+  and wakes on LISTEN `loyalty_events` (sent by the appender at commit; `LogWatch`) and polls
+  every second as well, so a lost notification costs at most a second.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ from nats.js.errors import APIError, NotFoundError
 
 from service.config import Settings
 from service.metrics import DelayHistogram
-from service.store.appender import NOTIFY_CHANNEL
 from service.store.event_store import EventStore, RecordedEvent
+from service.store.follower import Leadership, LogWatch, Session, close_quietly, sleep_unless
+from service.store.log import LogReader
 
 from . import cloudevents
 from .connection import NatsConnection
@@ -112,10 +115,6 @@ class _Sent:
 _Queue = asyncio.Queue[_Sent | BaseException | None]
 
 
-class LeadershipLost(Exception):
-    """The lock connection is gone: this relay is no longer the active one."""
-
-
 class Relay:
     """Follows the event log and publishes it to JetStream; see the module docstring."""
 
@@ -136,8 +135,9 @@ class Relay:
     ) -> None:
         if settings.database_url is None:
             raise ValueError("database_url is not set")
-        self._store = store
-        self._reader = store
+        # Decrypts personal data (the CloudEvents carry it); its key cache outlives the lead.
+        self._log = LogReader(store.keyring)
+        self._reader: asyncpg.Connection | None = None  # the active relay's log connection
         self._nats = nats
         self._database_url = settings.database_url
         self.stream_name = settings.stream_name
@@ -148,21 +148,26 @@ class Relay:
         self._batch_size = batch_size
         self._max_inflight_batches = max_inflight_batches
         self._poll_interval = poll_interval
-        self._standby_interval = standby_interval
         self._ack_timeout = ack_timeout
-        self._may_lead = lead  # False: a watcher that only reports where the active relay is
 
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
-        self._lost = asyncio.Event()
+        self._watch = LogWatch(poll_interval)
+        self._leadership = Leadership(
+            self._database_url,
+            RELAY_LOCK,
+            name=TRACKING_NAME,
+            standby_interval=standby_interval,
+            may_lead=lead,  # False: a watcher that only reports where the active relay is
+            stopping=self._stopping,
+            on_error=self._failed,
+        )
         self._client: Any = None
         self._js: JetStreamContext | None = None
         self._stream_ready = False
         self._stream_checked: tuple[float, bool] | None = None  # (monotonic, exists): stream_exists()
         self._nats_down_at = time.monotonic()  # see RelayStatus.nats_up_seconds
 
-        self._active = False
         self._published_position = 0
         self._head = 0
         # recorded_at of the oldest unpublished event: that of each batch in flight, oldest
@@ -187,14 +192,14 @@ class Relay:
     async def start(self) -> None:
         """Start following the log in the background (active or standby)."""
         self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name="relay")
+        self._task = asyncio.create_task(self._leadership.run(self._lead, self._standby), name="relay")
 
     async def stop(self, *, drain_timeout: float = 2.0) -> None:
         """Stop: publish what is already committed if that is quick, then give up the lead."""
         if self._task is None:
             return
         self._stopping.set()
-        self._wake.set()
+        self._watch.wake()
         task, self._task = self._task, None
         try:
             await asyncio.wait_for(asyncio.shield(task), timeout=drain_timeout)
@@ -205,7 +210,8 @@ class Relay:
 
     def status(self) -> RelayStatus:
         """Where the relay is; no I/O (a standby refreshes it from the database every second)."""
-        lag = max(0, self._head - self._published_position)
+        head = max(self._head, self._watch.head)  # a NOTIFY's position counts before it is read
+        lag = max(0, head - self._published_position)
         lag_seconds = 0.0
         oldest = self._unacked[0] if self._unacked else self._pending_since
         if lag and oldest is not None:
@@ -215,7 +221,7 @@ class Relay:
             active=self._active,
             nats_connected=self._nats_connected(),
             published_position=self._published_position,
-            head_position=max(self._head, self._published_position),
+            head_position=max(head, self._published_position),
             lag_events=lag,
             lag_seconds=lag_seconds,
             published=self._published,
@@ -275,94 +281,50 @@ class Relay:
             allow_direct=True,
         )
 
-    # -- leadership ---------------------------------------------------------------------------
+    @property
+    def _active(self) -> bool:
+        return self._leadership.leading
 
-    async def _run(self) -> None:
-        delay = 0.2
-        while not self._stopping.is_set():
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self._database_url, timeout=10, command_timeout=30)
-                self._lost.clear()
-                conn.add_termination_listener(lambda _conn: self._lost.set())
-                if not await self._acquire(conn):
-                    return  # stopping
-                delay = 0.2
-                self._active = True
-                log.info("relay active", extra={"stream": self.stream_name})
-                await self._lead(conn)
-                return  # _lead returns only when stopping
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # any failure: step down and retry; never take the service down
-                self._last_error = type(exc).__name__
-                log.warning(
-                    "relay interrupted; retrying",
-                    extra={"error": type(exc).__name__, "was_active": self._active},
-                    exc_info=not isinstance(exc, LeadershipLost | OSError | asyncpg.PostgresError),
-                )
-            finally:
-                self._active = False
-                if conn is not None:
-                    await _close(conn)
-            await self._sleep(delay)
-            delay = min(delay * 2, 5.0)
+    # -- leadership (service/store/follower.py) -------------------------------------------------
 
-    async def _acquire(self, conn: asyncpg.Connection) -> bool:
-        """Wait until this relay holds the lock (True) or is stopping (False)."""
-        while not self._stopping.is_set():
-            if self._may_lead and await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):
-                return True
-            # Standby: keep the status current so that any instance can report the relay's lag.
-            self._nats_connected()  # notices NATS outages between readiness probes
-            self._published_position = await self._tracked(conn)
-            self._head = await _head(conn)
-            self._pending_since = await _recorded_at(conn, self._published_position + 1)
-            await self._sleep(self._standby_interval)
-        return False
+    def _failed(self, exc: Exception) -> None:
+        self._last_error = type(exc).__name__
 
-    def _check(self, conn: asyncpg.Connection) -> None:
-        if self._lost.is_set() or conn.is_closed():
-            raise LeadershipLost("the relay's lock connection is closed")
+    async def _standby(self, session: Session) -> None:
+        """Keep the status current so that any instance can report the relay's lag."""
+        self._nats_connected()  # notices NATS outages between readiness probes
+        self._published_position = await self._tracked(session.conn)
+        self._head = await _head(session.conn)
+        self._pending_since = await _recorded_at(session.conn, self._published_position + 1)
 
     # -- the active relay ---------------------------------------------------------------------
 
-    async def _lead(self, conn: asyncpg.Connection) -> None:
-        def notified(_conn: object, _pid: int, _channel: str, payload: str) -> None:
-            with contextlib.suppress(ValueError):
-                self._head = max(self._head, int(payload))
-            self._wake.set()
-
-        await conn.add_listener(NOTIFY_CHANNEL, notified)
+    async def _lead(self, session: Session) -> None:
+        await self._watch.attach(session)
         # The log is read on a connection of the relay's own: on the shared pool it would queue
         # behind the commands whenever they keep every connection busy, and lag with them.
-        reader = await asyncpg.create_pool(
-            self._database_url, min_size=1, max_size=1, command_timeout=30, max_inactive_connection_lifetime=0
-        )
-        self._reader = EventStore(reader, self._store.codec, self._store.keyring)
+        self._reader = await asyncpg.connect(self._database_url, timeout=10, command_timeout=30)
         try:
-            await self._publish_from_tracked(conn)
+            await self._publish_from_tracked(session)
         finally:
-            try:
-                await asyncio.wait_for(reader.close(), timeout=2)
-            except Exception:  # e.g. a dead connection: drop it
-                reader.terminate()
+            reader, self._reader = self._reader, None
+            await close_quietly(reader)
 
-    async def _publish_from_tracked(self, conn: asyncpg.Connection) -> None:
-        position = await self._tracked(conn)
+    async def _publish_from_tracked(self, session: Session) -> None:
+        position = await self._tracked(session.conn)
         self._published_position = position
-        self._head = max(await _head(conn), position)
+        self._head = max(await _head(session.conn), position)
         failures = 0
         while True:
-            js = await self._jetstream(conn)
+            js = await self._jetstream(session)
             if js is None:
                 return  # stopping while NATS is unreachable: the next start publishes the rest
             # Taken before aligning: a reconnection from here on makes the run align again.
             reconnects = _reconnects(self._nats)
             if self.align_with_stream:
-                position = await self._align(js, conn, position)
+                position = await self._align(js, session, position)
             start = position
-            position, error = await self._pipeline(js, conn, position, reconnects)
+            position, error = await self._pipeline(js, session, position, reconnects)
             if error is None:
                 return  # stopping; everything read was acknowledged and recorded
             # Retry from the first event not acknowledged, after a pause (longer if stuck).
@@ -375,10 +337,10 @@ class Relay:
                     "relay publish incomplete; retrying",
                     extra={"error": error, "position": position, "failures": failures},
                 )
-            await self._sleep(min(0.05 * 2 ** min(failures, 6), 2.0))
-            self._check(conn)
+            await sleep_unless(self._stopping, min(0.05 * 2 ** min(failures, 6), 2.0))
+            session.check()
 
-    async def _jetstream(self, conn: asyncpg.Connection) -> JetStreamContext | None:
+    async def _jetstream(self, session: Session) -> JetStreamContext | None:
         """The JetStream context once NATS is connected and the stream ensured (None: stopping)."""
         delay = 0.05
         attempts = 0
@@ -408,12 +370,12 @@ class Relay:
                         )
             # NATS unreachable: keep our place, keep the status (head, lag) fresh, and check
             # the lock connection so that another instance can take over if we lose it.
-            await self._sleep(delay)
+            await sleep_unless(self._stopping, delay)
             delay = min(delay * 2, 1.0)
-            self._check(conn)
-            self._head = max(self._head, await _head(conn))
+            session.check()
+            self._head = max(self._head, self._watch.head, await _head(session.conn))
             if self._head > self._published_position and self._pending_since is None:
-                self._pending_since = await _recorded_at(conn, self._published_position + 1)
+                self._pending_since = await _recorded_at(session.conn, self._published_position + 1)
         return None
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
@@ -433,7 +395,7 @@ class Relay:
                 )
         log.info("stream ready", extra={"stream": self.stream_name})
 
-    async def _align(self, js: JetStreamContext, conn: asyncpg.Connection, position: int) -> int:
+    async def _align(self, js: JetStreamContext, session: Session, position: int) -> int:
         """Continue after the stream's last message when it is the log's event at its position."""
         try:
             info = await js.stream_info(self.stream_name)
@@ -448,7 +410,7 @@ class Relay:
             last = -1  # not one of ours: never move on its word (checked below)
         if last == position:
             return position
-        event_id = await conn.fetchval("SELECT event_id FROM events WHERE position = $1", last)
+        event_id = await session.conn.fetchval("SELECT event_id FROM events WHERE position = $1", last)
         if last < 0 or event_id is None or str(event_id) != (msg.headers or {}).get("Nats-Msg-Id"):
             # The stream holds something the log does not (e.g. the database was restored from
             # an older backup): do not move on its word.
@@ -467,12 +429,12 @@ class Relay:
                 "the stream lost events it had acknowledged; publishing them again",
                 extra={"recorded": position, "continuing_after": last},
             )
-        await self._record(conn, last)
+        await self._record(session, last)
         self._published_position = last
         return last
 
     async def _pipeline(
-        self, js: JetStreamContext, conn: asyncpg.Connection, position: int, reconnects: int
+        self, js: JetStreamContext, session: Session, position: int, reconnects: int
     ) -> tuple[int, str | None]:
         """Publish from `position` on: a sender task reads and sends batches while this one
         awaits their acknowledgements, oldest first, and records each batch once all of it is
@@ -486,8 +448,8 @@ class Relay:
                     item = await asyncio.wait_for(queue.get(), timeout=self._poll_interval)
                 except TimeoutError:
                     # Idle: prove the lock connection still lives, keep the head fresh.
-                    self._check(conn)
-                    self._head = max(self._head, await _head(conn))
+                    session.check()
+                    self._head = max(self._head, await _head(session.conn))
                     continue
                 if item is None:
                     return position, None
@@ -497,7 +459,7 @@ class Relay:
                 if reached > position:
                     if self.before_record is not None:
                         await self.before_record(reached)
-                    await self._record(conn, reached)
+                    await self._record(session, reached)
                     position = reached
                 if error is not None:
                     return position, error
@@ -518,14 +480,14 @@ class Relay:
         client = self._nats.client
         try:
             while True:
-                self._wake.clear()  # before reading: a commit notified after this wakes the wait
-                batch = await self._reader.read_log(after=position, limit=self._batch_size)
+                self._watch.clear()  # before reading: a commit notified after this wakes the wait
+                assert self._reader is not None  # set while leading
+                batch = await self._log.read_recorded(self._reader, after=position, limit=self._batch_size)
                 if not batch:
                     if self._stopping.is_set():
                         await queue.put(None)
                         return
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+                    await self._watch.wait()
                     continue
                 self._head = max(self._head, batch[-1].position)
                 self._unacked.append(batch[0].recorded_at)
@@ -647,21 +609,16 @@ class Relay:
             )
         )
 
-    async def _record(self, conn: asyncpg.Connection, position: int) -> None:
+    async def _record(self, session: Session, position: int) -> None:
         """Record how far the stream holds the log: one row, replaced (it may move back when
         the stream lost its tail). Only the lock holder writes, on the lock connection."""
-        self._check(conn)
-        await conn.execute(
+        session.check()
+        await session.conn.execute(
             "WITH others AS (DELETE FROM tracking WHERE name = $1 AND position <> $2)"
             " INSERT INTO tracking (name, position) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             TRACKING_NAME,
             position,
         )
-
-    async def _sleep(self, seconds: float) -> None:
-        """Sleep, but wake at once when stopping."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
 
 
 def _reconnects(nats: NatsConnection) -> int:
@@ -676,14 +633,6 @@ async def _head(conn: asyncpg.Connection) -> int:
 async def _recorded_at(conn: asyncpg.Connection, position: int) -> datetime | None:
     at: datetime | None = await conn.fetchval("SELECT recorded_at FROM events WHERE position = $1", position)
     return at
-
-
-async def _close(conn: asyncpg.Connection) -> None:
-    """Close the lock connection (ending the session releases the lock)."""
-    try:
-        await asyncio.wait_for(conn.close(), timeout=2)
-    except Exception:  # a dead connection: drop it
-        conn.terminate()
 
 
 def _quantile(ordered: Sequence[float], q: float) -> float | None:

@@ -23,10 +23,11 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
+from .follower import NOTIFY_CHANNEL
+
 log = logging.getLogger(__name__)
 
 APPEND_LOCK = 0x4C45444745520001  # "LEDGER" + 1: serialises appends across all instances
-NOTIFY_CHANNEL = "loyalty_events"
 MAX_BATCH = 500
 # Batch transactions in flight: one holding the lock and committing, the next already waiting
 # for the lock in PostgreSQL, which grants it at that commit without a turn of our event loop.

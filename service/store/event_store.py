@@ -1,4 +1,7 @@
-"""Reads of the event store: streams (from their latest snapshot), the global log, history."""
+"""Reads of the event store: streams (from their latest snapshot), a stream's history, member keys.
+
+The global log is read by `service.store.log.LogReader`, the one reader every follower uses.
+"""
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ class RecordedEvent:
 
 MAX_CACHED_KEYS = 200_000  # unwrapped member keys kept in memory; past that the cache restarts
 
-_COLUMNS = (
+RECORDED_COLUMNS = (  # the columns of a RecordedEvent, in its order but `topic, data`
     "position, event_id, stream_id, stream_version, event_type, topic, data, channel,"
     " api_key_id, occurred_at, recorded_at"
 )
@@ -60,13 +63,7 @@ class EventStore:
         keys = {m: self._keys[m] for m in wanted if m in self._keys}
         missing = [m for m in wanted if m not in keys]
         if missing:
-            rows = await conn.fetch(
-                "SELECT member_id, wrapped_key FROM member_keys WHERE member_id = ANY($1::uuid[])", missing
-            )
-            found = {r["member_id"]: r["wrapped_key"] for r in rows}
-            for member_id in missing:
-                wrapped = found.get(member_id)
-                keys[member_id] = None if wrapped is None else self.keyring.unwrap(member_id, wrapped)
+            keys.update(await member_keys(conn, self.keyring, missing))
             if len(self._keys) + len(missing) > MAX_CACHED_KEYS:
                 self._keys.clear()
             self._keys.update((m, keys[m]) for m in missing)
@@ -140,24 +137,13 @@ class EventStore:
         async with self.pool.acquire() as conn:
             key = await self.member_key(conn, stream_id)
             rows = await conn.fetch(
-                f"SELECT {_COLUMNS} FROM events WHERE stream_id = $1 AND position > $2"
+                f"SELECT {RECORDED_COLUMNS} FROM events WHERE stream_id = $1 AND position > $2"
                 " ORDER BY position LIMIT $3",
                 stream_id,
                 after,
                 limit,
             )
         return [self._recorded(r, key) for r in rows]
-
-    async def read_log(self, *, after: int, limit: int) -> list[RecordedEvent]:
-        """A page of the global log, by position."""
-        async with self.pool.acquire() as conn:
-            rows = await conn.fetch(
-                f"SELECT {_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2",
-                after,
-                limit,
-            )
-            keys = await self.load_keys(conn, (r["stream_id"] for r in rows))
-        return [self._recorded(r, keys[r["stream_id"]]) for r in rows]
 
     def _recorded(self, r: asyncpg.Record, key: bytes | None) -> RecordedEvent:
         event = self.codec.decode(
@@ -194,6 +180,25 @@ class EventStore:
     async def last_position(self) -> int:
         async with self.pool.acquire() as conn:
             return int(await conn.fetchval("SELECT coalesce(max(position), 0) FROM events"))
+
+
+async def member_keys(
+    conn: Any, keyring: Keyring, member_ids: Sequence[UUID] | None = None
+) -> dict[UUID, bytes | None]:
+    """Unwrapped data keys of these members (all when None), in one query; None for a stream
+    without one (the program) or a shredded key, so that its personal fields decode as None."""
+    if member_ids is None:
+        rows = await conn.fetch("SELECT member_id, wrapped_key FROM member_keys")
+        found: dict[UUID, bytes | None] = {}
+    else:
+        rows = await conn.fetch(
+            "SELECT member_id, wrapped_key FROM member_keys WHERE member_id = ANY($1::uuid[])", member_ids
+        )
+        found = dict.fromkeys(member_ids)
+    for r in rows:
+        wrapped = r["wrapped_key"]
+        found[r["member_id"]] = None if wrapped is None else keyring.unwrap(r["member_id"], wrapped)
+    return found
 
 
 def replay(cls: Any, snapshot: Any, events: Sequence[Any]) -> Any:

@@ -42,7 +42,8 @@ from eventsourcing.persistence import (
     TrackingRecorder,
 )
 
-from .appender import NOTIFY_CHANNEL, Appender, AppendRejected, AppendRequest, Committed, NewEvent
+from .appender import Appender, AppendRejected, AppendRequest, Committed, NewEvent
+from .follower import NOTIFY_CHANNEL
 
 T = TypeVar("T")
 

@@ -6,16 +6,18 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import nats
+import nats.errors
 import psutil
 import pytest
 
@@ -108,9 +110,11 @@ async def read_rows(urls: ServerUrls) -> list[str]:
 async def test_servers_start_and_serve(servers: EmbeddedServers) -> None:
     urls = servers.start()
 
-    assert urls.database_url.startswith("postgresql://postgres@127.0.0.1:")
+    assert urls.database_url.startswith("postgresql://postgres:")
+    assert urlsplit(urls.database_url).hostname == "127.0.0.1"
     assert urls.database_url.endswith("/loyalty")
-    assert urls.nats_url.startswith("nats://127.0.0.1:")
+    assert urls.nats_url.startswith("nats://loyalty:")
+    assert urlsplit(urls.nats_url).hostname == "127.0.0.1"
 
     conn = await asyncpg.connect(urls.database_url)
     try:
@@ -290,3 +294,83 @@ async def test_fixtures_give_an_empty_database_and_nats(database_url: str, nats_
         assert nc.is_connected
     finally:
         await nc.close()
+
+
+def without_password(url: str) -> str:
+    """`url` with its user but no password."""
+    parts = urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}@{hostport}"))
+
+
+def with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:{password}@{hostport}"))
+
+
+async def refused_by_postgres(url: str) -> bool:
+    try:
+        conn = await asyncpg.connect(url, timeout=10)
+    except asyncpg.InvalidAuthorizationSpecificationError:  # includes InvalidPasswordError
+        return True
+    await conn.close()
+    return False
+
+
+async def refused_by_nats(url: str) -> bool:
+    async def quiet(_: Exception) -> None:
+        pass
+
+    nc = nats.NATS()
+    try:
+        await nc.connect(
+            url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=5, error_cb=quiet
+        )
+    except nats.errors.Error as exc:
+        return "Authorization Violation" in str(exc)
+    finally:
+        await nc.close()  # also the socket of a refused attempt, which connect() leaves open
+    return False
+
+
+async def test_servers_refuse_connections_without_the_generated_credentials(
+    servers: EmbeddedServers,
+) -> None:
+    urls = servers.start()
+
+    assert await refused_by_postgres(without_password(urls.database_url))
+    assert await refused_by_postgres(with_password(urls.database_url, "guessed"))
+    assert await refused_by_nats(without_password(urls.nats_url))
+    assert await refused_by_nats(with_password(urls.nats_url, "guessed"))
+    assert not await refused_by_postgres(urls.database_url)
+    assert not await refused_by_nats(urls.nats_url)
+
+    # The secrets are in files only their owner reads, and not on any command line `ps` shows.
+    for name in ("credentials.json", "servers.json", "nats.conf"):
+        assert stat.S_IMODE((servers.data_dir / name).stat().st_mode) == 0o600, name
+    password = urlsplit(urls.nats_url).password
+    assert password
+    postmaster, nats_server = server_pids(servers.data_dir)
+    for pid in (postmaster, nats_server):
+        assert not any(password in arg for arg in psutil.Process(pid).cmdline())
+
+
+async def test_a_data_dir_initialised_without_passwords_gets_them(servers: EmbeddedServers) -> None:
+    """Data dirs made before credentials existed: initdb --auth=trust, no credentials.json."""
+    first = servers.start()
+    await write_row(first, "from a trusting time")
+    servers.stop()
+    hba = servers.data_dir / "postgres" / "pg_hba.conf"
+    owner = hba.stat()
+    hba.write_text("host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust\n")
+    os.chown(hba, owner.st_uid, owner.st_gid)
+    (servers.data_dir / "credentials.json").unlink()
+
+    second = servers.start()
+
+    assert second.database_url != first.database_url  # a new password was generated
+    assert await refused_by_postgres(without_password(second.database_url))
+    assert await refused_by_postgres(first.database_url)
+    assert await read_rows(second) == ["from a trusting time"]
+    assert "trust" not in hba.read_text()

@@ -100,7 +100,8 @@ async def test_the_follower_process_publishes_and_projects_and_is_restarted_when
         [restarted] = await until(
             lambda: [pid for pid in service.children() if pid != follower], what="a new follower process"
         )
-        assert command_line(restarted)[-1] == "follow"
+        # Found maybe between fork and exec, while it still has serve's command line.
+        await until(lambda: command_line(restarted)[-1] == "follow", what="the new follower's exec")
         await until(lambda: projected(client, member_id, positions[-1]), what="the projection catching up")
         await until(lambda: published(service, nats_url, database_url), what="the backlog on the stream")
 

@@ -21,13 +21,13 @@ import asyncpg
 import msgspec
 import pytest
 import pytest_asyncio
+from eventsourcing.persistence import StoredEvent
 
 from domain.identities import Identity
 from domain.member import Member
 from domain.rules import DEFAULT_RULES
 from projections import rebuild as rebuild_module
 from projections.balances import BalancesProjection, balance_row
-from projections.log import LogReader
 from projections.members import MembersProjection, member_view
 from projections.projection import MemberProjection, Touched, next_change_at
 from projections.runner import ProjectionRunner, projection_status, rebuild
@@ -38,6 +38,7 @@ from service.handlers.context import CommandContext
 from service.handlers.program import ensure_program
 from service.handlers.results import Outcome
 from service.services import Services, open_services
+from service.store.log import LogReader
 
 SCOPES = frozenset({"earn", "award", "redeem", "members", "read"})
 
@@ -223,7 +224,7 @@ async def test_projections_follow_commands_into_the_member_view(
         assert statuses["members"].leading is True
 
 
-async def test_the_projections_reader_decodes_every_event_as_the_store_does(
+async def test_the_log_reader_decodes_every_event_as_the_store_does(
     services: Services, counter: Counter
 ) -> None:
     member = await counter.enrol("+8613800138000", email="li.lei@example.com")
@@ -234,13 +235,28 @@ async def test_the_projections_reader_decodes_every_event_as_the_store_does(
     reader = LogReader(services.keyring)
 
     async with services.pool.acquire() as conn:
-        ours = await reader.read(conn, after=0, limit=1000)
-    theirs = await services.store.read_log(after=0, limit=1000)
+        lean = await reader.read(conn, after=0, limit=1000)  # the projections' page
+        full = await reader.read_recorded(conn, after=0, limit=1000)  # the relay's page
+        rows = await conn.fetch(
+            "SELECT event_id, stream_id, stream_version, topic, data, channel FROM events ORDER BY position"
+        )
+        keys = await services.store.load_keys(conn, {r["stream_id"] for r in rows})
+    theirs = [
+        services.store.codec.decode(
+            StoredEvent(r["stream_id"], r["stream_version"], r["topic"], r["data"]), keys[r["stream_id"]]
+        )
+        for r in rows
+    ]
 
-    assert [e.position for e in ours] == [e.position for e in theirs] == list(range(1, len(theirs) + 1))
-    for mine, store in zip(ours, theirs, strict=True):
-        assert type(mine.event) is type(store.event)
-        assert vars(mine.event) == vars(store.event)
+    positions = list(range(1, len(rows) + 1))
+    assert [e.position for e in lean] == [e.position for e in full] == positions
+    assert [e.event_id for e in full] == [r["event_id"] for r in rows]
+    assert [e.channel for e in full] == [r["channel"] for r in rows]
+    for mine, recorded, store in zip(lean, full, theirs, strict=True):
+        assert type(mine.event) is type(recorded.event) is type(store)
+        assert vars(mine.event) == vars(recorded.event) == vars(store)
+    enrolled = next(e.event for e in full if e.stream_id == uuid.UUID(member) and e.stream_version == 1)
+    assert "li.lei@example.com" in repr(vars(enrolled))  # decrypted with the member's own key
 
 
 async def test_the_stored_balance_stays_exact_until_next_change_at() -> None:

@@ -1,9 +1,20 @@
-"""Reading the log for projections: pages of decoded events and streams up to a version.
+"""The one reader of the global log: pages by position, decoded with the members' own keys.
 
-Like `EventStore.read_log`, but the members' data keys of a page are fetched in one query (not
-one per stream), only the columns a
-projection uses are read, and streams can be loaded up to a given version (a projection must
-never see a stream ahead of the position it applies).
+Every follower reads the log here: the relay (`read_recorded`: every column, for CloudEvents),
+the projections (`read` / `fetch` + `decode`: only the columns a projection uses) and the
+parallel rebuild (a reader per partition of the members). Guarantees:
+
+- Pages are by position, in order, with nothing skipped: `after` is the last position the
+  caller holds, and the next page starts right after it (positions are not gapless: never
+  assume `last + 1`).
+- A page's missing member keys are fetched and unwrapped in one query, never one per stream;
+  keys are cached (up to MAX_KEYS) and a forgotten member's key is dropped as its
+  `member_forgotten` event is read. Without a keyring nothing is decrypted: personal fields
+  decode as None, as for a forgotten member.
+- Events are decoded on the codec's typed fast path (`decode_parts`: no StoredEvent built),
+  to the same domain events as the store's `decode`.
+- Streams can be loaded up to a version or a position (a projection must never see a stream
+  ahead of the position it applies).
 """
 
 from __future__ import annotations
@@ -14,17 +25,17 @@ from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
-from eventsourcing.persistence import (
-    StoredEvent,
-)
+from eventsourcing.persistence import StoredEvent
 
 from domain.program import PROGRAM_ID
-from service.store.codec import EventCodec
-from service.store.event_store import replay
-from service.store.keys import Keyring
+
+from .codec import EventCodec
+from .event_store import RECORDED_COLUMNS, RecordedEvent, member_keys, replay
+from .keys import Keyring
 
 # Unwrapped keys kept in memory; beyond this the cache starts again (a key costs one query).
 MAX_KEYS = 200_000
+_FORGOTTEN = "member_forgotten"
 
 
 class LogEvent(NamedTuple):
@@ -39,7 +50,7 @@ class LogEvent(NamedTuple):
 
 
 class LogReader:
-    """Decodes the log with the store's codec and the members' own data keys.
+    """Reads and decodes the log with the store's codec and the members' own data keys.
 
     Without a keyring or keys it decrypts nothing: personal fields decode as None, as for a
     forgotten member (the domain handles that), which costs no key and no decryption. A reader
@@ -73,6 +84,32 @@ class LogReader:
         """Up to `limit` events after `after`, by position (gapless: nothing is skipped)."""
         return await self.decode(conn, await self.fetch(conn, after=after, limit=limit))
 
+    async def read_recorded(self, conn: asyncpg.Connection, *, after: int, limit: int) -> list[RecordedEvent]:
+        """Up to `limit` events after `after` with every column of their rows (the relay's page)."""
+        rows = await conn.fetch(
+            f"SELECT {RECORDED_COLUMNS} FROM events WHERE position > $1{self._filter}"
+            " ORDER BY position LIMIT $2",
+            after,
+            limit,
+            *self._args,
+        )
+        if self._keyring is not None:
+            await self._load_keys(conn, {r[2] for r in rows})
+        key, decode = self._keys.get, self._codec.decode_parts
+        recorded = []
+        forgotten = []
+        for r in rows:
+            # The columns of RecordedEvent in its order, `topic` and `data` (5, 6) decoded instead.
+            stream_id, version, event_type = r[2], r[3], r[4]
+            event = decode(stream_id, version, r[5], r[6], key(stream_id))
+            recorded.append(
+                RecordedEvent(r[0], r[1], stream_id, version, event_type, r[7], r[8], r[9], r[10], event)
+            )
+            if event_type == _FORGOTTEN:
+                forgotten.append(stream_id)
+        self._forget(forgotten)
+        return recorded
+
     async def fetch(self, conn: asyncpg.Connection, *, after: int, limit: int) -> list[asyncpg.Record]:
         """The rows of `read`, not decoded yet."""
         rows: list[asyncpg.Record] = await conn.fetch(
@@ -94,12 +131,15 @@ class LogReader:
         for position, stream_id, version, event_type, topic, data, recorded_at in rows:
             event = decode(stream_id, version, topic, data, key(stream_id))
             events.append(LogEvent(position, stream_id, version, event_type, recorded_at, event))
-            if event_type == "member_forgotten":
+            if event_type == _FORGOTTEN:
                 forgotten.append(stream_id)
-        for stream_id in forgotten:
+        self._forget(forgotten)
+        return events
+
+    def _forget(self, stream_ids: Iterable[UUID]) -> None:
+        for stream_id in stream_ids:
             # The key is being shredded: keep no copy of it here.
             self._keys.pop(stream_id, None)
-        return events
 
     async def load_streams(self, conn: asyncpg.Connection, before: dict[UUID, int]) -> dict[UUID, Any]:
         """Each stream's aggregate at the version just below `before[stream]` (None if empty).
@@ -166,25 +206,6 @@ class LogReader:
             self._keys.clear()
             missing = list(wanted)
         self._keys.update(await member_keys(conn, self._keyring, missing))
-
-
-async def member_keys(
-    conn: Any, keyring: Keyring, member_ids: Sequence[UUID] | None = None
-) -> dict[UUID, bytes | None]:
-    """Unwrapped data keys of these members (all when None); None for a stream without one
-    (the program) or a shredded key, so that its personal fields decode as None."""
-    if member_ids is None:
-        rows = await conn.fetch("SELECT member_id, wrapped_key FROM member_keys")
-        found: dict[UUID, bytes | None] = {}
-    else:
-        rows = await conn.fetch(
-            "SELECT member_id, wrapped_key FROM member_keys WHERE member_id = ANY($1::uuid[])", member_ids
-        )
-        found = dict.fromkeys(member_ids)
-    for r in rows:
-        wrapped = r["wrapped_key"]
-        found[r["member_id"]] = None if wrapped is None else keyring.unwrap(r["member_id"], wrapped)
-    return found
 
 
 def partition_of(stream_id: UUID, parts: int) -> int:
