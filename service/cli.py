@@ -62,7 +62,7 @@ def servers(settings: Settings, *, reuse_running: bool = False) -> Iterator[Sett
             raise SystemExit("set both LOYALTY_DATABASE_URL and LOYALTY_NATS_URL, or neither (embedded)")
         yield settings
         return
-    from service.embedded import EmbeddedServers, mask_password
+    from devtools.embedded import EmbeddedServers, mask_password
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with EmbeddedServers(settings.data_dir) as urls:
@@ -257,7 +257,7 @@ def parser() -> argparse.ArgumentParser:
         sub_parser.add_argument("--database-url")
         sub_parser.add_argument("--data-dir", type=Path)
 
-    from service.bench import add_arguments as add_bench_arguments
+    from devtools.bench.cli import add_arguments as add_bench_arguments
 
     add_bench_arguments(sub.add_parser("bench", help="load-test a running service"))
     return p
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             settings, args.projections_command, getattr(args, "name", None), getattr(args, "workers", None)
         )
     if args.command == "bench":
-        from service.bench import run
+        from devtools.bench.cli import run
 
         return run(args)
     return 2

@@ -19,7 +19,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from service.embedded import EmbeddedServers, ServerUrls
+from devtools.embedded import EmbeddedServers, ServerUrls
 
 DATABASE_URL_VAR = "LOYALTY_TEST_DATABASE_URL"
 NATS_URL_VAR = "LOYALTY_TEST_NATS_URL"

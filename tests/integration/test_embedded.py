@@ -21,7 +21,7 @@ import nats.errors
 import psutil
 import pytest
 
-from service.embedded import EmbeddedServers, EmbeddedServersError, ServerUrls
+from devtools.embedded import EmbeddedServers, EmbeddedServersError, ServerUrls
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -185,7 +185,7 @@ async def test_start_after_owner_was_killed(tmp_path: Path, from_thread: bool) -
     script = (
         "import json, sys, threading\n"
         "from pathlib import Path\n"
-        "from service.embedded import EmbeddedServers\n"
+        "from devtools.embedded import EmbeddedServers\n"
         "servers = EmbeddedServers(Path(sys.argv[1]))\n"
         "out = {}\n"
         "def start(): out['urls'] = servers.start()\n"

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from service.embedded import EmbeddedServers, postgres_bin
+from devtools.embedded import EmbeddedServers, postgres_bin
 from tests.service_process import ADMIN_KEY, Service
 from tests.waiting import until
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from service.bench_followers import quantile
+from devtools.bench.followers import quantile
 
 INF = math.inf
 

@@ -1,6 +1,6 @@
 """Full-rebuild throughput of the projections, on a generated log.
 
-    python -m projections.bench [--events 100000] [--members 10000] [--database-url URL] [--workers N]
+    python -m devtools.bench.rebuild [--events 100000] [--members 10000] [--database-url URL] [--workers N]
 
 Without --database-url an embedded PostgreSQL is started in a temporary directory. A fresh
 database is created on the server (and dropped afterwards unless --keep); the log is made of
@@ -34,13 +34,12 @@ from domain.identities import Identity
 from domain.member import Member
 from domain.program import Program
 from domain.rules import DEFAULT_RULES
+from projections.runner import PROJECTIONS, rebuild
 from service.store.appender import Appender, AppendRequest, Metadata, NewEvent
 from service.store.codec import EventCodec
 from service.store.event_store import EventStore
 from service.store.keys import Keyring
 from service.store.migrate import migrate
-
-from .runner import PROJECTIONS, rebuild
 
 CHUNK = 250  # commands per append request
 CHANNELS = ("pos-sh-01", "app", "web", "mini-wechat")
@@ -51,7 +50,7 @@ def _server(database_url: str | None) -> Iterator[str]:
     if database_url:
         yield database_url
         return
-    from service.embedded import EmbeddedServers  # only when no server is given
+    from devtools.embedded import EmbeddedServers  # only when no server is given
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedServers(Path(tmp), write_servers_json=False) as urls:
         yield urls.database_url

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from service.bench_followers import FollowerWatch
-from service.bench_followers import render as render_followers
+from devtools.bench.followers import FollowerWatch
+from devtools.bench.followers import render as render_followers
 
 DEFAULT_MIX = "earn=90,redeem=10"
 BENCH_SCOPES = ["read", "earn", "redeem", "members"]
