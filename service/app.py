@@ -82,10 +82,13 @@ def _front(metrics: Metrics, gate: Gate | None, *, log_requests: bool) -> Any:
                 nonlocal status
                 if message["type"] == "http.response.start":
                     status = message["status"]
+                    if scope["method"] == "OPTIONS" and status == 204:
+                        message = _with_allowed_methods(scope, message)
                 await send(message)
 
             try:
-                if gate is not None and not is_public(scope["path"]):
+                # OPTIONS (a browser's preflight) carries no key and says only what the path allows.
+                if gate is not None and scope["method"] != "OPTIONS" and not is_public(scope["path"]):
                     services = scope["app"].state.services
                     client = (scope.get("client") or ("unknown", 0))[0]
                     scope["user"] = await gate.admit(services, headers.get(b"authorization"), client)
@@ -105,6 +108,18 @@ def _front(metrics: Metrics, gate: Gate | None, *, log_requests: bool) -> Any:
         return middleware
 
     return factory
+
+
+def _with_allowed_methods(scope: Scope, message: Any) -> Any:
+    """Litestar 2 builds a path's automatic OPTIONS answer with the first handler registered on
+    the path (litestar#4169, fixed in 3.0): `Allow` then misses the others. The route knows all."""
+    template = scope.get("path_template")
+    route = next((r for r in scope["app"].routes if getattr(r, "path_format", None) == template), None)
+    if route is None:
+        return message
+    allow = ", ".join(sorted(route.methods)).encode()
+    headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"allow"]
+    return {**message, "headers": [*headers, (b"allow", allow)]}
 
 
 def _log_request(scope: Scope, status: int, seconds: float, request_id: str) -> None:

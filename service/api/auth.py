@@ -92,6 +92,8 @@ def requires(*scopes: str) -> Any:
 
     # Async on purpose: Litestar runs a sync guard in a worker thread, on every request.
     async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+        if connection.scope["method"] == "OPTIONS":  # a preflight: no key, nothing done
+            return
         principal: Principal = connection.user
         if principal.scopes.isdisjoint(scopes):
             wanted = " or ".join(repr(s) for s in scopes)
@@ -114,15 +116,16 @@ async def command_context(
     (It takes `services` only so that Litestar resolves the two dependencies one after the
     other: two independent ones cost an anyio task group on every request, ~7 % of CPU here.)
 
-    POSTs must carry an Idempotency-Key; the request hash covers method, path and the decoded
-    body (so a retry that differs only in whitespace or key order is the same request), and the
-    same key with any other request is refused.
+    POSTs and PUTs must carry an Idempotency-Key (a PUT of rules publishes a new version each
+    time, so a retried one must be recognised like any other command); the request hash covers
+    method, path and the decoded body (so a retry that differs only in whitespace or key order
+    is the same request), and the same key with any other request is refused.
     """
     principal = request.user
     key = request.headers.get(IDEMPOTENCY_HEADER)
-    if request.method == "POST":
+    if request.method in ("POST", "PUT"):
         if key is None:
-            raise InvalidInput([("Idempotency-Key", "header is required on every POST that changes state")])
+            raise InvalidInput([("Idempotency-Key", "header is required on every change of state")])
         if not _valid_idempotency_key(key):
             raise InvalidInput([("Idempotency-Key", "must be 1-200 printable ASCII characters")])
     body = canonical(await request.json()) if request.route_handler.parsed_data_field else b""

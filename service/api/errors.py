@@ -75,6 +75,7 @@ def domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[
 
 
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_MISSING_PARAMETER = re.compile(r"Missing required \w+ parameter '([^']+)'")
 
 
 def _field_problem(item: dict[str, Any]) -> ProblemField:
@@ -94,6 +95,10 @@ def validation_error(_: Request[Any, Any, Any], exc: ValidationException) -> Res
         if isinstance(item, dict):
             fields.append(_field_problem(item))
     if not fields:
+        missing = _MISSING_PARAMETER.search(str(exc.detail))
+        if missing:  # a required query or header parameter left out: name it
+            fields = [ProblemField(field=missing.group(1), message="is required")]
+            return problem(422, "validation_error", "Invalid request", str(exc.detail), errors=fields)
         # Not a field problem: the body is missing, or not JSON at all.
         return problem(400, "malformed_request", "Malformed request", str(exc.detail))
     detail = "; ".join(f"{f.field}: {f.message}" for f in fields)

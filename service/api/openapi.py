@@ -42,8 +42,7 @@ _RETRY_AFTER_HEADER = {
     "schema": {"type": "integer", "minimum": 0},
 }
 _ERRORS: dict[int, str] = {
-    400: "Malformed request: the body is not a JSON object, or a required query parameter is missing "
-    "(`malformed_request`).",
+    400: "Malformed request: the body is not JSON (`malformed_request`).",
     401: "No API key, or not a valid one (`unauthorized`).",
     403: "The API key lacks the scope this operation needs (`forbidden`).",
     404: "Nothing is found by this id or value (`member_not_found`, `not_found`, …).",
@@ -183,8 +182,6 @@ def _tell_truth(path: str, method: str, operation: dict[str, Any], handler: HTTP
     statuses = {401, 429, 500, 503}
     statuses |= {403} if scopes else set()
     statuses |= {400, 413, 415} if has_body else set()
-    # Litestar reports a missing required query parameter as a malformed request, not per field.
-    statuses |= {400} if any(p.get("in") == "query" and p.get("required") for p in parameters) else set()
     statuses |= {404} if has_path_id or (method, path) in FINDS else set()
     statuses |= {409} if command else set()
     statuses |= {422} if has_input else set()

@@ -161,7 +161,9 @@ async def test_invalid_rules_are_refused_naming_each_field(member_with_points: M
     rules["tiers"][1]["threshold"] = 0
     rules["currency"] = "XXX"
     response = await api.client.put(
-        "/v1/program/rules", json=rules, headers={"Authorization": f"Bearer {hq}"}
+        "/v1/program/rules",
+        json=rules,
+        headers={"Authorization": f"Bearer {hq}", "Idempotency-Key": "rules-1"},
     )
     assert response.status_code == 422, response.text
     fields = {e["field"] for e in response.json()["errors"]}
@@ -257,16 +259,21 @@ async def test_out_of_range_query_values_are_422(
 async def test_publishing_rules_needs_the_whole_document(member_with_points: MemberWithPoints) -> None:
     api = member_with_points.api
     hq = await api.channel_key("hq", ["read", "rules"], kind="internal")
-    headers = {"Authorization": f"Bearer {hq}"}
     rules = (await api.get("/v1/program", key=hq)).json()["rules"]
     del rules["segments"]
 
-    empty = await api.client.put("/v1/program/rules", json={}, headers=headers)
-    partial = await api.client.put("/v1/program/rules", json=rules, headers=headers)
+    empty = await api.client.put(
+        "/v1/program/rules", json={}, headers={"Authorization": f"Bearer {hq}", "Idempotency-Key": "r-1"}
+    )
+    partial = await api.client.put(
+        "/v1/program/rules", json=rules, headers={"Authorization": f"Bearer {hq}", "Idempotency-Key": "r-2"}
+    )
+    unkeyed = await api.client.put("/v1/program/rules", json=rules, headers={"Authorization": f"Bearer {hq}"})
 
     assert empty.status_code == 422, empty.text
     assert partial.status_code == 422
     assert partial.json()["errors"][0]["field"] == "segments"
+    assert unkeyed.status_code == 422
     assert (await api.get("/v1/program", key=hq)).json()["rules_version"] == 1
 
 
@@ -279,3 +286,18 @@ async def test_profile_text_with_control_characters_is_refused(member_with_point
         assert response.status_code == 422, response.text
         assert response.json()["errors"][0]["field"] == "profile.name"
     assert await api.last_position() == position
+
+
+async def test_a_missing_query_parameter_is_named(member_with_points: MemberWithPoints) -> None:
+    api = member_with_points.api
+    response = await api.get("/v1/members/lookup", key=member_with_points.key, params={"kind": "phone"})
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [{"field": "value", "message": "is required"}]
+
+
+async def test_options_lists_every_method_of_the_path_without_a_key(
+    member_with_points: MemberWithPoints,
+) -> None:
+    response = await member_with_points.api.client.options("/v1/channels")
+    assert response.status_code == 204, response.text
+    assert response.headers["allow"] == "GET, OPTIONS, POST"

@@ -120,7 +120,9 @@ async def test_rules_change_applies_to_later_earns_and_old_versions_stay_readabl
     rules["earn"]["points_per_unit"] = "2"
 
     published = await api.client.put(
-        "/v1/program/rules", json=rules, headers={"Authorization": f"Bearer {admin}"}
+        "/v1/program/rules",
+        json=rules,
+        headers={"Authorization": f"Bearer {admin}", "Idempotency-Key": "rules-1"},
     )
     member_id = await api.enrol(pos.key)
     earned = await api.post(
@@ -130,6 +132,14 @@ async def test_rules_change_applies_to_later_earns_and_old_versions_stay_readabl
 
     assert published.status_code == 200, published.text
     assert published.json()["rules_version"] == 2
+    # A retried publication is the first one, answered again: no third version.
+    retried = await api.client.put(
+        "/v1/program/rules",
+        json=rules,
+        headers={"Authorization": f"Bearer {admin}", "Idempotency-Key": "rules-1"},
+    )
+    assert (retried.status_code, retried.headers["Idempotent-Replayed"]) == (200, "true")
+    assert retried.content == published.content
     assert earned.json()["points"] == 20
     assert earned.json()["rules_version"] == 2
     assert old.json()["rules"]["earn"]["points_per_unit"] == "1"
