@@ -77,7 +77,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check . && $(BIN)/mypy
+	$(BIN)/ruff check . && $(BIN)/mypy && $(BIN)/lint-imports --no-cache
 
 bench: $(VENV)/.installed
 	$(BIN)/loyalty bench $(ARGS)
