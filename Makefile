@@ -23,7 +23,7 @@ help:
 	@echo "make run    - install into $(VENV) if needed, then 'loyalty serve' (embedded PostgreSQL + NATS"
 	@echo "              under .loyalty/ unless LOYALTY_DATABASE_URL / LOYALTY_NATS_URL are set)"
 	@echo "make test   - run the test suite (embedded servers unless LOYALTY_TEST_*_URL are set)"
-	@echo "make lint   - ruff and mypy"
+	@echo "make lint   - ruff, mypy and the import contracts (the layers)"
 	@echo "make lock   - upgrade $(LOCK) (every pin, or LOCK_UPGRADE='--upgrade-package NAME'); review, test, commit"
 	@echo "make lock-check - fail if $(LOCK) does not satisfy pyproject.toml"
 	@echo "make bench  - load generator against a running service (ARGS='...' passes options)"

@@ -13,7 +13,12 @@ _WORD_START = re.compile(r"(?<!^)(?=[A-Z])")
 
 def event_type(cls: type) -> str:
     """Public event type: snake_case of the class name (PointsEarned -> points_earned)."""
-    return _WORD_START.sub("_", cls.__name__).lower()
+    return event_type_named(cls.__name__)
+
+
+def event_type_named(class_name: str) -> str:
+    """`event_type` of a class known only by its name (e.g. from a stored topic)."""
+    return _WORD_START.sub("_", class_name).lower()
 
 
 class LedgerAggregate(Aggregate):

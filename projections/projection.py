@@ -21,7 +21,7 @@ import gc
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -67,26 +67,6 @@ class Touched:
     recorded_at: datetime
 
 
-def next_change_at(member: Member, at: datetime, rules: Rules) -> datetime | None:
-    """The first instant after `at` at which `member.balance(now=...)` changes without an event.
-
-    Mirrors how Member.balance depends on `now`: a lot unlocks at `available_at`, expires at
-    `expires_at`, and an earn stops qualifying `tier_window_days` after its business time.
-    (It would sit better in the domain, next to `balance`.)
-    """
-    window = timedelta(days=rules.tier_window_days)
-    soonest: datetime | None = None
-    for lot in member.lots:
-        for instant in (lot.available_at, lot.expires_at):
-            if instant is not None and instant > at and (soonest is None or instant < soonest):
-                soonest = instant
-    for accrual in member.accruals:
-        instant = accrual.occurred_at + window
-        if instant > at and (soonest is None or instant < soonest):
-            soonest = instant
-    return soonest
-
-
 def balance_values(t: Touched) -> tuple[Any, ...]:
     """The BALANCE_COLUMNS of a touched member, then its tier, balance_at and next_change_at."""
     b = t.member.balance(now=t.at, rules=t.rules)
@@ -100,7 +80,7 @@ def balance_values(t: Touched) -> tuple[Any, ...]:
         b.qualifying,
         b.tier,
         t.at,
-        next_change_at(t.member, t.at, t.rules),
+        t.member.next_balance_change(after=t.at, rules=t.rules),
     )
 
 

@@ -42,12 +42,12 @@ from eventsourcing.persistence import (
     TrackingRecorder,
 )
 
+from domain.events import event_type_named
+
 from .appender import Appender, AppendRejected, AppendRequest, Committed, NewEvent
 from .follower import NOTIFY_CHANNEL
 
 T = TypeVar("T")
-
-_WORD_START = re.compile(r"(?<!^)(?=[A-Z])")  # the rule of domain.events.event_type
 
 # SQLSTATE class -> the library's (DB-API) exception, as psycopg maps them.
 _BY_SQLSTATE_CLASS: dict[str, type[PersistenceError]] = {
@@ -84,7 +84,7 @@ _BY_SQLSTATE_CLASS: dict[str, type[PersistenceError]] = {
 def event_type_of(topic: str) -> str:
     """snake_case of the topic's last name ('domain.member:Member.PointsEarned' -> 'points_earned')."""
     last = re.split(r"[.:]", topic)[-1]
-    return _WORD_START.sub("_", last).lower()
+    return event_type_named(last)
 
 
 def translate(exc: BaseException) -> BaseException:

@@ -13,7 +13,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -24,12 +24,11 @@ import pytest_asyncio
 from eventsourcing.persistence import StoredEvent
 
 from domain.identities import Identity
-from domain.member import Member
 from domain.rules import DEFAULT_RULES
 from projections import rebuild as rebuild_module
 from projections.balances import BalancesProjection, balance_row
 from projections.members import MembersProjection, member_view
-from projections.projection import MemberProjection, Touched, next_change_at
+from projections.projection import MemberProjection, Touched
 from projections.runner import ProjectionRunner, projection_status, rebuild
 from service.config import Settings
 from service.handlers import ledger, members
@@ -257,26 +256,6 @@ async def test_the_log_reader_decodes_every_event_as_the_store_does(
         assert vars(mine.event) == vars(recorded.event) == vars(store)
     enrolled = next(e.event for e in full if e.stream_id == uuid.UUID(member) and e.stream_version == 1)
     assert "li.lei@example.com" in repr(vars(enrolled))  # decrypted with the member's own key
-
-
-async def test_the_stored_balance_stays_exact_until_next_change_at() -> None:
-    at = datetime(2025, 3, 1, 12, tzinfo=UTC)
-    member = Member.enrol(
-        member_id=uuid.uuid4(),
-        identities=[Identity(kind="phone", value="+8613800000000")],
-        profile=None,
-        channel="pos",
-        at=at,
-        rules=DEFAULT_RULES,
-    )
-    member.award(points=100, reason="welcome", at=at, channel="pos", rules=DEFAULT_RULES, rules_version=1)
-    stored = member.balance(now=at, rules=DEFAULT_RULES)
-
-    change = next_change_at(member, at, DEFAULT_RULES)
-
-    assert change is not None
-    assert member.balance(now=change - timedelta(microseconds=1), rules=DEFAULT_RULES) == stored
-    assert member.balance(now=change, rules=DEFAULT_RULES) != stored
 
 
 async def test_wait_for_is_true_once_caught_up_and_false_after_its_timeout(

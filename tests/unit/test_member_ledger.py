@@ -289,3 +289,15 @@ def test_a_merged_member_refuses_commands_and_names_the_survivor() -> None:
     with pytest.raises(MemberNotActive) as forgotten:
         member.link_identity(identity=normalise_identity("device", "ios-1234567"), channel="app", at=T0)
     assert forgotten.value.code == "member_forgotten"
+
+
+def test_the_balance_stays_the_same_until_the_next_balance_change() -> None:
+    member = enrolled_member()
+    member.award(points=100, reason="welcome", at=T0, channel="pos", rules=DEFAULT_RULES, rules_version=1)
+    stored = member.balance(now=T0, rules=DEFAULT_RULES)
+
+    change = member.next_balance_change(after=T0, rules=DEFAULT_RULES)
+
+    assert change is not None
+    assert member.balance(now=change - timedelta(microseconds=1), rules=DEFAULT_RULES) == stored
+    assert member.balance(now=change, rules=DEFAULT_RULES) != stored
