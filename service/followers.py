@@ -99,22 +99,12 @@ class FollowerProcess:
 
 
 def _child_environment(settings: Settings) -> dict[str, str]:
-    """The parent's environment with the servers `serve` resolved (embedded ones included)."""
+    """The parent's environment with every setting as `serve` resolved it (the embedded servers'
+    URLs and master key, flags given on the command line, the follower port)."""
     if settings.database_url is None or settings.nats_url is None or settings.master_key is None:
         raise ValueError("the follower process needs resolved server URLs and the master key")
-    env = dict(os.environ)
-    env.update(
-        LOYALTY_DATABASE_URL=settings.database_url,
-        LOYALTY_NATS_URL=settings.nats_url,
-        LOYALTY_MASTER_KEY=settings.master_key,
-        LOYALTY_HOST=settings.host,
-        LOYALTY_FOLLOWER_PORT=str(settings.follower_http_port),
-        LOYALTY_DATA_DIR=str(settings.data_dir),
-        LOYALTY_STREAM_NAME=settings.stream_name,
-        LOYALTY_SUBJECT_PREFIX=settings.subject_prefix,
-        LOYALTY_LOG_FORMAT=settings.log_format,
-    )
-    return env
+    resolved = settings.with_overrides(follower_port=settings.follower_http_port)
+    return {**os.environ, **resolved.to_env()}
 
 
 def exit_with_parent() -> None:
