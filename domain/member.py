@@ -444,8 +444,15 @@ class Member(LedgerAggregate):
     ) -> None:
         # One event type on both streams: the target absorbs, the source is retired.
         if self.id != target_member_id:
+            # Everything moved to the target: the source keeps nothing, so a sum over members
+            # counts each point once (its history still shows what it had).
             self._status = MemberStatus.MERGED.value
             self.merged_into = target_member_id
+            self.identities = []
+            self.lots = []
+            self.accruals = []
+            self.orders = {}
+            self.lifetime_earned = self.lifetime_redeemed = self.expired = self.debt = 0
             return
         if absorbed is None:
             return

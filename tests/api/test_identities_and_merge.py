@@ -136,6 +136,20 @@ async def test_merge_adds_up_moves_identities_and_retires_the_source(pos: Pos) -
     ).json()
     assert view["status"] == "merged"
     assert view["merged_into"] == target
+    # The source keeps nothing (in the view, the aggregate and the balances projection alike), so
+    # sums over members are unchanged by the merge.
+    assert view["identities"] == []
+    assert set(view["balance"].values()) == {0, view["balance"]["tier"]}
+    left = (await api.get(f"/v1/members/{source}/balance", key=key)).json()["balance"]
+    assert all(v == 0 for k, v in left.items() if k != "tier")
+    assert await api.services.projections.wait_for("balances", merged.json()["position"])
+    async with api.services.pool.acquire() as conn:
+        sums = await conn.fetchrow(
+            "SELECT sum(available) AS available, sum(lifetime_earned) AS lifetime_earned FROM balances"
+            " WHERE member_id = ANY($1::uuid[])",
+            [UUID(target), UUID(source)],
+        )
+    assert dict(sums) == {"available": after["available"], "lifetime_earned": after["lifetime_earned"]}
     refused = await api.post(
         f"/v1/members/{source}/earn", {"order_ref": "S-2", "amount": "5", "currency": "CNY"}, key=app_key
     )

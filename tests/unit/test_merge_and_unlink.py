@@ -59,6 +59,28 @@ def test_merge_moves_lots_totals_identities_and_retires_the_source() -> None:
     assert source.merged_into == target.id
 
 
+def test_a_merged_source_keeps_nothing_so_sums_over_members_do_not_change() -> None:
+    target, source = enrolled_member(), app_member()
+    buy(target, "300", order_ref="POS-1")
+    buy(source, "800", order_ref="APP-1", channel="app")
+    source.redeem(points=100, reward_ref=None, order_ref=None, at=T0, channel="app", rules=DEFAULT_RULES)
+    now = T0 + timedelta(minutes=1)
+    fields = ("available", "pending", "held", "lifetime_earned", "lifetime_redeemed", "expired", "qualifying")
+
+    def total() -> dict[str, int]:
+        balances = [m.balance(now=now, rules=DEFAULT_RULES) for m in (target, source)]
+        return {f: sum(getattr(b, f) for b in balances) for f in fields}
+
+    before = total()
+    target.merge(source=source, at=now, channel="crm", rules=DEFAULT_RULES)
+
+    assert total() == before
+    left = source.balance(now=now, rules=DEFAULT_RULES)
+    assert all(getattr(left, f) == 0 for f in fields)
+    assert source.identities == []
+    assert source.lots == []
+
+
 def test_merge_re_evaluates_the_tier() -> None:
     target = enrolled_member()
     buy(target, "600", order_ref="POS-1")
