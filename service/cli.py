@@ -265,13 +265,16 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    settings = settings_from_env().with_overrides(
-        database_url=getattr(args, "database_url", None),
-        nats_url=getattr(args, "nats_url", None),
-        host=getattr(args, "host", None),
-        port=getattr(args, "port", None),
-        data_dir=getattr(args, "data_dir", None),
-    )
+    try:
+        settings = settings_from_env().with_overrides(
+            database_url=getattr(args, "database_url", None),
+            nats_url=getattr(args, "nats_url", None),
+            host=getattr(args, "host", None),
+            port=getattr(args, "port", None),
+            data_dir=getattr(args, "data_dir", None),
+        )
+    except ValueError as exc:  # a flag out of range: say which, no traceback
+        raise SystemExit(f"loyalty: {exc}") from None
     configure_logging(settings.log_format)
     if args.command == "serve":
         return cmd_serve(settings)

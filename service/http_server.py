@@ -34,9 +34,10 @@ class HttpLimits:
     """How long a request head may take and how big it may be; how long an idle
     keep-alive connection is kept."""
 
-    header_timeout: float = 10.0
-    keepalive: float = 5.0
-    max_header_bytes: int = 16384
+    # The settings' own defaults (declared once, in service/config.py).
+    header_timeout: float = Settings.http_header_timeout_seconds
+    keepalive: float = Settings.http_keepalive_seconds
+    max_header_bytes: int = Settings.http_max_header_bytes
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HttpLimits:
