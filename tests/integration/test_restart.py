@@ -78,10 +78,17 @@ async def test_restart_keeps_members_keys_and_rules(service: Service) -> None:
     await service.ready()
     auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
     async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
-        await client.post("/v1/channels", json={"id": "app", "name": "App", "kind": "app"}, headers=auth)
+        channel = await client.post(
+            "/v1/channels",
+            json={"id": "app", "name": "App", "kind": "app"},
+            headers=auth | {"Idempotency-Key": "channel-app"},
+        )
+        assert channel.status_code == 201, channel.text
         key = (
             await client.post(
-                "/v1/api-keys", json={"channel": "app", "scopes": ["read", "members"]}, headers=auth
+                "/v1/api-keys",
+                json={"channel": "app", "scopes": ["read", "members"]},
+                headers=auth | {"Idempotency-Key": "key-app"},
             )
         ).json()["key"]
         member = await client.post(
