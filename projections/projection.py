@@ -246,7 +246,7 @@ class MemberProjection:
             reader = LogReader(store.keyring if self.personal_data else None)
         self.store = store
         self.fold = LogFold(reader, cache_size)
-        self.name = name or self.kind  # its row in projection_positions
+        self.name = name or self.kind  # its checkpoint (row in checkpoints)
         self.table = table or self.kind
         self.bind(self.table)
 

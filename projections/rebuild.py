@@ -1,8 +1,8 @@
 """Rebuilding a projection from position 0 into fresh tables, swapped in while reads go on.
 
-The log is folded into `<table>__rebuild` under the tracking name `<name>__rebuild` (in worker
+The log is folded into `<table>__rebuild` under the checkpoint name `<name>__rebuild` (in worker
 processes for a long log, see parallel.py) up to the head. Then, with the live applier paused
-(in this process) and its tracking row locked (in every process), the fresh tables catch up
+(in this process) and its checkpoint locked (in every process), the fresh tables catch up
 past the live position and are renamed into place in one transaction. Readers wait at most
 for the rename and never see an older view than before.
 """
@@ -60,7 +60,7 @@ async def rebuild(
 ) -> RebuildReport:
     """Rebuild a projection from position 0 and swap it in (`loyalty projections rebuild NAME`).
 
-    Safe while services run: their appliers wait on the tracking row during the swap. With
+    Safe while services run: their appliers wait on the checkpoint during the swap. With
     `database_url`, a long log is folded by `workers` processes (see projections/parallel.py),
     by default one per CPU (`worker_count()`); `workers=1` folds it in this process.
     """
@@ -106,7 +106,7 @@ async def rebuild_projection(
                 await guard.execute(f"DROP TABLE IF EXISTS {fresh.table}")
                 await guard.execute(f"CREATE TABLE {fresh.table} (LIKE {live.table} INCLUDING ALL)")
                 await guard.execute(
-                    "INSERT INTO projection_positions (name, position) VALUES ($1, 0)"
+                    "INSERT INTO checkpoints (name, position) VALUES ($1, 0)"
                     " ON CONFLICT (name) DO UPDATE SET position = 0, updated_at = now()",
                     fresh.name,
                 )
@@ -154,7 +154,7 @@ async def _fold_and_swap(
             pool, live.store.keyring, database_url, type(live), fresh.table, until, workers, batch
         )
         await pool.execute(
-            "UPDATE projection_positions SET position = $2, updated_at = now() WHERE name = $1",
+            "UPDATE checkpoints SET position = $2, updated_at = now() WHERE name = $1",
             fresh.name,
             until,
         )
@@ -184,7 +184,7 @@ async def _swap(
                     # Readers queue behind the rename; never keep them waiting long.
                     await conn.execute("SET LOCAL lock_timeout = '5s'")
                     live_position = await conn.fetchval(
-                        "SELECT position FROM projection_positions WHERE name = $1 FOR UPDATE", live.name
+                        "SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE", live.name
                     )
                     # Never swap in a view older than the one readers already saw.
                     while fresh.position is None or fresh.position < live_position:
@@ -201,11 +201,11 @@ async def _swap(
                             new = live.table + old[len(fresh_table) :]
                             await conn.execute(f"ALTER INDEX {old} RENAME TO {new}")
                     await conn.execute(
-                        "UPDATE projection_positions SET position = $2, updated_at = now() WHERE name = $1",
+                        "UPDATE checkpoints SET position = $2, updated_at = now() WHERE name = $1",
                         live.name,
                         fresh.position,
                     )
-                    await conn.execute("DELETE FROM projection_positions WHERE name = $1", fresh.name)
+                    await conn.execute("DELETE FROM checkpoints WHERE name = $1", fresh.name)
                     await conn.execute(
                         "SELECT pg_notify($1, $2)", PROGRESS_CHANNEL, f"{live.name}:{fresh.position}"
                     )

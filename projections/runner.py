@@ -4,7 +4,7 @@ One instance at a time leads each projection (a session advisory lock on the run
 connection, released when the instance dies) and applies it, batch by batch (see tracking.py);
 the others follow its progress, so `wait_for` answers on every instance. The projections an
 instance leads share one fold of the log (each event is decoded and applied once per batch,
-not once per projection); each keeps its own tracking row, advanced with its rows. When one
+not once per projection); each keeps its own checkpoint, advanced with its rows. When one
 fails, the batch is rolled back and the others go on without it; it is retried on its own
 back-off.
 
@@ -60,7 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-LIVE_BATCH = 1_000  # small batches keep the lag low and the tracking row's lock short
+LIVE_BATCH = 1_000  # small batches keep the lag low and the checkpoint's lock short
 POLL_INTERVAL = 0.5
 KEEPALIVE = 5.0
 MIN_BACKOFF = 0.1
@@ -257,7 +257,7 @@ class ProjectionRunner:
         try:
             if not await self._lead(slot):
                 position = await self._pool.fetchval(
-                    "SELECT position FROM projection_positions WHERE name = $1", slot.projection.name
+                    "SELECT position FROM checkpoints WHERE name = $1", slot.projection.name
                 )
                 self._advance(slot, position or 0)
                 # The leader's progress is readable again: a watcher has nothing failing (its

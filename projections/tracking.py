@@ -1,10 +1,10 @@
 """Tracking: how far each projection has applied the log, advanced with each batch.
 
-Each projection has a row in `projection_positions`. A batch is applied after locking that
-row (FOR UPDATE) and the row is advanced in the same transaction: a crash loses the whole
+Each projection has a checkpoint (its row in `checkpoints`). A batch is applied after locking
+that row (FOR UPDATE) and the row is advanced in the same transaction: a crash loses the whole
 batch or none of it, and two instances can never apply the same batch. The runner applies
 its projections with one fold of the log for all of them (`apply_shared`): their rows and
-their own tracking rows advance in one transaction.
+their checkpoints advance in one transaction.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .projection import LogFold, MemberProjection
 from .registry import PROJECTIONS
 
 PROGRESS_CHANNEL = "loyalty_projections"  # NOTIFY "name:position" after each applied batch
-REBUILD_SUFFIX = "__rebuild"  # tracking name and tables of a rebuild in progress
+REBUILD_SUFFIX = "__rebuild"  # checkpoint name and tables of a rebuild in progress
 LOCK_CLASS = 0x50524A  # advisory-lock namespace of projections ("PRJ"); the key is hashtext(name)
 
 
@@ -38,9 +38,9 @@ class ProjectionStatus:
 
 
 async def ensure_tracked(conn: Any, names: Sequence[str]) -> None:
-    """Give each projection its row in projection_positions (at 0) if it has none."""
+    """Give each projection its checkpoint (at 0) if it has none."""
     await conn.execute(
-        "INSERT INTO projection_positions (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING",
+        "INSERT INTO checkpoints (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING",
         list(names),
     )
 
@@ -48,15 +48,15 @@ async def ensure_tracked(conn: Any, names: Sequence[str]) -> None:
 async def apply_tracked(
     conn: asyncpg.Connection, projection: MemberProjection, limit: int
 ) -> tuple[int, int]:
-    """Inside the caller's transaction: lock the tracking row, apply a batch after it, advance it.
+    """Inside the caller's transaction: lock the checkpoint, apply a batch after it, advance it.
 
     Returns (position before, position after).
     """
     after = await conn.fetchval(
-        "SELECT position FROM projection_positions WHERE name = $1 FOR UPDATE", projection.name
+        "SELECT position FROM checkpoints WHERE name = $1 FOR UPDATE", projection.name
     )
     if after is None:
-        raise LookupError(f"projection {projection.name!r} has no tracking row")
+        raise LookupError(f"projection {projection.name!r} has no checkpoint")
     reached = await projection.apply(conn, after=after, limit=limit)
     if reached != after:
         await _advance(conn, [projection.name], reached)
@@ -77,9 +77,9 @@ async def apply_shared(
 ) -> dict[str, tuple[int, int]]:
     """Inside the caller's transaction: one fold of the log for several projections.
 
-    Locks their tracking rows (in name order), folds up to `limit` events from the lowest of
+    Locks their checkpoints (in name order), folds up to `limit` events from the lowest of
     their positions, writes each projection's rows of the touched members and advances the
-    rows of those that moved. Returns (position before, position after) by name. A projection
+    checkpoints of those that moved. Returns (position before, position after) by name. A projection
     ahead of the lowest position also gets the rows of members it has already applied, with
     the same values (a row is the member's whole state at its last event, a function of the
     log); one at or past the end of the fold is left alone (it must never go back). A failing
@@ -88,14 +88,13 @@ async def apply_shared(
     """
     names = [p.name for p in projections]
     rows = await conn.fetch(
-        "SELECT name, position FROM projection_positions WHERE name = ANY($1::text[])"
-        " ORDER BY name FOR UPDATE",
+        "SELECT name, position FROM checkpoints WHERE name = ANY($1::text[]) ORDER BY name FOR UPDATE",
         names,
     )
     positions: dict[str, int] = {r["name"]: r["position"] for r in rows}
     missing = [n for n in names if n not in positions]
     if missing:
-        raise LookupError(f"projections {missing} have no tracking row")
+        raise LookupError(f"projections {missing} have no checkpoint")
     reached, touched = await fold.fold(conn, after=min(positions.values()), limit=limit)
     moved = [p for p in projections if reached > positions[p.name]]
     for projection in moved:
@@ -109,9 +108,9 @@ async def apply_shared(
 
 
 async def _advance(conn: asyncpg.Connection, names: Sequence[str], position: int) -> None:
-    # One round trip: the tracking rows, and a progress notification for each.
+    # One round trip: the checkpoints, and a progress notification for each.
     await conn.execute(
-        "WITH moved AS (UPDATE projection_positions SET position = $2, updated_at = now()"
+        "WITH moved AS (UPDATE checkpoints SET position = $2, updated_at = now()"
         " WHERE name = ANY($1::text[]) RETURNING name)"
         " SELECT count(pg_notify($3, name || ':' || $2::text)) FROM moved",
         list(names),
@@ -137,7 +136,7 @@ async def statuses(conn: Any, names: Sequence[str]) -> list[ProjectionStatus]:
     rows = await conn.fetch(
         "SELECT p.name, p.position, h.head,"
         " coalesce(extract(epoch FROM clock_timestamp() - e.recorded_at), 0)::float8 AS lag_seconds"
-        " FROM projection_positions p"
+        " FROM checkpoints p"
         " CROSS JOIN (SELECT coalesce(max(position), 0) AS head FROM events) h"
         " LEFT JOIN events e ON e.position = p.position + 1"
         " WHERE p.name = ANY($1::text[])",

@@ -8,7 +8,7 @@ events wait in the log and go out, in order, when it returns.
   its own connection (`Leadership`, service/store/follower.py). The others retry the lock every
   second, keeping the relay's status current meanwhile; if the leader's connection dies, its
   session (and lock) ends and a standby takes over.
-- How far the stream holds the log is kept in `tracking` under the name "relay", written on the
+- How far the stream holds the log is its checkpoint (`checkpoints`, name "relay"), written on the
   lock connection (a relay that lost its lock cannot write it) only once every acknowledgement
   of a batch is in. A crash in between republishes the batch: each message carries
   `Nats-Msg-Id` = event id and the stream's de-duplication window absorbs the repeats.
@@ -182,7 +182,7 @@ class Relay:
 
         # Test hooks. `before_record` is awaited with the position a batch reached, after all
         # its acknowledgements and before that position is recorded (a crash there is what
-        # de-duplication covers). `align_with_stream = False` trusts `tracking` alone, so that
+        # de-duplication covers). `align_with_stream = False` trusts the checkpoint alone, so that
         # tests can show the stream's de-duplication absorbing a republished batch.
         self.before_record: Callable[[int], Awaitable[None]] | None = None
         self.align_with_stream = True
@@ -400,7 +400,7 @@ class Relay:
         try:
             info = await js.stream_info(self.stream_name)
             if not info.state.last_seq:
-                return position  # a new, empty stream: `tracking` knows where we are
+                return position  # a new, empty stream: the checkpoint knows where we are
             msg = await js.get_msg(self.stream_name, seq=info.state.last_seq)
         except NotFoundError:
             return position  # the last message expired or was deleted
@@ -600,22 +600,22 @@ class Relay:
         self._latencies.append(latency)
         self._ack_delays.observe(latency)
 
-    # -- tracking -----------------------------------------------------------------------------
+    # -- checkpoint ---------------------------------------------------------------------------
 
     async def _tracked(self, conn: asyncpg.Connection) -> int:
         return int(
             await conn.fetchval(
-                "SELECT coalesce(max(position), 0) FROM tracking WHERE name = $1", TRACKING_NAME
+                "SELECT coalesce((SELECT position FROM checkpoints WHERE name = $1), 0)", TRACKING_NAME
             )
         )
 
     async def _record(self, session: Session, position: int) -> None:
-        """Record how far the stream holds the log: one row, replaced (it may move back when
-        the stream lost its tail). Only the lock holder writes, on the lock connection."""
+        """Record how far the stream holds the log: its checkpoint, replaced (it may move back
+        when the stream lost its tail). Only the lock holder writes, on the lock connection."""
         session.check()
         await session.conn.execute(
-            "WITH others AS (DELETE FROM tracking WHERE name = $1 AND position <> $2)"
-            " INSERT INTO tracking (name, position) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            "INSERT INTO checkpoints (name, position) VALUES ($1, $2)"
+            " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
             TRACKING_NAME,
             position,
         )

@@ -91,7 +91,7 @@ class AppendRequest:
     identity_claims: Sequence[IdentityClaim] = ()
     identity_releases: Sequence[IdentityClaim] = ()
     member_keys: Sequence[tuple[UUID, bytes]] = ()
-    # (follower name, position it has applied): written to `tracking` with the events.
+    # (follower name, position it has applied): its checkpoint, written with the events.
     tracking: tuple[str, int] | None = None
 
 
@@ -118,6 +118,14 @@ class Replayed:
 
 class AppendRejected(Exception):
     """The request was refused; nothing of it was written."""
+
+
+class CheckpointNotAdvanced(AppendRejected):
+    """A follower's checkpoint is already at or past the position given: it only moves forward."""
+
+    def __init__(self, name: str, position: int) -> None:
+        super().__init__(f"checkpoint {name!r} is already at or past {position}")
+        self.name, self.position = name, position
 
 
 class StreamConflict(AppendRejected):
@@ -378,7 +386,7 @@ class _Plan:
 
     async def write(self, conn: asyncpg.Connection, requests: list[AppendRequest]) -> None:
         """Write the accepted requests: events, idempotency records, order claims, member keys
-        and the NOTIFY in one statement; identity claims and tracking rows (rarer) after it."""
+        and the NOTIFY in one statement; identity claims and checkpoints (rarer) after it."""
         rows = [
             (
                 position,
@@ -441,17 +449,21 @@ class _Plan:
                 [c.member_id for c in claims],
                 last,
             )
-        tracking = [r.tracking for r in requests if r.tracking is not None]
-        if tracking:
-            # A follower only moves forward: a position at or below its last one is written as
-            # that last one, so the primary key refuses it (UniqueViolationError). One statement
-            # per row, so each sees the rows before it in this batch.
-            await conn.executemany(
-                "INSERT INTO tracking (name, position)"
-                " SELECT $1::text, greatest($2::bigint, coalesce(max(position), $2::bigint))"
-                " FROM tracking WHERE name = $1::text",
-                tracking,
+        for request in requests:
+            if request.tracking is None:
+                continue
+            # A follower only moves forward: a checkpoint at or past the position is left alone
+            # and the batch refused. One statement per row, so each sees the rows before it.
+            name, position = request.tracking
+            moved = await conn.fetchval(
+                "INSERT INTO checkpoints (name, position) VALUES ($1, $2)"
+                " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()"
+                " WHERE checkpoints.position < EXCLUDED.position RETURNING position",
+                name,
+                position,
             )
+            if moved is None:
+                raise CheckpointNotAdvanced(name, position)
 
 
 # Everything a batch is checked against, as one row of arrays (NULL where nothing matched).

@@ -1,9 +1,10 @@
 """The eventsourcing library's recorder contract on our tables (for its conformance suites).
 
 Synchronous adapters over our asyncpg store: inserts go through our `Appender` (the production
-path: serialised group commit, gapless positions), reads are plain SQL on `events` and `tracking`.
+path: serialised group commit, gapless positions), reads are plain SQL on `events` and `checkpoints`.
 A StoredEvent's originator_id, originator_version, topic and state are an event's stream_id
-(a UUID), stream_version, topic and data; a notification's id is its position. Each recorder runs
+(a UUID), stream_version, topic and data; a notification's id is its position; a Tracking is a
+checkpoint (one row per name, as the library's own single-row tracking). Each recorder runs
 a private event loop in a daemon thread that owns its pool and appender (an asyncpg pool belongs
 to the loop that created it); `close()` stops them.
 """
@@ -380,20 +381,22 @@ class AsyncpgSubscription(ListenNotifySubscription[AsyncpgApplicationRecorder]):
 
 
 class AsyncpgTrackingRecorder(AsyncpgRecorder, TrackingRecorder):
-    """Tracking rows (name, position), written by our appender; a name's position only rises."""
+    """Checkpoints, written by our appender: one row per name, moved only forward (a position at
+    or below it is refused with IntegrityError, so a gap behind it cannot be filled in)."""
 
     def insert_tracking(self, tracking: Tracking) -> None:
         self._append((), tracking)
 
     def max_tracking_id(self, application_name: str) -> int | None:
+        """The name's checkpoint (the library's has_tracking_id(name, id) is id <= it)."""
         value: int | None = self._run(
-            self._fetchval("SELECT max(position) FROM tracking WHERE name = $1", application_name)
+            self._fetchval("SELECT position FROM checkpoints WHERE name = $1", application_name)
         )
         return value
 
 
 class AsyncpgProcessRecorder(AsyncpgTrackingRecorder, AsyncpgApplicationRecorder, ProcessRecorder):
-    """Events and a tracking row, committed together by our appender."""
+    """Events and a checkpoint, committed together by our appender."""
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int] | None:
         tracking: Tracking | None = kwargs.get("tracking")

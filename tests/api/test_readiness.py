@@ -89,8 +89,8 @@ async def test_a_watcher_is_ready_again_once_the_projections_can_be_read(
         await until(lambda: is_ready(watcher.client), within=10, what="the watcher ready")
         conn = await asyncpg.connect(database_url)
         try:
-            # The projections' tracking rows become unreadable: every read of them fails.
-            await conn.execute("ALTER TABLE projection_positions RENAME TO projection_positions_away")
+            # The checkpoints become unreadable: every read of them fails.
+            await conn.execute("ALTER TABLE checkpoints RENAME TO checkpoints_away")
             response = await readiness(watcher.client)
             body = response.json()
             assert response.status_code == 503, response.text
@@ -101,7 +101,7 @@ async def test_a_watcher_is_ready_again_once_the_projections_can_be_read(
             slot = watcher.services.projections._slots["balances"]
             await until(lambda: slot.error is not None, within=10, what="the watcher to fail")
         finally:
-            await conn.execute("ALTER TABLE projection_positions_away RENAME TO projection_positions")
+            await conn.execute("ALTER TABLE checkpoints_away RENAME TO checkpoints")
             await conn.close()
 
         # Back to 200 by itself: the failure is over for the watcher too, not only the leader.

@@ -319,9 +319,7 @@ async def test_each_event_is_applied_exactly_once(
         assert row["lifetime_earned"] == counter.earned[member]
         assert row["lifetime_redeemed"] == counter.redeemed[member]
         assert row["version"] == versions[uuid.UUID(member)]
-    tracked = await services.pool.fetchval(
-        "SELECT position FROM projection_positions WHERE name = 'balances'"
-    )
+    tracked = await services.pool.fetchval("SELECT position FROM checkpoints WHERE name = 'balances'")
     assert tracked == await head(services)
 
 
@@ -410,9 +408,7 @@ async def test_a_projection_killed_mid_batch_and_restarted_equals_a_rebuild_from
     # Killed while its batch is written but not committed: nothing of the batch remains.
     async with running(services, database_url, [stalling], batch=20):
         await asyncio.wait_for(stalling.inside.wait(), 10)
-    tracked = await services.pool.fetchval(
-        "SELECT position FROM projection_positions WHERE name = 'balances'"
-    )
+    tracked = await services.pool.fetchval("SELECT position FROM checkpoints WHERE name = 'balances'")
     assert tracked < counter.last_position
 
     # Restarted: it goes on from its tracked position.
@@ -558,7 +554,7 @@ async def test_a_rebuild_while_commands_keep_coming_equals_the_live_projection_a
     assert balances_report.events >= members_report.events - counter.last_position
     leftovers = await services.pool.fetch(
         "SELECT relname FROM pg_class WHERE relname LIKE '%rebuild%'"
-        " UNION ALL SELECT name FROM projection_positions WHERE name LIKE '%rebuild%'"
+        " UNION ALL SELECT name FROM checkpoints WHERE name LIKE '%rebuild%'"
     )
     assert leftovers == []
     indexes = {r["indexname"] for r in await services.pool.fetch("SELECT indexname FROM pg_indexes")}

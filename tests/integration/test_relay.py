@@ -226,8 +226,8 @@ async def test_every_committed_event_is_published_once_as_a_cloudevent(
         assert status.ack_latency_count == len(rows)
         assert status.ack_latency_p99 is not None
         async with services.pool.acquire() as conn:
-            tracked = await conn.fetch("SELECT position FROM tracking WHERE name = $1", TRACKING_NAME)
-        assert [r["position"] for r in tracked] == [len(rows)]  # one row per follower, not per batch
+            checkpoint = await conn.fetch("SELECT position FROM checkpoints WHERE name = $1", TRACKING_NAME)
+        assert [r["position"] for r in checkpoint] == [len(rows)]  # one row per follower, not per batch
 
 
 # -- NATS down --------------------------------------------------------------------------------
@@ -349,10 +349,14 @@ async def test_nats_dying_while_the_backlog_is_published_leaves_it_in_order_and_
 # -- the relay killed mid-batch ---------------------------------------------------------------
 
 
-async def set_tracking(services: Services, position: int) -> None:
+async def set_checkpoint(services: Services, position: int) -> None:
     async with services.pool.acquire() as conn:
-        await conn.execute("DELETE FROM tracking WHERE name = $1", TRACKING_NAME)
-        await conn.execute("INSERT INTO tracking (name, position) VALUES ($1, $2)", TRACKING_NAME, position)
+        await conn.execute(
+            "INSERT INTO checkpoints (name, position) VALUES ($1, $2)"
+            " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position",
+            TRACKING_NAME,
+            position,
+        )
 
 
 @pytest.mark.parametrize("align", [True, False], ids=["aligned-with-stream", "dedupe-only"])
@@ -396,7 +400,7 @@ async def test_relay_killed_between_acks_and_recording_leaves_nothing_twice_on_t
         await first.stop(drain_timeout=0)
         first_batch = await services.store.last_position()
         assert await stream_count(nc, bus) == first_batch
-        assert await tracked(services) is None
+        assert await checkpoint(services) is None
 
         # Restarted: either it continues after what the stream holds, or it republishes the
         # batch and the stream's de-duplication answers each repeat with its first sequence.
@@ -411,7 +415,7 @@ async def test_relay_killed_between_acks_and_recording_leaves_nothing_twice_on_t
         await second.stop()
 
         # Tracking set back (a crash earlier in a batch, a restored row): still nothing twice.
-        await set_tracking(services, 17)
+        await set_checkpoint(services, 17)
         third = relay()
         third.align_with_stream = align
         await third.start()
@@ -437,7 +441,7 @@ async def test_a_tail_the_stream_lost_after_acknowledging_it_is_published_again(
         await commit_many(services, member_ids, per_member=5)
         held = await stream_count(nc, bus)
         head = await services.store.last_position()
-        await set_tracking(services, head)  # as if it had all been acknowledged, then lost
+        await set_checkpoint(services, head)  # as if it had all been acknowledged, then lost
         await relay.start()
         await assert_stream_is_the_log(nc, bus, services)
         await until(lambda: relay.status().published_position == head, what="the tail")
@@ -445,9 +449,9 @@ async def test_a_tail_the_stream_lost_after_acknowledging_it_is_published_again(
         assert relay.status().duplicates == 0
 
 
-async def tracked(services: Services) -> int | None:
+async def checkpoint(services: Services) -> int | None:
     async with services.pool.acquire() as conn:
-        return await conn.fetchval("SELECT max(position) FROM tracking WHERE name = $1", TRACKING_NAME)
+        return await conn.fetchval("SELECT position FROM checkpoints WHERE name = $1", TRACKING_NAME)
 
 
 # -- late subscribers ---------------------------------------------------------------------------
@@ -551,7 +555,7 @@ async def test_two_relays_on_one_database_only_one_publishes_and_the_other_takes
             await assert_stream_is_the_log(nc, bus, services)
             assert not standby.status().active
             assert standby.status().published == 0
-            # The standby reports the leader's progress (from `tracking`).
+            # The standby reports the leader's progress (from its checkpoint).
             head = await services.store.last_position()
             await until(lambda: standby.status().published_position == head, what="the standby's status")
 
