@@ -5,7 +5,7 @@ from __future__ import annotations
 from domain.identities import Identity
 from domain.lots import Lot, LotDraw
 from domain.member_events import Absorbed
-from domain.member_values import Accrual, OrderRecord, Profile, PurchaseItem
+from domain.member_values import Accrual, Expiring, Hold, OrderRecord, Profile, PurchaseItem, Redemption
 from domain.rules import (
     BreakdownPart,
     EarnRule,
@@ -32,6 +32,9 @@ PERSISTED_STRUCTS: tuple[type, ...] = (
     RedemptionRule,
     SegmentRules,
     Absorbed,
+    Hold,
+    Redemption,
+    Expiring,
 )
 
 __all__ = ["PERSISTED_STRUCTS"]

@@ -132,3 +132,67 @@ class MergeRefused(DomainError):
     code: ClassVar[str] = "merge_refused"
     title: ClassVar[str] = "Merge refused"
     status: ClassVar[int] = 409
+
+
+class OrderNotEarned(DomainError):
+    """No purchase with this order reference earned points for the member."""
+
+    code: ClassVar[str] = "order_not_found"
+    title: ClassVar[str] = "Order not found"
+    status: ClassVar[int] = 404
+
+
+class OverRefund(DomainError):
+    """A refund for more than what remains of the order."""
+
+    code: ClassVar[str] = "over_refund"
+    title: ClassVar[str] = "Refund exceeds the order"
+    status: ClassVar[int] = 409
+
+
+class RedemptionNotFound(DomainError):
+    """No redemption of the member has this id."""
+
+    code: ClassVar[str] = "redemption_not_found"
+    title: ClassVar[str] = "Redemption not found"
+    status: ClassVar[int] = 404
+
+
+class AlreadyReversed(DomainError):
+    """The redemption was undone already."""
+
+    code: ClassVar[str] = "already_reversed"
+    title: ClassVar[str] = "Already reversed"
+    status: ClassVar[int] = 409
+
+
+class HoldNotFound(DomainError):
+    """No hold has this id."""
+
+    code: ClassVar[str] = "hold_not_found"
+    title: ClassVar[str] = "Hold not found"
+    status: ClassVar[int] = 404
+
+
+class HoldNotActive(DomainError):
+    """The hold was captured, released or has expired."""
+
+    code: ClassVar[str] = "hold_not_active"
+    title: ClassVar[str] = "Hold not active"
+    status: ClassVar[int] = 409
+
+
+class CaptureExceedsHold(DomainError):
+    """A capture asks for more points than the hold reserved."""
+
+    code: ClassVar[str] = "capture_exceeds_hold"
+    title: ClassVar[str] = "Capture exceeds the hold"
+    status: ClassVar[int] = 422
+
+
+class TransferRefused(DomainError):
+    """The transfer cannot be made (to the same member)."""
+
+    code: ClassVar[str] = "transfer_refused"
+    title: ClassVar[str] = "Transfer refused"
+    status: ClassVar[int] = 409

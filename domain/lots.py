@@ -20,10 +20,14 @@ class Lot(Struct, frozen=True, kw_only=True):
 
 
 class LotDraw(Struct, frozen=True):
-    """Points taken from one lot."""
+    """Points taken from one lot, with the lot's dates so that they can be given back as they
+    were (an undone redemption, a transfer). Draws recorded before the dates were kept have
+    None there."""
 
     lot_id: int
     points: int
+    available_at: datetime | None = None
+    expires_at: datetime | None = None
 
 
 def is_spendable(lot: Lot, now: datetime) -> bool:
@@ -57,11 +61,49 @@ def draw_oldest_first(lots: Sequence[Lot], points: int, now: datetime) -> list[L
             break
         take = min(lot.points, remaining)
         if take > 0:
-            draws.append(LotDraw(lot.lot_id, take))
+            draws.append(LotDraw(lot.lot_id, take, lot.available_at, lot.expires_at))
             remaining -= take
     if remaining > 0:
         raise ValueError(f"lots hold {points - remaining} spendable points, {points} needed")
     return draws
+
+
+def spendable_points(lots: Sequence[Lot], now: datetime) -> int:
+    """Points in lots that are unlocked and not expired at `now`."""
+    return sum(lot.points for lot in lots if is_spendable(lot, now))
+
+
+def draw_up_to(lots: Sequence[Lot], points: int, now: datetime) -> list[LotDraw]:
+    """Like draw_oldest_first, but takes what the spendable lots hold when it is less."""
+    return draw_oldest_first(lots, min(points, spendable_points(lots, now)), now)
+
+
+def expired_draws(lots: Sequence[Lot], now: datetime) -> list[LotDraw]:
+    """The whole of every lot whose expiry has passed at `now`."""
+    return [whole(lot) for lot in lots if is_expired(lot, now)]
+
+
+def whole(lot: Lot) -> LotDraw:
+    """A draw of all of a lot's points."""
+    return LotDraw(lot.lot_id, lot.points, lot.available_at, lot.expires_at)
+
+
+def restore(lots: Sequence[Lot], draws: Sequence[LotDraw], *, at: datetime) -> list[Lot]:
+    """Lots after giving back `draws` with their dates (into the same lot when it still exists;
+    a draw recorded without dates comes back available at `at`, never expiring)."""
+    by_id = {lot.lot_id: lot for lot in lots}
+    for draw in draws:
+        lot = by_id.get(draw.lot_id)
+        if lot is not None:
+            by_id[draw.lot_id] = replace(lot, points=lot.points + draw.points)
+        else:
+            by_id[draw.lot_id] = Lot(
+                lot_id=draw.lot_id,
+                points=draw.points,
+                available_at=draw.available_at or at,
+                expires_at=draw.expires_at,
+            )
+    return sorted(by_id.values(), key=lambda lot: lot.lot_id)
 
 
 def apply_draws(lots: Sequence[Lot], draws: Sequence[LotDraw]) -> list[Lot]:

@@ -7,12 +7,17 @@ from decimal import Decimal
 from uuid import UUID
 
 from eventsourcing.domain import event
+from msgspec.structs import replace
 
 from domain import member_events as events
 from domain.errors import (
+    AlreadyReversed,
     BelowRedemptionMinimum,
+    CaptureExceedsHold,
     CurrencyMismatch,
     DuplicateOrder,
+    HoldNotActive,
+    HoldNotFound,
     IdentityNotLinked,
     InsufficientPoints,
     InvalidAmount,
@@ -21,22 +26,39 @@ from domain.errors import (
     MemberForgotten,
     MemberMerged,
     MergeRefused,
+    OrderNotEarned,
+    OverRefund,
+    RedemptionNotFound,
+    TransferRefused,
 )
 from domain.events import LedgerAggregate
 from domain.identities import Identity
-from domain.lots import Lot, LotDraw, add_months, apply_draws, draw_oldest_first, is_expired
+from domain.lots import (
+    Lot,
+    LotDraw,
+    add_months,
+    apply_draws,
+    draw_oldest_first,
+    draw_up_to,
+    expired_draws,
+    is_expired,
+    restore,
+)
 from domain.member_values import (
     Accrual,
     Balance,
     EarnResult,
+    Expiring,
+    Hold,
     MemberStatus,
     OrderRecord,
     Profile,
     PurchaseItem,
     RedeemResult,
+    Redemption,
 )
 from domain.money import check_amount
-from domain.rules import BreakdownPart, EarnQuote, Rules, quote_purchase, tier_for, tier_named
+from domain.rules import BreakdownPart, EarnQuote, Rules, floor_points, quote_purchase, tier_for, tier_named
 
 __all__ = [
     "Accrual",
@@ -53,6 +75,9 @@ __all__ = [
 # One award or redemption beyond this is a typo, not a business decision.
 MAX_POINTS = 10**9
 
+_NO_HOLDS: dict[str, Hold] = {}
+_NO_REDEMPTIONS: dict[str, Redemption] = {}
+
 
 class Member(LedgerAggregate):
     """A member of the program: commands decide, `@event` methods only record."""
@@ -67,6 +92,23 @@ class Member(LedgerAggregate):
     TierChanged = events.TierChanged
     IdentityUnlinked = events.IdentityUnlinked
     MembersMerged = events.MembersMerged
+    EarnReversed = events.EarnReversed
+    RedemptionReversed = events.RedemptionReversed
+    PointsHeld = events.PointsHeld
+    HoldCaptured = events.HoldCaptured
+    HoldReleased = events.HoldReleased
+    PointsAdjusted = events.PointsAdjusted
+    PointsTransferred = events.PointsTransferred
+    PointsExpired = events.PointsExpired
+
+    # State added after members were first recorded: a snapshot taken before lacks it, so it
+    # has class-level defaults (unannotated: not fields of the aggregate's dataclass), and the
+    # collections are replaced, never changed in place.
+    holds = _NO_HOLDS  # open holds by hold id
+    closed_holds = frozenset[str]()
+    redemptions = _NO_REDEMPTIONS  # by redemption id (the points_redeemed event id)
+    adjusted = 0  # net points added by adjustments
+    transferred = 0  # net points received by transfers
 
     def __init__(
         self,
@@ -97,10 +139,11 @@ class Member(LedgerAggregate):
         self.lifetime_earned = 0
         self.lifetime_redeemed = 0
         self.expired = 0
-        # Reserved by open holds (holds come later).
+        # Reserved by open holds (the sum of `holds`).
         self.held = 0
-        # Points owed after a reversal took back points already spent; subtracted from
-        # available, so a negative balance is shown, not hidden (reversals come later).
+        # Points owed after a reversal (or an allowed adjustment) took back points already
+        # spent: subtracted from available, so a negative balance is shown, not hidden; new
+        # lots pay it off first.
         self.debt = 0
 
     @property
@@ -166,8 +209,12 @@ class Member(LedgerAggregate):
                 source_member_id=str(source.id),
                 held=source.held,
             )
-        # Fresh ids for the incoming lots, and the orders that point at them.
-        renumbered = {lot.lot_id: self.last_lot_id + i for i, lot in enumerate(source.lots, start=1)}
+        # Fresh ids for the incoming lots (and the orders that point at them), and for the lots
+        # the source's redemptions drew (so that undoing one on the target gives its points
+        # back into lots of their own).
+        old_ids = [lot.lot_id for lot in source.lots]
+        old_ids += [d.lot_id for r in source.redemptions.values() for d in r.draws if d.lot_id not in old_ids]
+        renumbered = {old: self.last_lot_id + i for i, old in enumerate(dict.fromkeys(old_ids), start=1)}
         absorbed = events.Absorbed(
             lots=[
                 Lot(
@@ -178,7 +225,7 @@ class Member(LedgerAggregate):
                 )
                 for lot in source.lots
             ],
-            last_lot_id=self.last_lot_id + len(source.lots),
+            last_lot_id=self.last_lot_id + len(renumbered),
             accruals=list(source.accruals),
             orders={
                 ref: OrderRecord(
@@ -197,6 +244,12 @@ class Member(LedgerAggregate):
             channels=list(source.channels),
             first_activity_at=source.first_activity_at,
             last_activity_at=source.last_activity_at,
+            adjusted=source.adjusted,
+            transferred=source.transferred,
+            redemptions={
+                rid: replace(r, draws=[replace(d, lot_id=renumbered[d.lot_id]) for d in r.draws])
+                for rid, r in source.redemptions.items()
+            },
         )
         identities = [i for i in source.identities if i not in self.identities]
         self._members_merged(
@@ -296,6 +349,7 @@ class Member(LedgerAggregate):
     def redeem(
         self,
         *,
+        redemption_id: UUID,
         points: int,
         reward_ref: str | None,
         order_ref: str | None,
@@ -303,20 +357,228 @@ class Member(LedgerAggregate):
         channel: str,
         rules: Rules,
     ) -> RedeemResult:
-        """Spend points from the lots that expire soonest."""
+        """Spend points from the lots that expire soonest; `redemption_id` names it (the id of
+        its event) so that it can be undone."""
         self._check_active()
+        self._check_spend(points, at=at, rules=rules)
+        draws = draw_oldest_first(self.lots, points, at)
+        self._points_redeemed(
+            points=points,
+            draws=draws,
+            reward_ref=reward_ref,
+            order_ref=order_ref,
+            at=at,
+            channel=channel,
+            redemption_id=redemption_id,
+        )
+        return RedeemResult(redemption_id=redemption_id, points=points)
+
+    def reverse_earn(
+        self, *, order_ref: str, amount: Decimal | None, at: datetime, channel: str, rules: Rules
+    ) -> int:
+        """Refund a purchase, whole (`amount` None: what remains of it) or in part: take back its
+        points in proportion (tier and campaign parts included), never more than it earned.
+        Returns the points taken back."""
+        self._check_active()
+        order = self.orders.get(order_ref)
+        if order is None:
+            raise OrderNotEarned(
+                f"no purchase {order_ref!r} earned points for this member", order_ref=order_ref
+            )
+        remaining = order.amount - order.refunded
+        if remaining <= 0:
+            raise OverRefund(f"order {order_ref!r} was refunded in full already", remaining="0")
+        refund = remaining if amount is None else amount
+        check_amount(refund, order.currency)
+        if refund <= 0:
+            raise InvalidAmount("amount must be above zero", field="amount")
+        if refund > remaining:
+            raise OverRefund(
+                f"{refund} exceeds what remains of the order ({remaining})", remaining=str(remaining)
+            )
+        refunded = order.refunded + refund
+        # Cumulative, so that partial refunds never round to more than the order earned.
+        due = (
+            order.points if refunded == order.amount else floor_points(order.points * refunded / order.amount)
+        )
+        take = max(0, due - order.reversed_points)
+        lot = next((lot for lot in self.lots if lot.lot_id == order.lot_id and not is_expired(lot, at)), None)
+        drawn = min(take, lot.points) if lot is not None else 0
+        draws = [LotDraw(lot.lot_id, drawn, lot.available_at, lot.expires_at)] if lot and drawn else []
+        self._earn_reversed(
+            order_ref=order_ref,
+            amount=refund,
+            points=take,
+            draws=draws,
+            debt=take - drawn,
+            at=at,
+            channel=channel,
+        )
+        return take
+
+    def reverse_redemption(self, *, redemption_id: UUID, at: datetime, channel: str) -> int:
+        """Undo a redemption: its points go back into the lots they came from, with their
+        original expiry. Returns the points given back."""
+        self._check_active()
+        found = self.redemptions.get(str(redemption_id))
+        if found is None:
+            raise RedemptionNotFound(
+                f"no redemption {redemption_id} of this member", redemption_id=str(redemption_id)
+            )
+        if found.reversed:
+            raise AlreadyReversed(
+                f"redemption {redemption_id} was undone already", redemption_id=str(redemption_id)
+            )
+        self._redemption_reversed(
+            redemption_id=redemption_id,
+            points=found.points,
+            restored=list(found.draws),
+            at=at,
+            channel=channel,
+        )
+        return found.points
+
+    def hold(
+        self,
+        *,
+        hold_id: UUID,
+        points: int,
+        expires_at: datetime,
+        order_ref: str | None,
+        at: datetime,
+        channel: str,
+        rules: Rules,
+    ) -> None:
+        """Reserve points at a checkout until `expires_at`; they leave `available`."""
+        self._check_active()
+        self._check_spend(points, at=at, rules=rules)
+        self._points_held(
+            hold_id=hold_id, points=points, expires_at=expires_at, order_ref=order_ref, at=at, channel=channel
+        )
+
+    def capture(self, *, hold_id: UUID, points: int | None, at: datetime, channel: str) -> int:
+        """Spend a hold, whole (`points` None) or in part (the rest is released). Returns the
+        points spent."""
+        self._check_active()
+        held = self._open_hold(hold_id, at)
+        spend = held.points if points is None else points
+        if not 0 < spend <= held.points:
+            raise CaptureExceedsHold(
+                f"a capture takes 1 to {held.points} points of this hold", field="points"
+            )
+        # The held points were kept out of `available`; their lots are drawn now. Lots that
+        # expired while held cannot pay: what they would have is owed.
+        draws = draw_up_to(self.lots, spend, at)
+        drawn = sum(d.points for d in draws)
+        self._hold_captured(
+            hold_id=hold_id,
+            points=spend,
+            draws=draws,
+            released=held.points - spend,
+            debt=spend - drawn,
+            at=at,
+            channel=channel,
+        )
+        return spend
+
+    def release(self, *, hold_id: UUID, at: datetime, channel: str, expired: bool = False) -> bool:
+        """End a hold without spending it. `expired`: the service releasing a hold past its
+        time; a hold that is no longer open is then left alone (False), not refused."""
+        self._check_active()
+        key = str(hold_id)
+        held = self.holds.get(key)
+        if expired:
+            if held is None or held.expires_at > at:
+                return False
+        else:
+            held = self._open_hold(hold_id, at)
+        self._hold_released(
+            hold_id=hold_id,
+            points=held.points,
+            reason="expired" if expired else "released",
+            at=at,
+            channel=channel,
+        )
+        return True
+
+    def adjust(
+        self, *, points: int, reason: str, allow_negative: bool, at: datetime, channel: str, rules: Rules
+    ) -> None:
+        """Correct the balance: positive points form a new lot; negative ones are drawn
+        oldest-expiry first and may take `available` below zero only when `allow_negative`."""
+        self._check_active()
+        if points == 0 or abs(points) > MAX_POINTS:
+            raise InvalidAmount(
+                f"points must be non-zero, between -{MAX_POINTS} and {MAX_POINTS}", field="points"
+            )
+        if points > 0:
+            lot = Lot(
+                lot_id=self.last_lot_id + 1, points=points, available_at=at, expires_at=_expiry(rules, at)
+            )
+            self._points_adjusted(
+                points=points, reason=reason, lot=lot, draws=[], debt=0, at=at, channel=channel
+            )
+            return
+        wanted = -points
+        available = self.balance(now=at, rules=rules).available
+        if wanted > available and not allow_negative:
+            raise InsufficientPoints(
+                f"{wanted} points to take, {available} available (allow_negative to go below zero)",
+                available=available,
+            )
+        draws = draw_up_to(self.lots, min(wanted, max(0, available)), at)
+        drawn = sum(d.points for d in draws)
+        self._points_adjusted(
+            points=points, reason=reason, lot=None, draws=draws, debt=wanted - drawn, at=at, channel=channel
+        )
+
+    def transfer(self, *, to: Member, points: int, at: datetime, channel: str, rules: Rules) -> None:
+        """Move points to another member: both streams change in one atomic append, and the
+        points keep their expiry on the receiving side."""
+        self._check_active()
+        if to.id == self.id:
+            raise TransferRefused("a member cannot transfer points to itself", to_member_id=str(to.id))
+        to._check_active()
         _check_points(points)
-        minimum = rules.redemption.min_points
-        if points < minimum:
-            raise BelowRedemptionMinimum(f"redemptions start at {minimum} points", min_points=minimum)
         available = self.balance(now=at, rules=rules).available
         if points > available:
             raise InsufficientPoints(f"{points} points requested, {available} available", available=available)
         draws = draw_oldest_first(self.lots, points, at)
-        self._points_redeemed(
-            points=points, draws=draws, reward_ref=reward_ref, order_ref=order_ref, at=at, channel=channel
-        )
-        return RedeemResult(redemption_id=self.version, points=points)
+        lots = [
+            Lot(
+                lot_id=to.last_lot_id + i,
+                points=d.points,
+                available_at=d.available_at or at,
+                expires_at=d.expires_at,
+            )
+            for i, d in enumerate(draws, start=1)
+        ]
+        for side, side_draws, side_lots in ((self, draws, []), (to, [], lots)):
+            side._points_transferred(
+                from_member_id=self.id,
+                to_member_id=to.id,
+                points=points,
+                draws=side_draws,
+                lots=side_lots,
+                at=at,
+                channel=channel,
+            )
+
+    def settle(self, *, at: datetime, channel: str, rules: Rules) -> int:
+        """What time alone has made due, recorded: lots past their expiry expire, holds past
+        theirs are released, and a tier whose qualifying points stayed below its threshold for
+        the grace period goes down. Returns the number of events recorded (0: nothing due)."""
+        if self._status != MemberStatus.ACTIVE:
+            return 0
+        before = len(self.pending_events)
+        due = expired_draws(self.lots, at)
+        if due:
+            self._points_expired(points=sum(d.points for d in due), draws=due, at=at, channel=channel)
+        for hold_id, held in sorted(self.holds.items()):
+            if held.expires_at <= at:
+                self.release(hold_id=UUID(hold_id), at=at, channel=channel, expired=True)
+        self._evaluate_downgrade(rules=rules, at=at, channel=channel)
+        return len(self.pending_events) - before
 
     # -- queries -------------------------------------------------------------------------
 
@@ -335,11 +597,16 @@ class Member(LedgerAggregate):
         return quote_purchase(rules, rules_version, self.tier, amount)
 
     def next_balance_change(self, *, after: datetime, rules: Rules) -> datetime | None:
-        """The first instant after `after` at which `balance(now=...)` changes with no new event:
-        a lot unlocks (`available_at`) or expires, or an earn leaves the tier window."""
+        """The first instant after `after` at which the member changes with no new command: a
+        lot unlocks (`available_at`) or expires, an earn leaves the tier window (and, the grace
+        period later, a downgrade may fall due), or a hold expires. The service settles the
+        member then (see `settle`)."""
         window = timedelta(days=rules.tier_window_days)
+        grace = timedelta(days=rules.downgrade_grace_days)
         instants = [i for lot in self.lots for i in (lot.available_at, lot.expires_at) if i is not None]
-        instants += [accrual.occurred_at + window for accrual in self.accruals]
+        for accrual in self.accruals:
+            instants += [accrual.occurred_at + window, accrual.occurred_at + window + grace]
+        instants += [held.expires_at for held in self.holds.values()]
         return min((i for i in instants if i > after), default=None)
 
     def balance(self, *, now: datetime, rules: Rules) -> Balance:
@@ -362,7 +629,17 @@ class Member(LedgerAggregate):
             expired=self.expired + lapsed,
             qualifying=self.qualifying(now=now, window_days=rules.tier_window_days),
             tier=self.tier,
+            expiring=self.expiring(now=now),
         )
+
+    def expiring(self, *, now: datetime) -> Expiring | None:
+        """The next lots to expire after `now` (those sharing the soonest expiry), if any."""
+        soonest = min(
+            (lot.expires_at for lot in self.lots if lot.expires_at and lot.expires_at > now), default=None
+        )
+        if soonest is None:
+            return None
+        return Expiring(points=sum(lot.points for lot in self.lots if lot.expires_at == soonest), at=soonest)
 
     def qualifying(self, *, now: datetime, window_days: int) -> int:
         """Points earned with a business time inside the rolling tier window before `now`."""
@@ -370,6 +647,54 @@ class Member(LedgerAggregate):
         return sum(a.points for a in self.accruals if a.occurred_at > since)
 
     # -- helpers of the commands ---------------------------------------------------------
+
+    def _check_spend(self, points: int, *, at: datetime, rules: Rules) -> None:
+        """A redemption (or a hold, a redemption in waiting) of `points` is allowed now."""
+        _check_points(points)
+        minimum = rules.redemption.min_points
+        if points < minimum:
+            raise BelowRedemptionMinimum(f"redemptions start at {minimum} points", min_points=minimum)
+        available = self.balance(now=at, rules=rules).available
+        if points > available:
+            raise InsufficientPoints(f"{points} points requested, {available} available", available=available)
+
+    def _open_hold(self, hold_id: UUID, at: datetime) -> Hold:
+        key = str(hold_id)
+        held = self.holds.get(key)
+        if held is None:
+            if key in self.closed_holds:
+                raise HoldNotActive(f"hold {hold_id} was captured or released", hold_id=key)
+            raise HoldNotFound(f"no hold {hold_id}", hold_id=key)
+        if held.expires_at <= at:
+            raise HoldNotActive(f"hold {hold_id} expired at {held.expires_at.isoformat()}", hold_id=key)
+        return held
+
+    def _evaluate_downgrade(self, *, rules: Rules, at: datetime, channel: str) -> None:
+        # Down only once qualifying points stayed below the tier's threshold for the whole grace
+        # period: between earns they only fall, so it is enough to look at the start of the
+        # period and just after each earn inside it.
+        current = tier_named(rules, self.tier)
+        window = rules.tier_window_days
+        qualifying = self.qualifying(now=at, window_days=window)
+        target = tier_for(rules, qualifying)
+        if target.threshold >= current.threshold:
+            return
+        since = at - timedelta(days=rules.downgrade_grace_days)
+        checks = [since, *(a.occurred_at for a in self.accruals if since < a.occurred_at <= at)]
+        span = timedelta(days=window)
+
+        def qualifying_at(t: datetime) -> int:
+            return sum(a.points for a in self.accruals if t - span < a.occurred_at <= t)
+
+        if all(qualifying_at(t) < current.threshold for t in checks):
+            self._tier_changed(
+                from_tier=self.tier,
+                to_tier=target.name,
+                qualifying=qualifying,
+                at=at,
+                channel=channel,
+                reason="downgrade",
+            )
 
     def _check_active(self) -> None:
         if self._status == MemberStatus.ACTIVE:
@@ -403,13 +728,26 @@ class Member(LedgerAggregate):
         )
 
     def _evaluate_upgrade(self, *, rules: Rules, at: datetime, channel: str) -> None:
-        # Upgrades happen at once; downgrades wait for the grace period (a later issue).
+        # Upgrades happen at once; downgrades wait for the grace period (_evaluate_downgrade).
         qualifying = self.qualifying(now=at, window_days=rules.tier_window_days)
         target = tier_for(rules, qualifying)
         if target.threshold > tier_named(rules, self.tier).threshold:
             self._tier_changed(
-                from_tier=self.tier, to_tier=target.name, qualifying=qualifying, at=at, channel=channel
+                from_tier=self.tier,
+                to_tier=target.name,
+                qualifying=qualifying,
+                at=at,
+                channel=channel,
+                reason="upgrade",
             )
+
+    def _add_lot(self, lot: Lot) -> None:
+        """A new lot, which first pays off what the member owes."""
+        self.last_lot_id = max(self.last_lot_id, lot.lot_id)
+        paid = min(self.debt, lot.points)
+        self.debt -= paid
+        if lot.points > paid:
+            self.lots.append(lot if not paid else replace(lot, points=lot.points - paid))
 
     def _touch(self, *, when: datetime, channel: str) -> None:
         if channel not in self.channels:
@@ -453,6 +791,8 @@ class Member(LedgerAggregate):
             self.accruals = []
             self.orders = {}
             self.lifetime_earned = self.lifetime_redeemed = self.expired = self.debt = 0
+            self.adjusted = self.transferred = 0
+            self.redemptions = {}
             return
         if absorbed is None:
             return
@@ -465,6 +805,9 @@ class Member(LedgerAggregate):
         self.lifetime_redeemed += absorbed.lifetime_redeemed
         self.expired += absorbed.expired
         self.debt += absorbed.debt
+        self.adjusted += absorbed.adjusted
+        self.transferred += absorbed.transferred
+        self.redemptions = {**self.redemptions, **absorbed.redemptions}
         for used in absorbed.channels:
             if used not in self.channels:
                 self.channels.append(used)
@@ -491,12 +834,10 @@ class Member(LedgerAggregate):
         at: datetime,
         channel: str,
     ) -> None:
-        self.last_lot_id += 1
-        lot_id = self.last_lot_id
+        lot_id = self.last_lot_id + 1
+        self.last_lot_id = lot_id
         if points > 0:
-            self.lots.append(
-                Lot(lot_id=lot_id, points=points, available_at=available_at, expires_at=expires_at)
-            )
+            self._add_lot(Lot(lot_id=lot_id, points=points, available_at=available_at, expires_at=expires_at))
             self.accruals.append(Accrual(occurred_at=occurred_at, points=points))
         self.lifetime_earned += points
         if order_ref is not None and amount is not None and currency is not None:
@@ -517,16 +858,164 @@ class Member(LedgerAggregate):
         order_ref: str | None,
         at: datetime,
         channel: str,
+        redemption_id: UUID | None = None,
     ) -> None:
         self.lots = apply_draws(self.lots, draws)
         self.lifetime_redeemed += points
+        if redemption_id is not None:
+            self.redemptions = {
+                **self.redemptions,
+                str(redemption_id): Redemption(points=points, draws=draws),
+            }
         self._touch(when=at, channel=channel)
 
     @event(events.TierChanged)
     def _tier_changed(
-        self, *, from_tier: str, to_tier: str, qualifying: int, at: datetime, channel: str
+        self,
+        *,
+        from_tier: str,
+        to_tier: str,
+        qualifying: int,
+        at: datetime,
+        channel: str,
+        reason: str = "upgrade",
     ) -> None:
         self.tier = to_tier
+
+    @event(events.EarnReversed)
+    def _earn_reversed(
+        self,
+        *,
+        order_ref: str,
+        amount: Decimal,
+        points: int,
+        draws: list[LotDraw],
+        debt: int,
+        at: datetime,
+        channel: str,
+    ) -> None:
+        self.lots = apply_draws(self.lots, draws)
+        self.debt += debt
+        self.lifetime_earned -= points
+        order = self.orders[order_ref]
+        self.orders[order_ref] = replace(
+            order, refunded=order.refunded + amount, reversed_points=order.reversed_points + points
+        )
+        # The refunded part no longer counts for the tier (at the purchase's business time).
+        self.accruals.append(Accrual(occurred_at=order.occurred_at, points=-points))
+        self._touch(when=at, channel=channel)
+
+    @event(events.RedemptionReversed)
+    def _redemption_reversed(
+        self, *, redemption_id: UUID, points: int, restored: list[LotDraw], at: datetime, channel: str
+    ) -> None:
+        key = str(redemption_id)
+        kept = restore([], restored, at=at)
+        for lot in kept:
+            existing = next((i for i, old in enumerate(self.lots) if old.lot_id == lot.lot_id), None)
+            if existing is None:
+                self._add_lot(lot)
+            else:
+                self.lots[existing] = replace(
+                    self.lots[existing], points=self.lots[existing].points + lot.points
+                )
+        self.lots.sort(key=lambda lot: lot.lot_id)
+        self.lifetime_redeemed -= points
+        self.redemptions = {**self.redemptions, key: replace(self.redemptions[key], reversed=True)}
+        self._touch(when=at, channel=channel)
+
+    @event(events.PointsHeld)
+    def _points_held(
+        self,
+        *,
+        hold_id: UUID,
+        points: int,
+        expires_at: datetime,
+        order_ref: str | None,
+        at: datetime,
+        channel: str,
+    ) -> None:
+        self.holds = {
+            **self.holds,
+            str(hold_id): Hold(points=points, expires_at=expires_at, order_ref=order_ref),
+        }
+        self.held += points
+        self._touch(when=at, channel=channel)
+
+    def _close_hold(self, hold_id: UUID) -> Hold:
+        key = str(hold_id)
+        held = self.holds[key]
+        self.holds = {k: v for k, v in self.holds.items() if k != key}
+        self.closed_holds = self.closed_holds | {key}
+        self.held -= held.points
+        return held
+
+    @event(events.HoldCaptured)
+    def _hold_captured(
+        self,
+        *,
+        hold_id: UUID,
+        points: int,
+        draws: list[LotDraw],
+        released: int,
+        debt: int,
+        at: datetime,
+        channel: str,
+    ) -> None:
+        self._close_hold(hold_id)
+        self.lots = apply_draws(self.lots, draws)
+        self.debt += debt
+        self.lifetime_redeemed += points
+        self._touch(when=at, channel=channel)
+
+    @event(events.HoldReleased)
+    def _hold_released(self, *, hold_id: UUID, points: int, reason: str, at: datetime, channel: str) -> None:
+        self._close_hold(hold_id)
+
+    @event(events.PointsAdjusted)
+    def _points_adjusted(
+        self,
+        *,
+        points: int,
+        reason: str,
+        lot: Lot | None,
+        draws: list[LotDraw],
+        debt: int,
+        at: datetime,
+        channel: str,
+    ) -> None:
+        if lot is not None:
+            self._add_lot(lot)
+        self.lots = apply_draws(self.lots, draws)
+        self.debt += debt
+        self.adjusted += points
+
+    @event(events.PointsTransferred)
+    def _points_transferred(
+        self,
+        *,
+        from_member_id: UUID,
+        to_member_id: UUID,
+        points: int,
+        draws: list[LotDraw],
+        lots: list[Lot],
+        at: datetime,
+        channel: str,
+    ) -> None:
+        # One event type on both streams: the sender gives its draws, the receiver takes lots.
+        if self.id == from_member_id:
+            self.lots = apply_draws(self.lots, draws)
+            self.transferred -= points
+            self._touch(when=at, channel=channel)
+            return
+        for lot in lots:
+            self._add_lot(lot)
+        self.transferred += points
+
+    @event(events.PointsExpired)
+    def _points_expired(self, *, points: int, draws: list[LotDraw], at: datetime, channel: str) -> None:
+        self.lots = apply_draws(self.lots, draws)
+        self.expired += points
 
 
 def _check_purchase(amount: Decimal, currency: str, items: list[PurchaseItem], rules: Rules) -> None:

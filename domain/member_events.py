@@ -14,7 +14,7 @@ from msgspec import Struct
 from domain.events import LedgerAggregate
 from domain.identities import Identity
 from domain.lots import Lot, LotDraw
-from domain.member_values import Accrual, OrderRecord, Profile, PurchaseItem
+from domain.member_values import Accrual, OrderRecord, Profile, PurchaseItem, Redemption
 from domain.rules import BreakdownPart
 
 
@@ -59,7 +59,8 @@ class PointsEarned(LedgerAggregate.Event):
 
 
 class PointsRedeemed(LedgerAggregate.Event):
-    """Points were spent, drawn from lots oldest-expiry first."""
+    """Points were spent, drawn from lots oldest-expiry first. `redemption_id` is the id of
+    this event (None on redemptions recorded before it was kept: they cannot be undone)."""
 
     points: int
     draws: list[LotDraw]
@@ -67,14 +68,109 @@ class PointsRedeemed(LedgerAggregate.Event):
     order_ref: str | None
     at: datetime
     channel: str
+    redemption_id: UUID | None = None
 
 
 class TierChanged(LedgerAggregate.Event):
-    """Qualifying points moved the member to another tier."""
+    """Qualifying points moved the member to another tier (`reason`: upgrade or downgrade)."""
 
     from_tier: str
     to_tier: str
     qualifying: int
+    at: datetime
+    channel: str
+    reason: str = "upgrade"
+
+
+class EarnReversed(LedgerAggregate.Event):
+    """A purchase was refunded (`amount` of it): its points are taken back in proportion, from
+    its own lot while it holds them; the rest (already spent) is owed (`debt`)."""
+
+    order_ref: str
+    amount: Decimal
+    points: int
+    draws: list[LotDraw]
+    debt: int
+    at: datetime
+    channel: str
+
+
+class RedemptionReversed(LedgerAggregate.Event):
+    """A redemption was undone: its points are back in the lots they came from, with their
+    original expiry."""
+
+    redemption_id: UUID
+    points: int
+    restored: list[LotDraw]
+    at: datetime
+    channel: str
+
+
+class PointsHeld(LedgerAggregate.Event):
+    """Points were reserved at a checkout until `expires_at` (they leave `available`)."""
+
+    hold_id: UUID
+    points: int
+    expires_at: datetime
+    order_ref: str | None
+    at: datetime
+    channel: str
+
+
+class HoldCaptured(LedgerAggregate.Event):
+    """A hold was captured: `points` of it spent (drawn from lots oldest-expiry first), the
+    rest (`released`) available again."""
+
+    hold_id: UUID
+    points: int
+    draws: list[LotDraw]
+    released: int
+    debt: int
+    at: datetime
+    channel: str
+
+
+class HoldReleased(LedgerAggregate.Event):
+    """A hold ended without being spent (`reason`: released, or expired by the service)."""
+
+    hold_id: UUID
+    points: int
+    reason: str
+    at: datetime
+    channel: str
+
+
+class PointsAdjusted(LedgerAggregate.Event):
+    """A correction: positive points form a new lot; negative ones are drawn oldest-expiry
+    first, and what the lots do not hold is owed (`debt`, only when it was allowed)."""
+
+    points: int
+    reason: str
+    lot: Lot | None
+    draws: list[LotDraw]
+    debt: int
+    at: datetime
+    channel: str
+
+
+class PointsTransferred(LedgerAggregate.Event):
+    """Points moved between two members, recorded on both streams in one atomic append: the
+    sender's lots drawn (`draws`), the receiver's new lots with the same dates (`lots`)."""
+
+    from_member_id: UUID
+    to_member_id: UUID
+    points: int
+    draws: list[LotDraw]
+    lots: list[Lot]
+    at: datetime
+    channel: str
+
+
+class PointsExpired(LedgerAggregate.Event):
+    """Lots reached their expiry date and were taken out of the balance (by the service)."""
+
+    points: int
+    draws: list[LotDraw]
     at: datetime
     channel: str
 
@@ -102,6 +198,9 @@ class Absorbed(Struct, frozen=True, kw_only=True):
     channels: list[str]
     first_activity_at: datetime
     last_activity_at: datetime
+    adjusted: int = 0
+    transferred: int = 0
+    redemptions: dict[str, Redemption] = {}
 
 
 class MembersMerged(LedgerAggregate.Event):

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import date, datetime
 from decimal import Decimal
 from enum import StrEnum
+from uuid import UUID
 
 from msgspec import Struct
 
+from domain.lots import LotDraw
 from domain.rules import BreakdownPart
 
 
@@ -36,8 +38,16 @@ class PurchaseItem(Struct, frozen=True, kw_only=True):
     quantity: int
 
 
+class Expiring(Struct, frozen=True, kw_only=True):
+    """The next points to expire, and when."""
+
+    points: int
+    at: datetime
+
+
 class Balance(Struct, frozen=True, kw_only=True):
-    """A member's points at one instant."""
+    """A member's points at one instant. `available` is negative when a reversal took back
+    points already spent (shown, not hidden)."""
 
     available: int
     pending: int
@@ -47,6 +57,7 @@ class Balance(Struct, frozen=True, kw_only=True):
     expired: int
     qualifying: int
     tier: str
+    expiring: Expiring | None = None
 
 
 class EarnResult(Struct, frozen=True, kw_only=True):
@@ -61,20 +72,39 @@ class EarnResult(Struct, frozen=True, kw_only=True):
 
 
 class RedeemResult(Struct, frozen=True, kw_only=True):
-    """What a redemption recorded; `redemption_id` is the event's stream version."""
+    """What a redemption recorded; `redemption_id` is the id of its event."""
 
-    redemption_id: int
+    redemption_id: UUID
     points: int
 
 
 class OrderRecord(Struct, frozen=True, kw_only=True):
-    """A purchase earned on this member: what a later (partial) refund needs."""
+    """A purchase earned on this member: what a later (partial) refund needs, and how much of
+    it has been refunded so far (and the points taken back for that)."""
 
     amount: Decimal
     currency: str
     points: int
     lot_id: int
     occurred_at: datetime
+    refunded: Decimal = Decimal(0)
+    reversed_points: int = 0
+
+
+class Hold(Struct, frozen=True, kw_only=True):
+    """Points reserved at a checkout until captured, released, or `expires_at`."""
+
+    points: int
+    expires_at: datetime
+    order_ref: str | None = None
+
+
+class Redemption(Struct, frozen=True, kw_only=True):
+    """A redemption, kept so that it can be undone (the lots it drew, with their dates)."""
+
+    points: int
+    draws: list[LotDraw]
+    reversed: bool = False
 
 
 class Accrual(Struct, frozen=True, kw_only=True):

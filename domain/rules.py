@@ -181,7 +181,8 @@ def _lowest(rules: Rules) -> Tier:
     return min(rules.tiers, key=lambda t: t.threshold)
 
 
-def _floor(value: Decimal) -> int:
+def floor_points(value: Decimal) -> int:
+    """Points are whole: every computed part is rounded down."""
     return int(value.to_integral_value(rounding=ROUND_FLOOR))
 
 
@@ -191,9 +192,9 @@ def quote_purchase(rules: Rules, rules_version: int, tier: str, amount: Decimal)
     if amount < rules.earn.min_amount:
         parts = [BreakdownPart("base", 0)]
     else:
-        base = _floor(amount * rules.earn.points_per_unit)
+        base = floor_points(amount * rules.earn.points_per_unit)
         parts = [BreakdownPart("base", base)]
-        tier_bonus = _floor(base * (current.multiplier - 1))
+        tier_bonus = floor_points(base * (current.multiplier - 1))
         if tier_bonus > 0:
             parts.append(BreakdownPart(f"tier:{current.name}", tier_bonus))
         # Campaigns go here (later issue): one `campaign:<name>` part per matching

@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from .projection import BALANCE_COLUMNS, BALANCE_FIELDS, MemberProjection, Touched, balance_values
+from .projection import (
+    BALANCE_COLUMNS,
+    BALANCE_FIELDS,
+    EXPIRING_COLUMNS,
+    MemberProjection,
+    Touched,
+    balance_values,
+)
 
 _SELECT = (
-    f"SELECT {', '.join(BALANCE_FIELDS)}, tier, balance_at, next_change_at, version, position FROM balances"
+    f"SELECT {', '.join(BALANCE_FIELDS)}, tier, balance_at, next_change_at,"
+    " expiring_points, expiring_at, version, position FROM balances"
 )
 
 
@@ -22,6 +30,7 @@ class BalancesProjection(MemberProjection):
         ("tier", "text"),
         ("balance_at", "timestamptz"),
         ("next_change_at", "timestamptz"),
+        *EXPIRING_COLUMNS,
         ("version", "integer"),
         ("position", "bigint"),
         ("updated_at", "timestamptz"),

@@ -10,9 +10,16 @@ from uuid import UUID
 import msgspec
 
 from domain.identities import Identity, mask_identity
-from domain.member_values import Balance
+from domain.member_values import Balance, Expiring
 
-from .projection import BALANCE_COLUMNS, BALANCE_FIELDS, MemberProjection, Touched, balance_values
+from .projection import (
+    BALANCE_COLUMNS,
+    BALANCE_FIELDS,
+    EXPIRING_COLUMNS,
+    MemberProjection,
+    Touched,
+    balance_values,
+)
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -35,6 +42,7 @@ class MembersProjection(MemberProjection):
         ("tier", "text"),
         ("balance_at", "timestamptz"),
         ("next_change_at", "timestamptz"),
+        *EXPIRING_COLUMNS,
         ("version", "integer"),
         ("position", "bigint"),
         ("updated_at", "timestamptz"),
@@ -100,7 +108,8 @@ async def member_view(conn: Any, member_id: UUID) -> MemberView | None:
     """The member's row of the `members` projection (connection or pool), or None."""
     row = await conn.fetchrow(
         "SELECT member_id, status, merged_into, tier, identities, channels, first_activity_at,"
-        f" last_activity_at, {', '.join(BALANCE_FIELDS)}, next_change_at, position"
+        f" last_activity_at, {', '.join(BALANCE_FIELDS)}, next_change_at, expiring_points, expiring_at,"
+        " position"
         " FROM members WHERE member_id = $1",
         member_id,
     )
@@ -112,7 +121,13 @@ async def member_view(conn: Any, member_id: UUID) -> MemberView | None:
         merged_into=row["merged_into"],
         tier=row["tier"],
         identities=_decode(row["identities"], type=list[Identity]),
-        balance=Balance(**{f: row[f] for f in BALANCE_FIELDS}, tier=row["tier"]),
+        balance=Balance(
+            **{f: row[f] for f in BALANCE_FIELDS},
+            tier=row["tier"],
+            expiring=None
+            if row["expiring_at"] is None
+            else Expiring(points=row["expiring_points"], at=row["expiring_at"]),
+        ),
         channels=_decode(row["channels"], type=list[str]),
         first_activity_at=row["first_activity_at"],
         last_activity_at=row["last_activity_at"],

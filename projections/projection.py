@@ -54,6 +54,11 @@ BALANCE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("qualifying", "bigint"),
 )
 BALANCE_FIELDS = tuple(name for name, _ in BALANCE_COLUMNS)
+# The balance's `expiring` (the next lots to expire), after next_change_at in each row.
+EXPIRING_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("expiring_points", "bigint"),
+    ("expiring_at", "timestamptz"),
+)
 
 
 @dataclass(slots=True)
@@ -68,8 +73,10 @@ class Touched:
 
 
 def balance_values(t: Touched) -> tuple[Any, ...]:
-    """The BALANCE_COLUMNS of a touched member, then its tier, balance_at and next_change_at."""
+    """The BALANCE_COLUMNS of a touched member, then its tier, balance_at, next_change_at and
+    the EXPIRING_COLUMNS."""
     b = t.member.balance(now=t.at, rules=t.rules)
+    expiring = b.expiring
     return (
         b.available,
         b.pending,
@@ -81,6 +88,8 @@ def balance_values(t: Touched) -> tuple[Any, ...]:
         b.tier,
         t.at,
         t.member.next_balance_change(after=t.at, rules=t.rules),
+        None if expiring is None else expiring.points,
+        None if expiring is None else expiring.at,
     )
 
 

@@ -144,7 +144,13 @@ class _Generator:
             channel = self.random.choice(CHANNELS)
             if self.random.random() < 0.2 and member.balance(now=at, rules=DEFAULT_RULES).available >= 50:
                 member.redeem(
-                    points=50, reward_ref=None, order_ref=None, at=at, channel=channel, rules=DEFAULT_RULES
+                    redemption_id=uuid.UUID(int=self.random.getrandbits(128)),
+                    points=50,
+                    reward_ref=None,
+                    order_ref=None,
+                    at=at,
+                    channel=channel,
+                    rules=DEFAULT_RULES,
                 )
             else:
                 member.earn_purchase(

@@ -159,7 +159,16 @@ def rules_of(body: msgspec.Struct) -> Rules:
 # --- responses ------------------------------------------------------------------------------
 
 
+class ExpiringOut(Out, kw_only=True):
+    """The next points to expire, and when."""
+
+    points: int
+    at: datetime
+
+
 class BalanceOut(Out, kw_only=True):
+    """`available` is negative when a refund took back points already spent."""
+
     available: int
     pending: int
     held: int
@@ -168,6 +177,7 @@ class BalanceOut(Out, kw_only=True):
     expired: int
     qualifying: int
     tier: str
+    expiring: ExpiringOut | None = None
 
 
 class IdentityOut(Out, kw_only=True):

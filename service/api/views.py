@@ -11,6 +11,7 @@ from .schemas import (
     BalanceOut,
     BreakdownOut,
     EarnOut,
+    ExpiringOut,
     HistoryItemOut,
     HistoryOut,
     IdentityOut,
@@ -31,6 +32,9 @@ def balance_out(balance: Balance) -> BalanceOut:
         expired=balance.expired,
         qualifying=balance.qualifying,
         tier=balance.tier,
+        expiring=None
+        if balance.expiring is None
+        else ExpiringOut(points=balance.expiring.points, at=balance.expiring.at),
     )
 
 

@@ -109,7 +109,9 @@ async def redeem(services: Services, ctx: CommandContext, cmd: Redeem) -> Outcom
     async def decide(uow: UnitOfWork) -> Redeemed:
         member = await uow.member(cmd.member_id)
         program = await uow.program()
+        redemption_id = uow.event_id(0)  # the points_redeemed event's id names the redemption
         done = member.redeem(
+            redemption_id=redemption_id,
             points=cmd.points,
             reward_ref=cmd.reward_ref,
             order_ref=cmd.order_ref,
@@ -119,7 +121,7 @@ async def redeem(services: Services, ctx: CommandContext, cmd: Redeem) -> Outcom
         )
         return Redeemed(
             member_id=cmd.member_id,
-            redemption_id=uow.event_id(0),  # the points_redeemed event
+            redemption_id=done.redemption_id,
             points=done.points,
             reward_ref=cmd.reward_ref,
             order_ref=cmd.order_ref,

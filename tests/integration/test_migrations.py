@@ -57,7 +57,7 @@ async def test_0005_moves_every_follower_into_checkpoints(at_0004: asyncpg.Conne
     applied = await migrate(conn)
 
     # Then each follower has one checkpoint at its furthest position, and the old tables are gone.
-    assert applied == ["0005_checkpoints.sql"]
+    assert applied[0] == "0005_checkpoints.sql"
     rows = await conn.fetch("SELECT name, position, updated_at FROM checkpoints")
     assert {r["name"]: r["position"] for r in rows} == {
         "relay": 9,

@@ -34,7 +34,9 @@ def test_draws_follow_expiry_then_age_and_skip_locked_or_expired_lots() -> None:
         lot(1, 10, expires_in_days=None),
     ]
     draws = draw_oldest_first(lots, 45, NOW)
-    assert draws == [LotDraw(5, 10), LotDraw(3, 10), LotDraw(4, 10), LotDraw(1, 10), LotDraw(2, 5)]
+    assert [(d.lot_id, d.points) for d in draws] == [(5, 10), (3, 10), (4, 10), (1, 10), (2, 5)]
+    # Each draw keeps its lot's dates, so the points can be given back as they were.
+    assert all(d.expires_at == next(lot.expires_at for lot in lots if lot.lot_id == d.lot_id) for d in draws)
 
 
 def test_drawing_more_than_the_spendable_lots_hold_fails() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 from msgspec.structs import replace
@@ -48,10 +48,17 @@ def test_enrol_earn_redeem_keeps_the_balance_straight() -> None:
     assert earned.expires_at == T0.replace(year=2025)
 
     # Spend 100 of them at the POS.
+    redemption_id = uuid4()
     redeemed = member.redeem(
-        points=100, reward_ref="coffee", order_ref=None, at=T0, channel="pos", rules=DEFAULT_RULES
+        redemption_id=redemption_id,
+        points=100,
+        reward_ref="coffee",
+        order_ref=None,
+        at=T0,
+        channel="pos",
+        rules=DEFAULT_RULES,
     )
-    assert redeemed.redemption_id == member.version
+    assert redeemed.redemption_id == redemption_id
 
     balance = member.balance(now=T0, rules=DEFAULT_RULES)
     assert (balance.available, balance.pending, balance.held) == (28, 0, 0)
@@ -81,7 +88,15 @@ def test_spending_takes_the_soonest_expiring_lot_first() -> None:
     lot_soon = buy(member, "100", order_ref="soon", occurred_at=T0 - timedelta(days=180)).lot_id
     member.collect_events()
 
-    member.redeem(points=250, reward_ref=None, order_ref=None, at=T0, channel="app", rules=DEFAULT_RULES)
+    member.redeem(
+        redemption_id=uuid4(),
+        points=250,
+        reward_ref=None,
+        order_ref=None,
+        at=T0,
+        channel="app",
+        rules=DEFAULT_RULES,
+    )
 
     (redeemed,) = member.collect_events()
     assert [(d.lot_id, d.points) for d in redeemed.draws] == [
@@ -100,14 +115,28 @@ def test_pending_points_cannot_be_spent_until_available_at() -> None:
     balance = member.balance(now=T0, rules=PENDING_WEEK)
     assert (balance.available, balance.pending) == (0, 300)
     with pytest.raises(InsufficientPoints) as refused:
-        member.redeem(points=1, reward_ref=None, order_ref=None, at=T0, channel="pos", rules=PENDING_WEEK)
+        member.redeem(
+            redemption_id=uuid4(),
+            points=1,
+            reward_ref=None,
+            order_ref=None,
+            at=T0,
+            channel="pos",
+            rules=PENDING_WEEK,
+        )
     assert refused.value.extra["available"] == 0
 
     a_week_later = T0 + timedelta(days=7)
     balance = member.balance(now=a_week_later, rules=PENDING_WEEK)
     assert (balance.available, balance.pending) == (300, 0)
     member.redeem(
-        points=300, reward_ref=None, order_ref=None, at=a_week_later, channel="pos", rules=PENDING_WEEK
+        redemption_id=uuid4(),
+        points=300,
+        reward_ref=None,
+        order_ref=None,
+        at=a_week_later,
+        channel="pos",
+        rules=PENDING_WEEK,
     )
     assert member.balance(now=a_week_later, rules=PENDING_WEEK).available == 0
 
@@ -121,7 +150,13 @@ def test_points_past_expiry_show_as_expired_and_cannot_be_spent() -> None:
     assert (balance.available, balance.expired) == (0, 50)
     with pytest.raises(InsufficientPoints):
         member.redeem(
-            points=10, reward_ref=None, order_ref=None, at=next_year, channel="pos", rules=DEFAULT_RULES
+            redemption_id=uuid4(),
+            points=10,
+            reward_ref=None,
+            order_ref=None,
+            at=next_year,
+            channel="pos",
+            rules=DEFAULT_RULES,
         )
     # Qualifying points age out of the rolling window too.
     assert balance.qualifying == 0
@@ -192,12 +227,28 @@ def test_refused_redemptions_record_nothing() -> None:
     version = member.version
 
     with pytest.raises(InsufficientPoints) as refused:
-        member.redeem(points=81, reward_ref=None, order_ref=None, at=T0, channel="pos", rules=DEFAULT_RULES)
+        member.redeem(
+            redemption_id=uuid4(),
+            points=81,
+            reward_ref=None,
+            order_ref=None,
+            at=T0,
+            channel="pos",
+            rules=DEFAULT_RULES,
+        )
     assert refused.value.extra == {"available": 80}
 
     strict = replace(DEFAULT_RULES, redemption=RedemptionRule(min_points=100))
     with pytest.raises(BelowRedemptionMinimum) as too_small:
-        member.redeem(points=50, reward_ref=None, order_ref=None, at=T0, channel="pos", rules=strict)
+        member.redeem(
+            redemption_id=uuid4(),
+            points=50,
+            reward_ref=None,
+            order_ref=None,
+            at=T0,
+            channel="pos",
+            rules=strict,
+        )
     assert too_small.value.extra == {"min_points": 100}
 
     assert member.collect_events() == []

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -34,7 +34,15 @@ def test_merge_moves_lots_totals_identities_and_retires_the_source() -> None:
     buy(target, "300", order_ref="POS-1")
     source = app_member()
     buy(source, "800", order_ref="APP-1", channel="app", occurred_at=T0 - timedelta(days=200))
-    source.redeem(points=100, reward_ref=None, order_ref=None, at=T0, channel="app", rules=DEFAULT_RULES)
+    source.redeem(
+        redemption_id=uuid4(),
+        points=100,
+        reward_ref=None,
+        order_ref=None,
+        at=T0,
+        channel="app",
+        rules=DEFAULT_RULES,
+    )
     target.collect_events()
     source.collect_events()
     now = T0 + timedelta(minutes=1)
@@ -63,7 +71,15 @@ def test_a_merged_source_keeps_nothing_so_sums_over_members_do_not_change() -> N
     target, source = enrolled_member(), app_member()
     buy(target, "300", order_ref="POS-1")
     buy(source, "800", order_ref="APP-1", channel="app")
-    source.redeem(points=100, reward_ref=None, order_ref=None, at=T0, channel="app", rules=DEFAULT_RULES)
+    source.redeem(
+        redemption_id=uuid4(),
+        points=100,
+        reward_ref=None,
+        order_ref=None,
+        at=T0,
+        channel="app",
+        rules=DEFAULT_RULES,
+    )
     now = T0 + timedelta(minutes=1)
     fields = ("available", "pending", "held", "lifetime_earned", "lifetime_redeemed", "expired", "qualifying")
 

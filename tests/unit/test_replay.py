@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from eventsourcing.domain import Snapshot
@@ -59,6 +60,7 @@ def busy_member() -> tuple[Member, list[Any]]:
     )
     buy(member, "99.90", order_ref="A-2", at=T0 + timedelta(minutes=4), rules=LATER_RULES)
     member.redeem(
+        redemption_id=uuid4(),
         points=300,
         reward_ref="mug",
         order_ref="A-3",
@@ -116,8 +118,17 @@ def test_a_snapshot_round_trip_restores_the_member_exactly() -> None:
     assert set(Member.personal_fields) <= set(snapshot.state)
     # The restored member carries on exactly like the original.
     later = T0 + timedelta(days=10)
+    redemption_id = uuid4()
     for m in (member, restored):
-        m.redeem(points=10, reward_ref=None, order_ref=None, at=later, channel="app", rules=DEFAULT_RULES)
+        m.redeem(
+            redemption_id=redemption_id,
+            points=10,
+            reward_ref=None,
+            order_ref=None,
+            at=later,
+            channel="app",
+            rules=DEFAULT_RULES,
+        )
     assert restored == member
 
 
