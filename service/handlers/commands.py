@@ -83,3 +83,61 @@ class QuotePurchase(Struct, frozen=True, kw_only=True):
     amount: Decimal
     currency: str
     items: list[PurchaseItem] = []
+
+
+class ReverseEarn(Command):
+    """Refund a purchase: whole (`amount` None: what remains of it) or in part."""
+
+    member_id: UUID
+    order_ref: str
+    amount: Decimal | None = None
+
+
+class ReverseRedemption(Command):
+    """Undo a redemption (`redemption_id`: the id its redeem answered with)."""
+
+    member_id: UUID
+    redemption_id: UUID
+
+
+class PlaceHold(Command):
+    """Reserve points at a checkout for `ttl_seconds` (the hold id is assigned by the use case)."""
+
+    member_id: UUID
+    points: int
+    ttl_seconds: int = 900
+    order_ref: str | None = None
+
+
+class CaptureHold(Command):
+    """Spend a hold, whole (`points` None) or in part (the rest is released)."""
+
+    hold_id: UUID
+    points: int | None = None
+
+
+class ReleaseHold(Command):
+    hold_id: UUID
+
+
+class Adjust(Command):
+    """Correct a balance by `points` (either sign); below zero only with `allow_negative`."""
+
+    member_id: UUID
+    points: int
+    reason: str
+    allow_negative: bool = False
+
+
+class Transfer(Command):
+    """Move points from `member_id` to `to_member_id` (both streams, one atomic append)."""
+
+    member_id: UUID
+    to_member_id: UUID
+    points: int
+
+
+class Settle(Command):
+    """Record what time alone has made due for a member (asked by the service's clock)."""
+
+    member_id: UUID

@@ -76,6 +76,56 @@ class Quote(Result):
     tier: str
 
 
+class Reversed(Result):
+    """A refund (`points` negative: taken back) or an undone redemption (positive)."""
+
+    member_id: UUID
+    event_id: UUID
+    points: int
+    balance: Balance
+
+
+class Held(Result):
+    member_id: UUID
+    hold_id: UUID
+    points: int
+    expires_at: datetime
+    balance: Balance
+
+
+class HoldClosed(Result):
+    """A hold captured (`captured` points spent, the rest released) or released."""
+
+    member_id: UUID
+    hold_id: UUID
+    captured: int
+    released: int
+    balance: Balance
+
+
+class Adjusted(Result):
+    member_id: UUID
+    event_id: UUID
+    points: int
+    balance: Balance
+
+
+class Transferred(Result):
+    """A transfer; `balance` is the sender's."""
+
+    member_id: UUID
+    to_member_id: UUID
+    points: int
+    balance: Balance
+
+
+class Settled(Result):
+    """What time had made due for the member: the events recorded (0: nothing was due)."""
+
+    member_id: UUID
+    events: int
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome(Generic[R]):
     """A command's result and the position of its last event; `replayed` when it is the first
