@@ -48,13 +48,7 @@ def problem(
     headers: dict[str, str] | None = None,
 ) -> Response[bytes]:
     """A problem+json response; `extra` members are added beside the standard ones."""
-    body = msgspec.to_builtins(
-        Problem(type=TYPE_BASE + code, title=title, status=status, detail=detail, errors=errors)
-    )
-    if errors is None:
-        body.pop("errors", None)
-    for key, value in (extra or {}).items():
-        body.setdefault(key, value)
+    body = problem_body(status, code, title, detail, errors=errors, extra=extra)
     if status == 503 and not (headers and "Retry-After" in headers):
         headers = {**(headers or {}), "Retry-After": str(RETRY_AFTER_SECONDS)}
     return Response(
@@ -62,16 +56,48 @@ def problem(
     )
 
 
-def domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]:
+def problem_body(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    errors: list[ProblemField] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The members of a problem (RFC 9457): the standard ones, `errors` when there are any,
+    then `extra` (never overriding a standard member)."""
+    body: dict[str, Any] = msgspec.to_builtins(
+        Problem(type=TYPE_BASE + code, title=title, status=status, detail=detail, errors=errors)
+    )
+    if errors is None:
+        body.pop("errors", None)
+    for key, value in (extra or {}).items():
+        body.setdefault(key, value)
+    return body
+
+
+def domain_problem(exc: DomainError) -> dict[str, Any]:
+    """The problem of a declared error (its status, code and title are on its class)."""
     extra = dict(exc.extra)
     errors = None
     if "errors" in extra:
         errors = [ProblemField(field=e["field"], message=e["message"]) for e in extra.pop("errors")]  # type: ignore[attr-defined]
     elif "field" in extra and exc.status == 422:
         errors = [ProblemField(field=str(extra["field"]), message=exc.detail)]
+    return problem_body(exc.status, exc.code, exc.title, exc.detail, errors=errors, extra=extra)
+
+
+def domain_error(request: Request[Any, Any, Any], exc: DomainError) -> Response[bytes]:
     if exc.status >= 500 and exc.status != 503:
         return unexpected(request, exc)
-    return problem(exc.status, exc.code, exc.title, exc.detail, errors=errors, extra=extra)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if exc.status == 503 else None
+    return Response(
+        content=_encoder.encode(domain_problem(exc)),
+        status_code=exc.status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
+    )
 
 
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
