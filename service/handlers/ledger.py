@@ -1,18 +1,43 @@
-"""Points: earn (purchase or award), quote, redeem; balance and history reads."""
+"""Points: earn (purchase or award), quote, redeem, reverse, adjust, transfer, settle; balance and
+history reads. Holds are in holds.py."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import ClassVar
 from uuid import UUID
 
+from domain.errors import DomainError
 from domain.member import Member
 from domain.program import Program
 from service.services import Services
 
-from .commands import Award, EarnPurchase, QuotePurchase, Redeem
+from .commands import (
+    Adjust,
+    Award,
+    EarnPurchase,
+    QuotePurchase,
+    Redeem,
+    ReverseEarn,
+    ReverseRedemption,
+    Settle,
+    Transfer,
+)
 from .context import CommandContext
 from .errors import InvalidInput, UnknownMember
-from .results import BalanceAt, Earned, History, HistoryItem, Outcome, Quote, Redeemed
+from .results import (
+    Adjusted,
+    BalanceAt,
+    Earned,
+    History,
+    HistoryItem,
+    Outcome,
+    Quote,
+    Redeemed,
+    Reversed,
+    Settled,
+    Transferred,
+)
 from .unit_of_work import UnitOfWork, execute
 
 # A POS catching up offline may send old purchases; a clock far ahead is a mistake.
@@ -129,6 +154,110 @@ async def redeem(services: Services, ctx: CommandContext, cmd: Redeem) -> Outcom
         )
 
     return await execute(services, ctx, [cmd.member_id], decide, Redeemed)
+
+
+async def reverse(
+    services: Services, ctx: CommandContext, cmd: ReverseEarn | ReverseRedemption
+) -> Outcome[Reversed]:
+    """Refund a purchase (its points taken back: negative) or undo a redemption (given back)."""
+
+    async def decide(uow: UnitOfWork) -> Reversed:
+        member = await uow.member(cmd.member_id)
+        program = await uow.program()
+        if isinstance(cmd, ReverseEarn):
+            points = -member.reverse_earn(
+                order_ref=cmd.order_ref,
+                amount=cmd.amount,
+                at=ctx.now,
+                channel=ctx.channel,
+                rules=program.rules,
+            )
+        else:
+            points = member.reverse_redemption(
+                redemption_id=cmd.redemption_id, at=ctx.now, channel=ctx.channel
+            )
+        return Reversed(
+            member_id=cmd.member_id,
+            event_id=uow.event_id(0),  # the earn_reversed or redemption_reversed event
+            points=points,
+            balance=member.balance(now=ctx.now, rules=program.rules),
+        )
+
+    return await execute(services, ctx, [cmd.member_id], decide, Reversed)
+
+
+async def adjust(services: Services, ctx: CommandContext, cmd: Adjust) -> Outcome[Adjusted]:
+    """Correct a balance by points of either sign; below zero only when allowed."""
+
+    async def decide(uow: UnitOfWork) -> Adjusted:
+        member = await uow.member(cmd.member_id)
+        program = await uow.program()
+        member.adjust(
+            points=cmd.points,
+            reason=cmd.reason,
+            allow_negative=cmd.allow_negative,
+            at=ctx.now,
+            channel=ctx.channel,
+            rules=program.rules,
+        )
+        return Adjusted(
+            member_id=cmd.member_id,
+            event_id=uow.event_id(0),  # the points_adjusted event
+            points=cmd.points,
+            balance=member.balance(now=ctx.now, rules=program.rules),
+        )
+
+    return await execute(services, ctx, [cmd.member_id], decide, Adjusted)
+
+
+async def transfer(services: Services, ctx: CommandContext, cmd: Transfer) -> Outcome[Transferred]:
+    """Move points to another member: both streams in one atomic append."""
+
+    async def decide(uow: UnitOfWork) -> Transferred:
+        sender = await uow.member(cmd.member_id)
+        receiver = await uow.member(cmd.to_member_id)  # 404 member_not_found when unknown
+        program = await uow.program()
+        sender.transfer(to=receiver, points=cmd.points, at=ctx.now, channel=ctx.channel, rules=program.rules)
+        return Transferred(
+            member_id=cmd.member_id,
+            to_member_id=cmd.to_member_id,
+            points=cmd.points,
+            balance=sender.balance(now=ctx.now, rules=program.rules),
+        )
+
+    return await execute(services, ctx, [cmd.member_id, cmd.to_member_id], decide, Transferred)
+
+
+class _NothingDue(DomainError):
+    """Settle found nothing due: raised out of `decide` so that `execute()` appends nothing."""
+
+    status: ClassVar[int] = 200
+
+    def __init__(self) -> None:
+        super().__init__("nothing is due")
+
+
+async def settle(services: Services, ctx: CommandContext, cmd: Settle) -> Outcome[Settled]:
+    """Record what time alone has made due for a member (expiries, expired holds, downgrades).
+
+    Nothing due (the common answer to a timer) writes nothing and opens no transaction: an
+    empty append would still take the append lock and write an idempotency record. A retry of
+    a settle that did record events is still answered with its first outcome, by `execute()`.
+    """
+
+    async def decide(uow: UnitOfWork) -> Settled:
+        member = await uow.member(cmd.member_id)
+        program = await uow.program()
+        events = member.settle(at=ctx.now, channel=ctx.channel, rules=program.rules)
+        if events == 0:
+            # A refusal to execute(): it looks up the key's first answer, and appends nothing.
+            raise _NothingDue()
+        return Settled(member_id=cmd.member_id, events=events)
+
+    try:
+        return await execute(services, ctx, [cmd.member_id], decide, Settled, status=200)
+    except _NothingDue:
+        return Outcome(200, Settled(member_id=cmd.member_id, events=0), 0)  # position 0: no event
 
 
 async def _member(services: Services, member_id: UUID) -> Member:

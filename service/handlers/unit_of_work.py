@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
@@ -29,6 +30,7 @@ from service.store import appender as store
 from service.store.appender import (
     AppendRejected,
     AppendRequest,
+    HoldClaim,
     IdempotencyRecord,
     IdentityClaim,
     Metadata,
@@ -56,6 +58,7 @@ class UnitOfWork:
         self.order_claims: list[tuple[str, UUID]] = []
         self.identity_claims: list[IdentityClaim] = []
         self.identity_releases: list[IdentityClaim] = []
+        self.hold_claims: list[HoldClaim] = []
         self.member_keys: list[tuple[UUID, bytes]] = []
         self._new_keys: dict[UUID, bytes] = {}
         self.event_ids: list[UUID] = []  # of the events recorded, in order (grown by event_id)
@@ -91,6 +94,10 @@ class UnitOfWork:
 
     def claim_order(self, order_ref: str, member_id: UUID) -> None:
         self.order_claims.append((order_ref, member_id))
+
+    def claim_hold(self, hold_id: UUID, member_id: UUID, expires_at: datetime) -> None:
+        """Index a hold this command places, so that it is found by its id alone."""
+        self.hold_claims.append(HoldClaim(hold_id, member_id, expires_at))
 
     def claim_identity(self, identity: Identity, member_id: UUID) -> None:
         self.identity_claims.append(self._claim(identity, member_id))
@@ -155,6 +162,7 @@ class UnitOfWork:
             identity_claims=self.identity_claims,
             identity_releases=self.identity_releases,
             member_keys=self.member_keys,
+            hold_claims=self.hold_claims,
         )
 
 

@@ -75,6 +75,15 @@ class IdentityClaim:
     member_id: UUID
 
 
+@dataclass(frozen=True, slots=True)
+class HoldClaim:
+    """A hold placed by the request: its owner is found by its id (a capture names only the hold)."""
+
+    hold_id: UUID
+    member_id: UUID
+    expires_at: datetime
+
+
 @dataclass(slots=True)
 class AppendRequest:
     """Events of one command, with everything that must commit (or not) together with them.
@@ -91,6 +100,7 @@ class AppendRequest:
     identity_claims: Sequence[IdentityClaim] = ()
     identity_releases: Sequence[IdentityClaim] = ()
     member_keys: Sequence[tuple[UUID, bytes]] = ()
+    hold_claims: Sequence[HoldClaim] = ()
     # (follower name, position it has applied): its checkpoint, written with the events.
     tracking: tuple[str, int] | None = None
 
@@ -385,8 +395,8 @@ class _Plan:
         return Committed(positions)
 
     async def write(self, conn: asyncpg.Connection, requests: list[AppendRequest]) -> None:
-        """Write the accepted requests: events, idempotency records, order claims, member keys
-        and the NOTIFY in one statement; identity claims and checkpoints (rarer) after it."""
+        """Write the accepted requests: events, idempotency records, order and hold claims, member
+        keys and the NOTIFY in one statement; identity claims and checkpoints (rarer) after it."""
         rows = [
             (
                 position,
@@ -410,6 +420,8 @@ class _Plan:
         idem_rows = [self.responses[id(r)] for r in requests if id(r) in self.responses]
         orders = [(o, m, r.metadata.channel) for r in requests for o, m in r.order_claims]
         keys = [k for r in requests for k in r.member_keys]
+        # A hold is indexed at its request's last event (its points_held).
+        holds = [(c, self.positions[id(r)][-1]) for r in requests for c in r.hold_claims]
         await conn.execute(
             _WRITE_BATCH,
             *events,
@@ -427,6 +439,10 @@ class _Plan:
             NOTIFY_CHANNEL,
             str(last),  # delivered at commit, never before: listeners wake only for committed events
             [c for _, _, c in orders],
+            [c.hold_id for c, _ in holds],
+            [c.member_id for c, _ in holds],
+            [c.expires_at for c, _ in holds],
+            [pos for _, pos in holds],
         )
         releases = [c for r in requests for c in r.identity_releases]
         if releases:
@@ -516,6 +532,9 @@ WITH
     SELECT o, m, $21, c FROM unnest($19::text[], $20::uuid[], $26::text[]) AS t(o, m, c)),
   new_member_keys AS (
     INSERT INTO member_keys (member_id, wrapped_key)
-    SELECT * FROM unnest($22::uuid[], $23::bytea[]))
+    SELECT * FROM unnest($22::uuid[], $23::bytea[])),
+  new_holds AS (
+    INSERT INTO holds (hold_id, member_id, expires_at, position)
+    SELECT * FROM unnest($27::uuid[], $28::uuid[], $29::timestamptz[], $30::bigint[]))
 SELECT pg_notify($24, $25) WHERE $21 > 0
 """

@@ -177,6 +177,15 @@ class EventStore:
             )
         return owner
 
+    async def hold_owner(self, hold_id: UUID) -> UUID | None:
+        """The member who placed this hold (None: no such hold), from the `holds` index that the
+        points_held event's transaction wrote: a capture right after the hold finds it."""
+        async with self.pool.acquire() as conn:
+            owner: UUID | None = await conn.fetchval(
+                "SELECT member_id FROM holds WHERE hold_id = $1", hold_id
+            )
+        return owner
+
     async def last_position(self) -> int:
         async with self.pool.acquire() as conn:
             return int(await conn.fetchval("SELECT coalesce(max(position), 0) FROM events"))
