@@ -17,9 +17,11 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from service.api.access import AccessController
 from service.api.auth import Gate, is_public
+from service.api.batch import BatchController
 from service.api.body import StrictRequest
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.health import HealthController
+from service.api.holds import HoldsController
 from service.api.ledger import LedgerController
 from service.api.members import MembersController
 from service.api.openapi import openapi_config
@@ -183,6 +185,8 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
         route_handlers=[
             MembersController,
             LedgerController,
+            HoldsController,
+            BatchController,
             ProgramController,
             AccessController,
             HealthController,

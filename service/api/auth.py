@@ -104,6 +104,15 @@ def requires(*scopes: str) -> Any:
     return guard
 
 
+def fingerprint(method: str, path: str, body: bytes) -> bytes:
+    """What an Idempotency-Key is bound to: the method, the path and the canonical body."""
+    digest = hashlib.sha256()
+    for part in (method.encode(), path.encode(), body):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.digest()
+
+
 def _valid_idempotency_key(key: str) -> bool:
     return 1 <= len(key) <= 200 and all(0x20 <= ord(c) <= 0x7E for c in key)
 
@@ -129,10 +138,6 @@ async def command_context(
         if not _valid_idempotency_key(key):
             raise InvalidInput([("Idempotency-Key", "must be 1-200 printable ASCII characters")])
     body = canonical(await request.json()) if request.route_handler.parsed_data_field else b""
-    digest = hashlib.sha256()
-    for part in (request.method.encode(), request.url.path.encode(), body):
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
     request_id = request_id_var.get() or request.headers.get("x-request-id") or uuid.uuid4().hex
     return CommandContext(
         channel=principal.channel,
@@ -141,5 +146,5 @@ async def command_context(
         now=datetime.now(UTC),
         request_id=request_id[:100],
         idempotency_key=key,
-        request_hash=digest.digest(),
+        request_hash=fingerprint(request.method, request.url.path, body),
     )

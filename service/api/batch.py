@@ -1,0 +1,210 @@
+"""POST /v1/batch: many commands in one request (an offline POS catching up; high-volume callers).
+
+Each item is the command its own endpoint would run, with its own Idempotency-Key, its own scope
+and its own answer: the item's result is what that endpoint would have answered (status and
+body, a problem for a refused item), and one bad item does not stop the others. An item is
+fingerprinted exactly as its endpoint's request would be (method, the endpoint's path, the
+decoded body), so a command sent once alone and once in a batch with the same key is one
+command, and retrying a whole batch replays every item that was applied.
+
+Items run in order for each member (and each hold); items of different members run at once, so
+their appends share group commits (ADR 2): a batch of 100 earns for 100 members is a handful of
+transactions, not 100.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, post
+from litestar.di import NamedDependency, Provide
+from litestar.exceptions import ClientException
+from litestar.params import JSONBody
+from msgspec import Meta
+
+from domain.errors import DomainError
+from service.handlers import ledger
+from service.handlers.commands import Award, Redeem
+from service.handlers.context import CommandContext
+from service.handlers.errors import InvalidInput
+from service.handlers.results import Outcome
+from service.services import Services
+
+from .auth import command_context, fingerprint, requires
+from .body import canonical, decode_body
+from .errors import RETRY_AFTER_SECONDS, UNAVAILABLE, domain_problem, problem_body
+from .ledger import earn_command
+from .schemas import Body, EarnIn, Out, RedeemIn
+from .views import earn_out, redeem_out
+
+MAX_ITEMS = 500
+
+IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$")]
+Op = Literal["earn", "redeem", "hold", "capture", "release", "reversal", "adjustment", "transfer"]
+
+
+class BatchItemIn(Body, kw_only=True):
+    """One command: `op` names its endpoint; `member_id` or `hold_id` its path; `body` its body."""
+
+    op: Op
+    member_id: UUID | None = None
+    hold_id: UUID | None = None
+    idempotency_key: IdempotencyKey
+    body: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+class BatchIn(Body, kw_only=True):
+    items: Annotated[list[BatchItemIn], Meta(min_length=1, max_length=MAX_ITEMS)]
+
+
+class BatchItemOut(Out, kw_only=True):
+    """What the item's own endpoint would have answered (a problem when refused)."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+class BatchOut(Out, kw_only=True):
+    results: list[BatchItemOut]
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """How one kind of item runs: its endpoint's path, its body type, the scope a body needs,
+    and the use case that answers it (an Outcome and how to render its result)."""
+
+    path: str  # e.g. "/v1/members/{member_id}/earn": what the item is fingerprinted as
+    body: type[Any]
+    scope: Callable[[Any], str]
+    target: Literal["member", "hold"]
+    run: Callable[[Services, CommandContext, UUID, Any], Awaitable[Ran]]
+
+
+# What running an item gives: its outcome, and how its endpoint renders the result.
+Ran = tuple[Outcome[Any], Callable[[Any, int], Any]]
+_ANY = UUID(int=0)  # a member id where only the shape of a body matters
+
+
+async def _earn(services: Services, ctx: CommandContext, member_id: UUID, body: EarnIn) -> Ran:
+    return await ledger.earn(services, ctx, earn_command(member_id, body)), earn_out
+
+
+async def _redeem(services: Services, ctx: CommandContext, member_id: UUID, body: RedeemIn) -> Ran:
+    cmd = Redeem(
+        member_id=member_id, points=body.points, reward_ref=body.reward_ref, order_ref=body.order_ref
+    )
+    return await ledger.redeem(services, ctx, cmd), redeem_out
+
+
+OPERATIONS: dict[str, Operation] = {
+    "earn": Operation(
+        "/v1/members/{member_id}/earn",
+        EarnIn,
+        lambda body: "award" if isinstance(earn_command(_ANY, body), Award) else "earn",
+        "member",
+        _earn,
+    ),
+    "redeem": Operation("/v1/members/{member_id}/redeem", RedeemIn, lambda _: "redeem", "member", _redeem),
+}
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+@dataclass(slots=True)
+class _Item:
+    index: int
+    item: BatchItemIn
+    after: list[asyncio.Future[None]]
+    done: asyncio.Future[None]
+
+
+class BatchController(Controller):
+    path = "/v1/batch"
+    tags = ["ledger"]
+    dependencies = {"ctx": Provide(command_context)}
+
+    @post(
+        "/",
+        # Each item needs the scope of its own endpoint; the batch itself any of them.
+        guards=[requires("earn", "award", "redeem", "adjust", "transfer")],
+        status_code=200,
+        summary="Many commands in one request, each with its own Idempotency-Key and answer",
+    )
+    async def batch(
+        self,
+        data: JSONBody[BatchIn],
+        services: NamedDependency[Services],
+        ctx: NamedDependency[CommandContext],
+    ) -> BatchOut:
+        """Items run in order per member; the answer lists each item's result in order."""
+        last: dict[UUID, asyncio.Future[None]] = {}
+        items: list[_Item] = []
+        loop = asyncio.get_running_loop()
+        for index, item in enumerate(data.items):
+            key = item.member_id if OPERATIONS.get(item.op, _NONE).target == "member" else item.hold_id
+            done: asyncio.Future[None] = loop.create_future()
+            after = [last[key]] if key is not None and key in last else []
+            if key is not None:
+                last[key] = done
+            items.append(_Item(index, item, after, done))
+        results = await asyncio.gather(*(self._run(services, ctx, i) for i in items))
+        return BatchOut(results=list(results))
+
+    async def _run(self, services: Services, ctx: CommandContext, queued: _Item) -> BatchItemOut:
+        try:
+            for earlier in queued.after:
+                await earlier
+            return await _item(services, ctx, queued.item)
+        finally:
+            queued.done.set_result(None)
+
+
+async def _item(services: Services, ctx: CommandContext, item: BatchItemIn) -> BatchItemOut:
+    operation = OPERATIONS.get(item.op)
+    try:
+        if operation is None:
+            raise InvalidInput([("op", f"{item.op!r} is not supported yet")])
+        target = item.member_id if operation.target == "member" else item.hold_id
+        if target is None:
+            name = "member_id" if operation.target == "member" else "hold_id"
+            raise InvalidInput([(name, f"required for {item.op}")])
+        body = decode_body(bytes(item.body), operation.body)
+        scope = operation.scope(body)
+        if scope not in ctx.scopes:
+            return _problem(403, "forbidden", "Forbidden", f"this API key lacks the {scope!r} scope")
+        path = operation.path.format(member_id=target, hold_id=target)
+        # Fingerprinted as the item's own endpoint would be: alone or in a batch, one command.
+        own = replace(
+            ctx, idempotency_key=item.idempotency_key, request_hash=fingerprint("POST", path, canonical(body))
+        )
+        outcome, render = await operation.run(services, own, target, body)
+    except DomainError as exc:
+        if exc.status >= 500 and exc.status != 503:
+            raise
+        return BatchItemOut(status=exc.status, body=domain_problem(exc))
+    except ClientException as exc:
+        return _problem(400, "malformed_request", "Malformed request", exc.detail)
+    except UNAVAILABLE:
+        detail = f"the database cannot be reached right now; retry in {RETRY_AFTER_SECONDS} s"
+        return _problem(503, "unavailable", "Service unavailable", detail)
+    result = outcome.result
+    rendered = (
+        _decode(result)
+        if isinstance(result, bytes)
+        else msgspec.to_builtins(render(result, outcome.position))
+    )
+    return BatchItemOut(status=outcome.status, body=rendered, replayed=outcome.replayed)
+
+
+def _problem(status: int, code: str, title: str, detail: str) -> BatchItemOut:
+    return BatchItemOut(status=status, body=problem_body(status, code, title, detail))
+
+
+_NONE = Operation(path="", body=dict, scope=lambda _: "", target="member", run=None)  # type: ignore[arg-type]
