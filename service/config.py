@@ -278,6 +278,15 @@ class Settings:
             ge=0,
         ),
     ] = 60.0
+    clock_interval_seconds: Annotated[
+        float,
+        Setting(
+            variable="LOYALTY_CLOCK_INTERVAL_SECONDS",
+            meaning="How often the clock (where the followers lead) looks for members that time"
+            " alone has changed: lots expiring, holds expiring, downgrades after the grace period",
+            gt=0,
+        ),
+    ] = 1.0
 
     def __post_init__(self) -> None:
         for spec in SPECS:

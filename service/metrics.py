@@ -1,4 +1,4 @@
-"""Prometheus metrics: HTTP requests, appends, and the followers of the log (relay, projections).
+"""Prometheus metrics: HTTP requests, appends, the followers of the log (relay, projections), the clock.
 
 Request metrics are counted by the request middleware; the rest are read from the running
 components at scrape time, so a scrape always reports current positions and lags.
@@ -161,3 +161,32 @@ async def projection_metrics(runner: Any) -> Iterable[Metric]:
         for field, family in families.items():
             family.add_metric([status.name], getattr(status, field))
     return [*families.values(), delays]
+
+
+def clock_metrics(clock: Any) -> Iterable[Metric]:
+    """The clock (service/clock.py): what time alone made due, settled by this instance."""
+    status = clock.status()
+    counters = {
+        "loyalty_clock_settles": ("Settle commands the clock ran.", status.settles),
+        "loyalty_clock_settled_members": (
+            "Settles that recorded something (a member's lots, holds or tier changed).",
+            status.members_settled,
+        ),
+        "loyalty_clock_events": ("Events the clock's settles recorded.", status.events),
+        "loyalty_clock_failures": ("Settles that failed (each is retried).", status.failures),
+    }
+    for name, (doc, value) in counters.items():
+        counter = CounterMetricFamily(name, doc)
+        counter.add_metric([], value)
+        yield counter
+    gauges = {
+        "loyalty_clock_active": ("1 when this instance's clock leads.", int(status.active)),
+        "loyalty_clock_deferred_members": (
+            "Members waiting on an instant only their aggregate knows (their last settle recorded nothing).",
+            status.deferred,
+        ),
+    }
+    for name, (doc, value) in gauges.items():
+        gauge = GaugeMetricFamily(name, doc)
+        gauge.add_metric([], value)
+        yield gauge

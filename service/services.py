@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -22,6 +23,9 @@ from service.store.idempotency import IdempotencyRecords
 from service.store.keys import Keyring, MasterKeyError, parse_master_key
 from service.store.migrate import migrate
 from service.store.repository import Repository
+
+if TYPE_CHECKING:
+    from service.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ class Services:
     nats: NatsConnection | None
     relay: Relay | None
     projections: ProjectionRunner
+    clock: Clock | None = None  # where the followers lead (`lead`)
 
 
 def master_key(settings: Settings) -> bytes:
@@ -54,8 +59,9 @@ def master_key(settings: Settings) -> bytes:
 async def open_services(settings: Settings, *, lead: bool | None = None) -> AsyncIterator[Services]:
     """Connect, migrate, start the appender and the followers of the log; close them on exit.
 
-    The relay and the projection runner lead (compete for the lead) when `lead`, by default
-    when `settings.followers` is "inline"; otherwise they only watch the leaders' progress.
+    The relay, the projection runner and the clock lead (compete for the lead) when `lead`,
+    by default when `settings.followers` is "inline"; otherwise the relay and the runner only
+    watch the leaders' progress, and there is no clock.
     """
     lead = settings.leads_followers if lead is None else lead
     if settings.database_url is None:
@@ -94,9 +100,16 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
             relay=relay,
             projections=ProjectionRunner(pool, store, settings.database_url, lead=lead),
         )
+        if lead:
+            # Imported here: the clock runs use cases, and the use cases import this module.
+            from service.clock import Clock
+
+            services = replace(services, clock=Clock(services, interval=settings.clock_interval_seconds))
         pruner: asyncio.Task[None] | None = None
         try:
             await services.projections.start()
+            if services.clock is not None:
+                await services.clock.start()
             if settings.admin_key:
                 await services.access.ensure_admin_key(settings.admin_key)
             pruner = asyncio.create_task(
@@ -106,6 +119,8 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
         finally:
             if pruner is not None:
                 pruner.cancel()
+            if services.clock is not None:
+                await services.clock.stop()  # before the appender: its settles append
             await services.projections.stop()
             await appender.stop()
             if relay is not None:
