@@ -418,6 +418,22 @@ async def test_settle_with_nothing_due_appends_nothing(services: Services) -> No
     assert services.appender.batches == batches  # not even an empty transaction
 
 
+async def test_settle_on_another_instance_releases_a_hold_its_cached_copy_never_saw(
+    two_instances: list[Services],
+) -> None:
+    first, second = two_instances
+    member_id = await member_with(first, "100.00")
+    await second.repository.member(member_id)  # cached there before the hold
+    now = datetime.now(UTC)
+    placed = await holds.place(first, ctx(now), PlaceHold(member_id=member_id, points=40, ttl_seconds=60))
+
+    settled = await ledger.settle(second, ctx(now + timedelta(seconds=60)), Settle(member_id=member_id))
+
+    assert settled.result.events == 1
+    history = await first.store.stream_history(member_id, after=placed.position, limit=10)
+    assert [e.event_type for e in history] == ["hold_released"]
+
+
 async def test_settle_expires_lots_past_their_date_and_a_retry_replays_it(services: Services) -> None:
     member_id = await member_with(services, "100.00")
     later = ctx(datetime.now(UTC) + timedelta(days=400), key="settle-1", request_hash=b"same")
