@@ -1,4 +1,4 @@
-"""Points: earn, quote, redeem, balance, history."""
+"""Points: earn, quote, redeem, reversals, adjustments, transfers; balance and history."""
 
 from __future__ import annotations
 
@@ -14,7 +14,16 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from domain.member_values import PurchaseItem
 from service.handlers import ledger
-from service.handlers.commands import Award, EarnPurchase, QuotePurchase, Redeem
+from service.handlers.commands import (
+    Adjust,
+    Award,
+    EarnPurchase,
+    QuotePurchase,
+    Redeem,
+    ReverseEarn,
+    ReverseRedemption,
+    Transfer,
+)
 from service.handlers.context import CommandContext
 from service.handlers.errors import InvalidInput
 from service.services import Services
@@ -22,6 +31,8 @@ from service.services import Services
 from .auth import command_context, requires
 from .responses import reply
 from .schemas import (
+    AdjustmentIn,
+    AdjustmentOut,
     BalanceAtOut,
     EarnIn,
     EarnOut,
@@ -31,8 +42,21 @@ from .schemas import (
     QuoteOut,
     RedeemIn,
     RedeemOut,
+    ReversalIn,
+    ReversalOut,
+    TransferIn,
+    TransferOut,
 )
-from .views import balance_at_out, earn_out, history_out, quote_out, redeem_out
+from .views import (
+    adjustment_out,
+    balance_at_out,
+    earn_out,
+    history_out,
+    quote_out,
+    redeem_out,
+    reversal_out,
+    transfer_out,
+)
 
 _PURCHASE_FIELDS = ("order_ref", "amount", "currency", "occurred_at", "items")
 _AWARD_FIELDS = ("points", "reason")
@@ -65,6 +89,26 @@ def earn_command(member_id: UUID, body: EarnIn) -> EarnPurchase | Award:
     )
 
 
+def reversal_command(member_id: UUID, body: ReversalIn) -> ReverseEarn | ReverseRedemption:
+    """The body's command: a refund (`order_ref`, `amount`?) or an undone redemption
+    (`redemption_id`), checking that it is wholly one of them."""
+    if body.redemption_id is not None:
+        stray = [f for f in ("order_ref", "amount") if getattr(body, f) is not None]
+        if stray:
+            raise InvalidInput([(f, "not allowed when undoing a redemption (redemption_id)") for f in stray])
+        return ReverseRedemption(member_id=member_id, redemption_id=body.redemption_id)
+    if body.order_ref is None:
+        raise InvalidInput([("order_ref", "required for a refund (or redemption_id, to undo a redemption)")])
+    amount = None if body.amount is None else Decimal(body.amount)
+    return ReverseEarn(member_id=member_id, order_ref=body.order_ref, amount=amount)
+
+
+def _require_scope(ctx: CommandContext, scope: str) -> None:
+    """One endpoint, two commands: the guard let in either scope, the command needs its own."""
+    if scope not in ctx.scopes:
+        raise PermissionDeniedException(f"this API key lacks the {scope!r} scope")
+
+
 def _items(items: list[PurchaseItemIn] | None) -> list[PurchaseItem]:
     return [
         PurchaseItem(sku=i.sku, category=i.category, amount=Decimal(i.amount), quantity=i.quantity)
@@ -92,9 +136,7 @@ class LedgerController(Controller):
     ) -> Response[EarnOut]:
         """A purchase needs the `earn` scope; an award (`points`, `reason`) the `award` scope."""
         cmd = earn_command(member_id, data)
-        scope = "award" if isinstance(cmd, Award) else "earn"
-        if scope not in ctx.scopes:
-            raise PermissionDeniedException(f"this API key lacks the {scope!r} scope")
+        _require_scope(ctx, "award" if isinstance(cmd, Award) else "earn")
         return reply(await ledger.earn(services, ctx, cmd), earn_out)
 
     @post(
@@ -129,6 +171,64 @@ class LedgerController(Controller):
             member_id=member_id, points=data.points, reward_ref=data.reward_ref, order_ref=data.order_ref
         )
         return reply(await ledger.redeem(services, ctx, cmd), redeem_out)
+
+    @post(
+        "/members/{member_id:uuid}/reversals",
+        guards=[requires("earn", "redeem")],
+        status_code=201,
+        summary="Refund a purchase (scope earn), or undo a redemption (scope redeem)",
+    )
+    async def reverse(
+        self,
+        member_id: FromPath[UUID],
+        data: JSONBody[ReversalIn],
+        services: NamedDependency[Services],
+        ctx: NamedDependency[CommandContext],
+    ) -> Response[ReversalOut]:
+        """A refund (`order_ref`, `amount`: none for the rest of the order) takes back the
+        order's points in proportion and needs the `earn` scope; `redemption_id` gives a
+        redemption's points back into their lots and needs the `redeem` scope."""
+        cmd = reversal_command(member_id, data)
+        _require_scope(ctx, "earn" if isinstance(cmd, ReverseEarn) else "redeem")
+        return reply(await ledger.reverse(services, ctx, cmd), reversal_out)
+
+    @post(
+        "/members/{member_id:uuid}/adjustments",
+        guards=[requires("adjust")],
+        status_code=201,
+        summary="Correct a balance by points of either sign",
+    )
+    async def adjust(
+        self,
+        member_id: FromPath[UUID],
+        data: JSONBody[AdjustmentIn],
+        services: NamedDependency[Services],
+        ctx: NamedDependency[CommandContext],
+    ) -> Response[AdjustmentOut]:
+        """A negative adjustment past `available` is 409 `insufficient_points` unless
+        `allow_negative`."""
+        cmd = Adjust(
+            member_id=member_id, points=data.points, reason=data.reason, allow_negative=data.allow_negative
+        )
+        return reply(await ledger.adjust(services, ctx, cmd), adjustment_out)
+
+    @post(
+        "/members/{member_id:uuid}/transfers",
+        guards=[requires("transfer")],
+        status_code=201,
+        summary="Move points to another member",
+    )
+    async def transfer(
+        self,
+        member_id: FromPath[UUID],
+        data: JSONBody[TransferIn],
+        services: NamedDependency[Services],
+        ctx: NamedDependency[CommandContext],
+    ) -> Response[TransferOut]:
+        """Both members change in one atomic write; the points keep their expiry. The balance
+        answered is the sender's."""
+        cmd = Transfer(member_id=member_id, to_member_id=data.to_member_id, points=data.points)
+        return reply(await ledger.transfer(services, ctx, cmd), transfer_out)
 
     @get(
         "/members/{member_id:uuid}/balance", guards=[requires("read")], summary="Balance now or at an instant"

@@ -104,6 +104,44 @@ class RedeemIn(Body, kw_only=True):
     order_ref: Ref | None = None
 
 
+class ReversalIn(Body, kw_only=True):
+    """A refund (`order_ref`, `amount`: none for what remains of the order) or the undoing of a
+    redemption (`redemption_id`, the id its redeem answered with) — one or the other."""
+
+    order_ref: Ref | None = None
+    amount: Money | None = None
+    redemption_id: UUID | None = None
+
+
+class HoldIn(Body, kw_only=True):
+    points: Points
+    ttl_seconds: Annotated[int, Meta(ge=1, le=86_400, description="How long the hold lasts")] = 900
+    order_ref: Ref | None = None
+
+
+class CaptureIn(Body, kw_only=True):
+    """`points` none: the whole hold; fewer: the rest is released."""
+
+    points: Points | None = None
+
+
+class ReleaseIn(Body, kw_only=True):
+    """A release says nothing but its hold id (the body may be absent or `{}`)."""
+
+
+class AdjustmentIn(Body, kw_only=True):
+    """A correction of either sign (never zero); below zero only with `allow_negative`."""
+
+    points: SignedPoints
+    reason: Text
+    allow_negative: bool = False
+
+
+class TransferIn(Body, kw_only=True):
+    to_member_id: UUID
+    points: Points
+
+
 class ChannelIn(Body, kw_only=True):
     id: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
     name: Name
@@ -229,6 +267,54 @@ class RedeemOut(Out, kw_only=True):
     points: int
     reward_ref: str | None
     order_ref: str | None
+    position: int
+    balance: BalanceOut
+
+
+class ReversalOut(Out, kw_only=True):
+    """`points` is negative for a refund (taken back), positive for an undone redemption."""
+
+    member_id: UUID
+    event_id: UUID
+    points: int
+    position: int
+    balance: BalanceOut
+
+
+class HoldOut(Out, kw_only=True):
+    member_id: UUID
+    hold_id: UUID
+    points: int
+    expires_at: datetime
+    position: int
+    balance: BalanceOut
+
+
+class HoldClosedOut(Out, kw_only=True):
+    """A capture (`captured` spent, `released` given back) or a release (`captured` 0)."""
+
+    member_id: UUID
+    hold_id: UUID
+    captured: int
+    released: int
+    position: int
+    balance: BalanceOut
+
+
+class AdjustmentOut(Out, kw_only=True):
+    member_id: UUID
+    event_id: UUID
+    points: int
+    position: int
+    balance: BalanceOut
+
+
+class TransferOut(Out, kw_only=True):
+    """`balance` is the sender's (`member_id`)."""
+
+    member_id: UUID
+    to_member_id: UUID
+    points: int
     position: int
     balance: BalanceOut
 

@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from domain.member_values import Balance
 from domain.rules import BreakdownPart
-from service.handlers.results import BalanceAt, Earned, History, MemberState, Quote, Redeemed, RulesState
+from service.handlers.results import (
+    Adjusted,
+    BalanceAt,
+    Earned,
+    Held,
+    History,
+    HoldClosed,
+    MemberState,
+    Quote,
+    Redeemed,
+    Reversed,
+    RulesState,
+    Transferred,
+)
 
 from .schemas import (
+    AdjustmentOut,
     BalanceAtOut,
     BalanceOut,
     BreakdownOut,
@@ -14,11 +28,15 @@ from .schemas import (
     ExpiringOut,
     HistoryItemOut,
     HistoryOut,
+    HoldClosedOut,
+    HoldOut,
     IdentityOut,
     MemberOut,
     ProgramOut,
     QuoteOut,
     RedeemOut,
+    ReversalOut,
+    TransferOut,
 )
 
 
@@ -80,6 +98,58 @@ def redeem_out(redeemed: Redeemed, position: int) -> RedeemOut:
         order_ref=redeemed.order_ref,
         position=position,
         balance=balance_out(redeemed.balance),
+    )
+
+
+def reversal_out(reversed_: Reversed, position: int) -> ReversalOut:
+    return ReversalOut(
+        member_id=reversed_.member_id,
+        event_id=reversed_.event_id,
+        points=reversed_.points,
+        position=position,
+        balance=balance_out(reversed_.balance),
+    )
+
+
+def hold_out(held: Held, position: int) -> HoldOut:
+    return HoldOut(
+        member_id=held.member_id,
+        hold_id=held.hold_id,
+        points=held.points,
+        expires_at=held.expires_at,
+        position=position,
+        balance=balance_out(held.balance),
+    )
+
+
+def hold_closed_out(closed: HoldClosed, position: int) -> HoldClosedOut:
+    return HoldClosedOut(
+        member_id=closed.member_id,
+        hold_id=closed.hold_id,
+        captured=closed.captured,
+        released=closed.released,
+        position=position,
+        balance=balance_out(closed.balance),
+    )
+
+
+def adjustment_out(adjusted: Adjusted, position: int) -> AdjustmentOut:
+    return AdjustmentOut(
+        member_id=adjusted.member_id,
+        event_id=adjusted.event_id,
+        points=adjusted.points,
+        position=position,
+        balance=balance_out(adjusted.balance),
+    )
+
+
+def transfer_out(transferred: Transferred, position: int) -> TransferOut:
+    return TransferOut(
+        member_id=transferred.member_id,
+        to_member_id=transferred.to_member_id,
+        points=transferred.points,
+        position=position,
+        balance=balance_out(transferred.balance),
     )
 
 

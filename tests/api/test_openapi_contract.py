@@ -23,6 +23,13 @@ SCOPES: dict[tuple[str, str], list[set[str]]] = {
     ("POST", "/v1/members/{member_id}/earn"): [{"earn", "award"}],
     ("POST", "/v1/quotes/earn"): [{"read"}],
     ("POST", "/v1/members/{member_id}/redeem"): [{"redeem"}],
+    # A refund needs `earn` and an undone redemption `redeem`: the body decides which (as for earn).
+    ("POST", "/v1/members/{member_id}/reversals"): [{"earn", "redeem"}],
+    ("POST", "/v1/members/{member_id}/holds"): [{"redeem"}],
+    ("POST", "/v1/holds/{hold_id}/capture"): [{"redeem"}],
+    ("POST", "/v1/holds/{hold_id}/release"): [{"redeem"}],
+    ("POST", "/v1/members/{member_id}/adjustments"): [{"adjust"}],
+    ("POST", "/v1/members/{member_id}/transfers"): [{"transfer"}],
     ("GET", "/v1/members/{member_id}/balance"): [{"read"}],
     ("GET", "/v1/members/{member_id}/history"): [{"read"}],
     ("GET", "/v1/program"): [{"read"}],

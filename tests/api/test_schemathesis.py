@@ -122,10 +122,23 @@ async def valid_requests(api: Api) -> tuple[dict[str, dict[str, Any]], str, int]
     ).json()
     await api.post("/v1/channels", {"id": "fuzz-pos", "name": "Fuzz POS", "kind": "pos"}, key=ADMIN_KEY)
     key = (await api.post("/v1/api-keys", {"channel": "fuzz-pos", "scopes": ["read"]}, key=ADMIN_KEY)).json()
+    receiver = (
+        await api.post(
+            "/v1/members", {"identities": [{"kind": "email", "value": "d@example.com"}]}, key=ADMIN_KEY
+        )
+    ).json()
     program = (await api.get("/v1/program", key=ADMIN_KEY)).json()
     member_id = member["member_id"]
     at_member = {"member_id": member_id}
-    purchase = {"order_ref": "fuzz-order-1", "amount": "120.00", "currency": program["rules"]["currency"]}
+    currency = program["rules"]["currency"]
+    purchase = {"order_ref": "fuzz-order-1", "amount": "120.00", "currency": currency}
+    # Points to refund, hold, adjust and transfer, and two holds: one to capture, one to release.
+    seed = {"order_ref": "fuzz-seed", "amount": "1000.00", "currency": currency}
+    await api.post(f"/v1/members/{member_id}/earn", seed, key=ADMIN_KEY)
+    to_capture, to_release = [
+        (await api.post(f"/v1/members/{member_id}/holds", {"points": 50}, key=ADMIN_KEY)).json()["hold_id"]
+        for _ in range(2)
+    ]
     phone = {"kind": "phone", "value": "+8613800138000"}
     valid: dict[str, dict[str, Any]] = {
         "POST /v1/members": {"body": {"identities": [{"kind": "email", "value": "c@example.com"}]}},
@@ -136,6 +149,27 @@ async def valid_requests(api: Api) -> tuple[dict[str, dict[str, Any]], str, int]
         "POST /v1/members/{member_id}/earn": {"path_parameters": at_member, "body": purchase},
         "POST /v1/quotes/earn": {"body": {**purchase, "member_id": member_id}},
         "POST /v1/members/{member_id}/redeem": {"path_parameters": at_member, "body": {"points": 10}},
+        "POST /v1/members/{member_id}/reversals": {
+            "path_parameters": at_member,
+            "body": {"order_ref": "fuzz-seed", "amount": "10.00"},
+        },
+        "POST /v1/members/{member_id}/holds": {
+            "path_parameters": at_member,
+            "body": {"points": 20, "ttl_seconds": 600, "order_ref": "fuzz-web-1"},
+        },
+        "POST /v1/holds/{hold_id}/capture": {
+            "path_parameters": {"hold_id": to_capture},
+            "body": {"points": 30},
+        },
+        "POST /v1/holds/{hold_id}/release": {"path_parameters": {"hold_id": to_release}, "body": {}},
+        "POST /v1/members/{member_id}/adjustments": {
+            "path_parameters": at_member,
+            "body": {"points": -5, "reason": "correction"},
+        },
+        "POST /v1/members/{member_id}/transfers": {
+            "path_parameters": at_member,
+            "body": {"to_member_id": receiver["member_id"], "points": 5},
+        },
         "POST /v1/members/{member_id}/merge": {
             "path_parameters": at_member,
             "body": {"source_member_id": source["member_id"]},
