@@ -606,8 +606,14 @@ class Member(LedgerAggregate):
         instants = [i for lot in self.lots for i in (lot.available_at, lot.expires_at) if i is not None]
         for accrual in self.accruals:
             instants += [accrual.occurred_at + window, accrual.occurred_at + window + grace]
-        instants += [held.expires_at for held in self.holds.values()]
-        return min((i for i in instants if i > after), default=None)
+        holds = [held.expires_at for held in self.holds.values()]
+        # What fell due and is not recorded yet (a later event hid it: the lot expired, the
+        # hold ran out, before anything settled them) is due now, at the instant it fell due.
+        overdue = [i for lot in self.lots if (i := lot.expires_at) is not None and i <= after]
+        overdue += [i for i in holds if i <= after]
+        if overdue:
+            return min(overdue)
+        return min((i for i in [*instants, *holds] if i > after), default=None)
 
     def balance(self, *, now: datetime, rules: Rules) -> Balance:
         """The balance at `now`: locked lots are pending, lots past expiry are expired."""

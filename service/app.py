@@ -30,7 +30,14 @@ from service.bus.asyncapi import asyncapi_document
 from service.config import Settings
 from service.handlers.program import ensure_program
 from service.logs import channel_var, member_id_var, request_id_var
-from service.metrics import CONTENT_TYPE, Metrics, appender_metrics, projection_metrics, relay_metrics
+from service.metrics import (
+    CONTENT_TYPE,
+    Metrics,
+    appender_metrics,
+    clock_metrics,
+    projection_metrics,
+    relay_metrics,
+)
 from service.services import Services, open_services
 
 log = logging.getLogger("service.requests")
@@ -171,6 +178,9 @@ def _lifespan(settings: Settings, metrics: Metrics, *, lead: bool | None) -> Any
                 relay = services.relay
                 metrics.watch(lambda: relay_metrics(relay))
             metrics.watch_async(lambda: projection_metrics(services.projections))
+            if services.clock is not None:
+                clock = services.clock
+                metrics.watch(lambda: clock_metrics(clock))
             app.state.services = services
             yield
 

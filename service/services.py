@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Any
 
 import asyncpg
 
@@ -23,9 +23,6 @@ from service.store.idempotency import IdempotencyRecords
 from service.store.keys import Keyring, MasterKeyError, parse_master_key
 from service.store.migrate import migrate
 from service.store.repository import Repository
-
-if TYPE_CHECKING:
-    from service.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +42,9 @@ class Services:
     nats: NatsConnection | None
     relay: Relay | None
     projections: ProjectionRunner
-    clock: Clock | None = None  # where the followers lead (`lead`)
+    # A service.clock.Clock where the followers lead (`lead`). Typed loosely: the clock drives
+    # the use cases, which import this module, and DI resolves these annotations at run time.
+    clock: Any = None
 
 
 def master_key(settings: Settings) -> bytes:

@@ -209,7 +209,13 @@ async def test_projections_follow_commands_into_the_member_view(
         row = await balance_row(services.pool, uuid.UUID(member))
         assert row is not None
         balance = msgspec.to_builtins(view.balance)
+        expiring = balance.pop("expiring")
         assert {k: row[k] for k in balance} == balance
+        assert expiring is not None
+        assert (row["expiring_points"], row["expiring_at"]) == (
+            view.balance.expiring.points,
+            view.balance.expiring.at,
+        )  # type: ignore[union-attr]
         assert row["version"] == aggregate.version
 
         # No clear personal value is stored in any projection.

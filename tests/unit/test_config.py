@@ -40,6 +40,7 @@ EVERY_VARIABLE = {
     "LOYALTY_MAX_BACKDATE_DAYS": "30",
     "LOYALTY_RATE_LIMIT_PER_KEY": "0",
     "LOYALTY_READY_MAX_RELAY_LAG_SECONDS": "12",
+    "LOYALTY_CLOCK_INTERVAL_SECONDS": "0.5",
 }
 
 
@@ -98,6 +99,7 @@ def test_every_variable_is_read() -> None:
         max_backdate_days=30,
         rate_limit_per_key=0,
         ready_max_relay_lag_seconds=12.0,
+        clock_interval_seconds=0.5,
     )
     # A setting added without a case above would pass unnoticed with its default.
     assert [spec.name for spec in SPECS if getattr(configured, spec.name) == spec.default] == []

@@ -276,3 +276,16 @@ def test_the_points_always_add_up_and_a_replay_gives_the_same_member() -> None:
         - balance.expired
     )
     assert replay(member.collect_events()) == member
+
+
+def test_what_fell_due_behind_a_later_event_is_still_due() -> None:
+    member = enrolled_member()
+    buy(member, "100", order_ref="O-1")
+    expiry = member.lots[0].expires_at
+    assert expiry is not None
+    # An award recorded after the lot expired, before anything settled it.
+    member.award(
+        points=5, reason="late", at=expiry + timedelta(days=1), channel="crm", rules=RULES, rules_version=1
+    )
+
+    assert member.next_balance_change(after=expiry + timedelta(days=1), rules=RULES) == expiry
