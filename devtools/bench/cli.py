@@ -6,7 +6,9 @@ loops for `--warmup` + `--duration` seconds: pick a random member, pick a comman
 `--mix` weights, send it with a fresh Idempotency-Key (and order_ref), wait for the answer. Only
 answers that complete inside the measured window (after the warm-up) are counted. An expected
 refusal (a redeem answered 409 `insufficient_points`) is counted apart; any other non-2xx answer,
-a network error or a timeout is an error.
+a network error or a timeout is an error. `capture` and `refund` act on the holds and orders the
+same worker placed and earned before; `batch` sends `--batch-size` earns in one request and is
+reported both as requests/s and as commands committed/s (`commands_per_second`).
 
 The client is deliberately small, since it shares the machine's cores with the server: HTTP/1.1
 keep-alive over an asyncio Protocol, the response parsed by httptools (C; it comes with
@@ -33,7 +35,7 @@ from devtools.bench.followers import FollowerWatch
 from devtools.bench.followers import render as render_followers
 from devtools.bench.prepare import parse_url, setup
 from devtools.bench.report import render_text, summarise
-from devtools.bench.workload import DEFAULT_MIX, KINDS, parse_mix
+from devtools.bench.workload import DEFAULT_BATCH_SIZE, DEFAULT_MIX, KINDS, parse_mix
 
 
 def _positive_int(text: str) -> int:
@@ -51,7 +53,7 @@ def _seconds(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.description = "Load-test a running service with earn/redeem commands; report throughput and latency."
+    p.description = "Load-test a running service with ledger commands; report throughput and latency."
     p.add_argument("--url", default="http://127.0.0.1:8080", help="the service (default %(default)s)")
     p.add_argument(
         "--admin-key",
@@ -79,7 +81,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--mix",
         type=parse_mix,
         default=parse_mix(DEFAULT_MIX),
-        help=f"kind=weight,... of {', '.join(KINDS)} (default {DEFAULT_MIX})",
+        help=f"kind=weight,... of {', '.join(KINDS)} (default {DEFAULT_MIX}); capture and refund act"
+        " on the worker's own earlier holds and earns (none yet: a hold or an earn is sent instead,"
+        " counted as such); batch is one POST /v1/batch of --batch-size earns for distinct members",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help="earns in one batch request, at most --members and 500 (%(default)s)",
     )
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
     p.add_argument(
@@ -106,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
     target = parse_url(args.url)
     if args.duration <= 0:
         raise SystemExit("--duration must be positive")
+    if "batch" in args.mix and not args.batch_size <= min(args.members, 500):
+        raise SystemExit("--batch-size must be at most --members and 500 (its earns go to distinct members)")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     run_id = uuid.uuid4().hex[:10]
     admin_key = args.admin_key or os.environ.get("LOYALTY_ADMIN_KEY")
@@ -133,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         duration=args.duration,
         timeout=args.timeout,
+        batch_size=args.batch_size,
     )
     followers = FollowerWatch(
         (args.followers_url or f"http://{target.host}:{target.port + 1}").rstrip("/") + "/metrics",
@@ -156,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
         "host": platform.node(),
         "python": platform.python_version(),
         "timeout": args.timeout,
+        "batch_size": args.batch_size,
     }
     summary = summarise(config, result)
     summary["followers"] = followers.report()

@@ -4,11 +4,17 @@ one at a time for the warm-up and the measured window, in one or `--processes` g
 Only answers that complete inside the measured window (after the warm-up) are counted. An expected
 refusal is counted apart; any other non-2xx answer, a network error or a timeout is an error.
 Latency is the time from writing the request to parsing the whole response.
+
+A request is counted as the kind it was: a `capture` sent when its worker had no hold left places
+a hold instead, counted as a `hold` (and in `substituted` under `capture`); a `refund` without an
+order earns instead, likewise. A `batch` request is one answer; the earns it carried are counted
+apart (`committed`, and their refusals as errors "batch item <status> <code>").
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from array import array
@@ -18,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devtools.bench.client import Connection, HttpError
-from devtools.bench.workload import KINDS
+from devtools.bench.workload import DEFAULT_BATCH_SIZE, WorkerState, kinds_for
 
 
 @dataclass
@@ -37,16 +43,19 @@ class Plan:
     warmup: float
     duration: float
     timeout: float
+    batch_size: int = DEFAULT_BATCH_SIZE
 
 
 @dataclass
 class Result:
     """What one generator process measured; merged across processes."""
 
-    latencies: dict[str, array] = field(default_factory=dict)  # kind -> ms of counted answers
+    latencies: dict[str, array[float]] = field(default_factory=dict)  # kind -> ms of counted answers
     ok: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)  # "kind status" -> n
+    committed: Counter[str] = field(default_factory=Counter)  # kind -> commands its requests carried
+    substituted: Counter[str] = field(default_factory=Counter)  # kind -> requests sent as its `instead`
     cpu_seconds: float = 0.0  # the generator's own CPU time in the measured window
     window: float = 0.0
 
@@ -56,6 +65,8 @@ class Result:
         self.ok.update(other.ok)
         self.rejected.update(other.rejected)
         self.errors.update(other.errors)
+        self.committed.update(other.committed)
+        self.substituted.update(other.substituted)
         self.cpu_seconds += other.cpu_seconds
         self.window = max(self.window, other.window)
 
@@ -66,12 +77,14 @@ async def _worker(plan: Plan, index: int, t_measure: float, t_end: float, result
     weights = [plan.mix[n] for n in names]
     cum = [sum(weights[: i + 1]) for i in range(len(weights))]
     total = cum[-1]
-    kinds = [KINDS[n] for n in names]
+    sendable = kinds_for(plan.mix)
+    kinds = [sendable[n] for n in names]
     members = plan.members
+    state = WorkerState(members=members, batch_size=plan.batch_size)
     authority = f"{plan.host}:{plan.port}"
     prefix = f"b{plan.run_id}-{plan.process}-{index}-"
     head_auth = f"Host: {authority}\r\nAuthorization: Bearer {plan.key}\r\n"
-    lat = {n: result.latencies.setdefault(n, array("d")) for n in names}
+    lat = {n: result.latencies.setdefault(n, array("d")) for n in sendable}
     perf = time.perf_counter
     monotonic = time.monotonic
     conn: Connection | None = None
@@ -88,9 +101,13 @@ async def _worker(plan: Plan, index: int, t_measure: float, t_end: float, result
                     await asyncio.sleep(0.05)
                     continue
             kind = kinds[_pick(rng.random() * total, cum)]
+            instead_of = None
+            if kind.ready is not None and not kind.ready(state):
+                instead_of, kind = kind.name, sendable[kind.instead]  # type: ignore[index]
             seq += 1
             token = f"{prefix}{seq}"
-            path, body = kind.build(rng, members[rng.randrange(len(members))], token)
+            member = members[rng.randrange(len(members))]
+            path, body = kind.build(rng, member, token, state)
             if kind.method == "GET":
                 raw = f"GET {path} HTTP/1.1\r\n{head_auth}\r\n".encode()
             else:
@@ -110,22 +127,44 @@ async def _worker(plan: Plan, index: int, t_measure: float, t_end: float, result
             else:
                 outcome = ""
             done = perf()
+            carried = None
+            # In the warm-up too: what a kind remembers must not depend on when it was answered.
+            if kind.after is not None and 200 <= status < 300:
+                try:
+                    carried = kind.after(state, member, token, payload)
+                except ValueError:  # a 2xx answer without what it must say (msgspec's errors too)
+                    outcome, status = f"{kind.name} unreadable answer", 0
             now = monotonic()
             if now < t_measure or now > t_end:
                 continue  # warm-up, or finished after the window closed
+            if instead_of is not None:
+                result.substituted[instead_of] += 1
             if status == 0:
                 result.errors[outcome] += 1
             elif 200 <= status < 300:
                 result.ok[kind.name] += 1
                 lat[kind.name].append((done - started) * 1000.0)
+                if carried is not None:
+                    result.committed[kind.name] += carried.pop("committed", 0)
+                    for what, n in carried.items():
+                        result.errors[f"{kind.name} item {what}"] += n
             elif any(status == s and marker in payload for s, marker in kind.expected):
                 result.rejected[kind.name] += 1
                 lat[kind.name].append((done - started) * 1000.0)
             else:
-                result.errors[f"{kind.name} {status}"] += 1
+                result.errors[f"{kind.name} {status}{_problem_code(payload)}"] += 1
     finally:
         if conn is not None:
             conn.close()
+
+
+def _problem_code(payload: bytes) -> str:
+    """' <code>' of a problem answer (its type's last segment), to tell errors apart; else ''."""
+    try:
+        kind = json.loads(payload).get("type")
+    except (ValueError, AttributeError):
+        return ""
+    return f" {kind.rsplit('/', 1)[-1]}" if isinstance(kind, str) else ""
 
 
 def _pick(x: float, cum: list[int]) -> int:

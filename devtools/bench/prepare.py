@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from devtools.bench.client import Connection, request_bytes
 
+# read: balance; earn: earn, refund, batch (its earns); redeem: redeem, hold, capture; members: setup
 BENCH_SCOPES = ["read", "earn", "redeem", "members"]
 
 

@@ -7,6 +7,7 @@ from array import array
 from typing import Any
 
 from devtools.bench.driver import Result
+from devtools.bench.workload import KINDS
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -32,21 +33,34 @@ def latency_summary(values: Any) -> dict[str, float | int]:
 
 
 def summarise(config: dict[str, Any], result: Result) -> dict[str, Any]:
-    kinds = list(config["mix"])
+    """The run's figures. `throughput` is answers (requests) per second; `commands_per_second`
+    the commands committed per second: a 2xx answer of a one-command kind, each earn a batch
+    committed."""
+    # The mix's kinds, then any sent only instead of one of them (a hold for a capture).
+    sent = [k for k in result.latencies if result.latencies[k] or result.ok[k] or result.rejected[k]]
+    kinds = list(config["mix"]) + [k for k in sent if k not in config["mix"]]
+    window = result.window
     all_lat: list[float] = []
     per_kind = {}
+    committed_total = 0
     for k in kinds:
         values = result.latencies.get(k, array("d"))
         all_lat.extend(values)
-        per_kind[k] = {
+        committed = result.committed[k] if KINDS[k].several else result.ok[k]
+        committed_total += committed
+        row: dict[str, Any] = {
             "ok": result.ok[k],
             "rejected": result.rejected[k],
             "errors": sum(n for key, n in result.errors.items() if key.split(" ", 1)[0] == k),
-            "throughput": round((result.ok[k] + result.rejected[k]) / result.window, 1)
-            if result.window
-            else 0.0,
+            "throughput": _rate(result.ok[k] + result.rejected[k], window),
             "latency_ms": latency_summary(values),
         }
+        if KINDS[k].several:
+            row["commands_committed"] = committed
+            row["commands_per_second"] = _rate(committed, window)
+        if KINDS[k].instead is not None:
+            row["sent_instead"] = {"kind": KINDS[k].instead, "requests": result.substituted[k]}
+        per_kind[k] = row
     completed = sum(result.ok.values()) + sum(result.rejected.values())
     errors = sum(result.errors.values())
     return {
@@ -56,13 +70,19 @@ def summarise(config: dict[str, Any], result: Result) -> dict[str, Any]:
         "rejected": sum(result.rejected.values()),
         "errors": errors,
         "errors_by_status": dict(sorted(result.errors.items())),
-        "duration_s": result.window,
-        "throughput": round(completed / result.window, 1) if result.window else 0.0,
+        "duration_s": window,
+        "throughput": _rate(completed, window),
+        "commands_committed": committed_total,
+        "commands_per_second": _rate(committed_total, window),
         "latency_ms": latency_summary(all_lat),
         "kinds": per_kind,
         "generator_cpu_s": round(result.cpu_seconds, 2),
-        "generator_cpu_cores": round(result.cpu_seconds / result.window, 2) if result.window else 0.0,
+        "generator_cpu_cores": round(result.cpu_seconds / window, 2) if window else 0.0,
     }
+
+
+def _rate(n: int, window: float) -> float:
+    return round(n / window, 1) if window else 0.0
 
 
 def render_text(s: dict[str, Any]) -> str:
@@ -75,12 +95,13 @@ def render_text(s: dict[str, Any]) -> str:
         f"members: {c['members']} (set up in {c['setup_s']:.1f} s)   seed: {c['seed']}",
         f"concurrency: {c['concurrency']} connections in {c['processes']} process(es)",
         f"duration: {c['duration']:g} s measured, after {c['warmup']:g} s of warm-up",
-        f"commands: {s['commands']} (ok {s['ok']}, expected refusals {s['rejected']})"
+        f"requests: {s['commands']} (ok {s['ok']}, expected refusals {s['rejected']})"
         f"   errors: {s['errors']}",
-        f"throughput: {s['throughput']:.1f} commands/s",
+        f"throughput: {s['throughput']:.1f} requests/s"
+        f"   committed: {s['commands_per_second']:.1f} commands/s ({s['commands_committed']})",
         f"generator CPU: {s['generator_cpu_cores']:.2f} cores ({s['generator_cpu_s']:.1f} s in the window)",
         "",
-        f"{'latency (ms)':<14}{'count':>9}{'cmd/s':>10}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}"
+        f"{'latency (ms)':<14}{'count':>9}{'req/s':>10}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}"
         f"{'refused':>9}{'errors':>8}",
     ]
 
@@ -96,6 +117,19 @@ def render_text(s: dict[str, Any]) -> str:
     for k, v in s["kinds"].items():
         lines.append(row(k, v["latency_ms"], v["throughput"], v["rejected"], v["errors"]))
     lines.append("")
+    for k, v in s["kinds"].items():
+        if "commands_committed" in v:
+            batch = f" of {c['batch_size']} earns" if k == "batch" and "batch_size" in c else ""
+            lines.append(
+                f"{k}: {v['commands_committed']} commands committed, {v['commands_per_second']:.1f}/s"
+                f" ({v['ok']} requests{batch})"
+            )
+        if v.get("sent_instead", {}).get("requests"):
+            instead = v["sent_instead"]
+            lines.append(
+                f"{k}: nothing of its own to act on {instead['requests']} times: sent a {instead['kind']}"
+                f" instead (counted as {instead['kind']})"
+            )
     if s["errors_by_status"]:
         lines.append("errors: " + ", ".join(f"{k}: {n}" for k, n in s["errors_by_status"].items()))
     else:
