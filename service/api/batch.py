@@ -15,6 +15,7 @@ transactions, not 100.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
@@ -28,8 +29,17 @@ from litestar.params import JSONBody
 from msgspec import Meta
 
 from domain.errors import DomainError
-from service.handlers import ledger
-from service.handlers.commands import Award, Redeem
+from service.handlers import holds, ledger
+from service.handlers.commands import (
+    Adjust,
+    Award,
+    CaptureHold,
+    PlaceHold,
+    Redeem,
+    ReleaseHold,
+    ReverseEarn,
+    Transfer,
+)
 from service.handlers.context import CommandContext
 from service.handlers.errors import InvalidInput
 from service.handlers.results import Outcome
@@ -38,9 +48,28 @@ from service.services import Services
 from .auth import command_context, fingerprint, requires
 from .body import canonical, decode_body
 from .errors import RETRY_AFTER_SECONDS, UNAVAILABLE, domain_problem, problem_body
-from .ledger import earn_command
-from .schemas import Body, EarnIn, Out, RedeemIn
-from .views import earn_out, redeem_out
+from .ledger import earn_command, reversal_command
+from .schemas import (
+    AdjustmentIn,
+    Body,
+    CaptureIn,
+    EarnIn,
+    HoldIn,
+    Out,
+    RedeemIn,
+    ReleaseIn,
+    ReversalIn,
+    TransferIn,
+)
+from .views import (
+    adjustment_out,
+    earn_out,
+    hold_closed_out,
+    hold_out,
+    redeem_out,
+    reversal_out,
+    transfer_out,
+)
 
 MAX_ITEMS = 500
 
@@ -102,16 +131,73 @@ async def _redeem(services: Services, ctx: CommandContext, member_id: UUID, body
     return await ledger.redeem(services, ctx, cmd), redeem_out
 
 
+async def _reversal(services: Services, ctx: CommandContext, member_id: UUID, body: ReversalIn) -> Ran:
+    return await ledger.reverse(services, ctx, reversal_command(member_id, body)), reversal_out
+
+
+async def _adjustment(services: Services, ctx: CommandContext, member_id: UUID, body: AdjustmentIn) -> Ran:
+    cmd = Adjust(
+        member_id=member_id, points=body.points, reason=body.reason, allow_negative=body.allow_negative
+    )
+    return await ledger.adjust(services, ctx, cmd), adjustment_out
+
+
+async def _transfer(services: Services, ctx: CommandContext, member_id: UUID, body: TransferIn) -> Ran:
+    cmd = Transfer(member_id=member_id, to_member_id=body.to_member_id, points=body.points)
+    return await ledger.transfer(services, ctx, cmd), transfer_out
+
+
+async def _hold(services: Services, ctx: CommandContext, member_id: UUID, body: HoldIn) -> Ran:
+    cmd = PlaceHold(
+        member_id=member_id, points=body.points, ttl_seconds=body.ttl_seconds, order_ref=body.order_ref
+    )
+    return await holds.place(services, ctx, cmd), hold_out
+
+
+async def _capture(services: Services, ctx: CommandContext, hold_id: UUID, body: CaptureIn) -> Ran:
+    return await holds.capture(
+        services, ctx, CaptureHold(hold_id=hold_id, points=body.points)
+    ), hold_closed_out
+
+
+async def _release(services: Services, ctx: CommandContext, hold_id: UUID, body: ReleaseIn) -> Ran:
+    return await holds.release(services, ctx, ReleaseHold(hold_id=hold_id)), hold_closed_out
+
+
+def _earn_scope(body: EarnIn) -> str:
+    return "award" if isinstance(earn_command(_ANY, body), Award) else "earn"
+
+
+def _reversal_scope(body: ReversalIn) -> str:
+    return "earn" if isinstance(reversal_command(_ANY, body), ReverseEarn) else "redeem"
+
+
+_MEMBER = "/v1/members/{member_id}/"
 OPERATIONS: dict[str, Operation] = {
-    "earn": Operation(
-        "/v1/members/{member_id}/earn",
-        EarnIn,
-        lambda body: "award" if isinstance(earn_command(_ANY, body), Award) else "earn",
-        "member",
-        _earn,
-    ),
-    "redeem": Operation("/v1/members/{member_id}/redeem", RedeemIn, lambda _: "redeem", "member", _redeem),
+    "earn": Operation(_MEMBER + "earn", EarnIn, _earn_scope, "member", _earn),
+    "redeem": Operation(_MEMBER + "redeem", RedeemIn, lambda _: "redeem", "member", _redeem),
+    "reversal": Operation(_MEMBER + "reversals", ReversalIn, _reversal_scope, "member", _reversal),
+    "adjustment": Operation(_MEMBER + "adjustments", AdjustmentIn, lambda _: "adjust", "member", _adjustment),
+    "transfer": Operation(_MEMBER + "transfers", TransferIn, lambda _: "transfer", "member", _transfer),
+    "hold": Operation(_MEMBER + "holds", HoldIn, lambda _: "redeem", "member", _hold),
+    "capture": Operation("/v1/holds/{hold_id}/capture", CaptureIn, lambda _: "redeem", "hold", _capture),
+    "release": Operation("/v1/holds/{hold_id}/release", ReleaseIn, lambda _: "redeem", "hold", _release),
 }
+
+
+def _keys(item: BatchItemIn) -> list[UUID]:
+    """What an item must wait for the earlier items of: its member (or hold), and for a
+    transfer the receiver too (read from the body; a body that does not decode waits for none)."""
+    keys = [k for k in (item.member_id, item.hold_id) if k is not None]
+    if item.op == "transfer":
+        with contextlib.suppress(msgspec.DecodeError):
+            keys.append(msgspec.json.decode(item.body, type=_Receiver).to_member_id)
+    return keys
+
+
+class _Receiver(msgspec.Struct):
+    to_member_id: UUID
+
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
@@ -148,12 +234,10 @@ class BatchController(Controller):
         items: list[_Item] = []
         loop = asyncio.get_running_loop()
         for index, item in enumerate(data.items):
-            key = item.member_id if OPERATIONS.get(item.op, _NONE).target == "member" else item.hold_id
             done: asyncio.Future[None] = loop.create_future()
-            after = [last[key]] if key is not None and key in last else []
-            if key is not None:
-                last[key] = done
-            items.append(_Item(index, item, after, done))
+            keys = _keys(item)
+            items.append(_Item(index, item, [last[k] for k in keys if k in last], done))
+            last.update(dict.fromkeys(keys, done))
         results = await asyncio.gather(*(self._run(services, ctx, i) for i in items))
         return BatchOut(results=list(results))
 
@@ -170,7 +254,7 @@ async def _item(services: Services, ctx: CommandContext, item: BatchItemIn) -> B
     operation = OPERATIONS.get(item.op)
     try:
         if operation is None:
-            raise InvalidInput([("op", f"{item.op!r} is not supported yet")])
+            raise InvalidInput([("op", f"unknown operation {item.op!r}")])
         target = item.member_id if operation.target == "member" else item.hold_id
         if target is None:
             name = "member_id" if operation.target == "member" else "hold_id"
@@ -205,6 +289,3 @@ async def _item(services: Services, ctx: CommandContext, item: BatchItemIn) -> B
 
 def _problem(status: int, code: str, title: str, detail: str) -> BatchItemOut:
     return BatchItemOut(status=status, body=problem_body(status, code, title, detail))
-
-
-_NONE = Operation(path="", body=dict, scope=lambda _: "", target="member", run=None)  # type: ignore[arg-type]

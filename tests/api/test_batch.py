@@ -190,3 +190,63 @@ async def test_a_malformed_batch_is_refused_whole(pos: Pos) -> None:
     unknown = await batch(api, key, [{"op": "teleport", "idempotency_key": "u-1", "body": {}}])
     assert [r.status_code for r in (empty, too_many, unknown)] == [422, 422, 422]
     assert await api.last_position() == position
+
+
+async def test_every_kind_of_command_runs_in_a_batch(pos: Pos) -> None:
+    api = pos.api
+    key = await api.channel_key(
+        "crm", ["read", "earn", "redeem", "adjust", "transfer", "members"], kind="internal"
+    )
+    alice, bob = await members(api, key, 2)
+    first = [
+        {
+            "op": "earn",
+            "member_id": alice,
+            "idempotency_key": "a-1",
+            "body": {"order_ref": "A-1", "amount": "500", "currency": "CNY"},
+        },
+        {"op": "hold", "member_id": alice, "idempotency_key": "a-2", "body": {"points": 100}},
+        {"op": "hold", "member_id": alice, "idempotency_key": "a-3", "body": {"points": 50}},
+        {
+            "op": "adjustment",
+            "member_id": alice,
+            "idempotency_key": "a-4",
+            "body": {"points": -10, "reason": "fix"},
+        },
+        {
+            "op": "transfer",
+            "member_id": alice,
+            "idempotency_key": "a-5",
+            "body": {"to_member_id": bob, "points": 40},
+        },
+        {"op": "redeem", "member_id": bob, "idempotency_key": "b-1", "body": {"points": 40}},
+        {
+            "op": "reversal",
+            "member_id": alice,
+            "idempotency_key": "a-6",
+            "body": {"order_ref": "A-1", "amount": "100"},
+        },
+    ]
+
+    results = (await batch(api, key, first)).json()["results"]
+
+    assert [r["status"] for r in results] == [201] * 7, results
+    hold_a, hold_b = results[1]["body"]["hold_id"], results[2]["body"]["hold_id"]
+    # The receiver's redeem waited for the transfer that gave it the points.
+    assert results[5]["body"]["balance"]["available"] == 0
+    second = [
+        {"op": "capture", "hold_id": hold_a, "idempotency_key": "h-1", "body": {"points": 60}},
+        {"op": "release", "hold_id": hold_b, "idempotency_key": "h-2"},
+        {"op": "capture", "hold_id": hold_b, "idempotency_key": "h-3", "body": {}},
+        {"op": "capture", "idempotency_key": "h-4", "body": {}},
+    ]
+
+    closed = (await batch(api, key, second)).json()["results"]
+
+    assert [r["status"] for r in closed] == [201, 201, 409, 422]
+    assert (closed[0]["body"]["captured"], closed[0]["body"]["released"]) == (60, 40)
+    assert closed[2]["body"]["type"].endswith("/hold_not_active")
+    assert closed[3]["body"]["errors"][0]["field"] == "hold_id"
+    # 500 earned, 10 adjusted away, 40 transferred, 100 of 500 refunded (100 points), 60 captured.
+    balance = (await api.get(f"/v1/members/{alice}/balance", key=key)).json()["balance"]
+    assert balance["available"] == 500 - 10 - 40 - 100 - 60
