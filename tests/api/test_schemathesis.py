@@ -170,6 +170,18 @@ async def valid_requests(api: Api) -> tuple[dict[str, dict[str, Any]], str, int]
             "path_parameters": at_member,
             "body": {"to_member_id": receiver["member_id"], "points": 5},
         },
+        "POST /v1/batch": {
+            "body": {
+                "items": [
+                    {
+                        "op": "earn",
+                        "member_id": member_id,
+                        "idempotency_key": "fuzz-batch-1",
+                        "body": {"order_ref": "fuzz-batch-order", "amount": "10.00", "currency": currency},
+                    }
+                ]
+            }
+        },
         "POST /v1/members/{member_id}/merge": {
             "path_parameters": at_member,
             "body": {"source_member_id": source["member_id"]},
