@@ -84,7 +84,8 @@ class BatchItemIn(Body, kw_only=True):
     member_id: UUID | None = None
     hold_id: UUID | None = None
     idempotency_key: IdempotencyKey
-    body: msgspec.Raw = msgspec.Raw(b"{}")
+    # The body of the item's own endpoint, decoded (strictly, into that endpoint's type) per item.
+    body: dict[str, Any] | None = None
 
 
 class BatchIn(Body, kw_only=True):
@@ -190,8 +191,8 @@ def _keys(item: BatchItemIn) -> list[UUID]:
     transfer the receiver too (read from the body; a body that does not decode waits for none)."""
     keys = [k for k in (item.member_id, item.hold_id) if k is not None]
     if item.op == "transfer":
-        with contextlib.suppress(msgspec.DecodeError):
-            keys.append(msgspec.json.decode(item.body, type=_Receiver).to_member_id)
+        with contextlib.suppress(msgspec.ValidationError):
+            keys.append(msgspec.convert(item.body or {}, _Receiver).to_member_id)
     return keys
 
 
@@ -259,7 +260,7 @@ async def _item(services: Services, ctx: CommandContext, item: BatchItemIn) -> B
         if target is None:
             name = "member_id" if operation.target == "member" else "hold_id"
             raise InvalidInput([(name, f"required for {item.op}")])
-        body = decode_body(bytes(item.body), operation.body)
+        body = decode_body(_encode(item.body if item.body is not None else {}), operation.body)
         scope = operation.scope(body)
         if scope not in ctx.scopes:
             return _problem(403, "forbidden", "Forbidden", f"this API key lacks the {scope!r} scope")
