@@ -11,7 +11,6 @@ from domain.errors import DomainError
 from domain.member import Member
 from domain.program import Program
 from service.services import Services
-from service.store.appender import StreamConflict
 
 from .commands import (
     Adjust,
@@ -242,8 +241,8 @@ async def settle(services: Services, ctx: CommandContext, cmd: Settle) -> Outcom
     """Record what time alone has made due for a member (expiries, expired holds, downgrades).
 
     Nothing due writes nothing and takes no append lock (an empty append would still take it
-    and write an idempotency record); it costs a read of the stream's version, so that a stale
-    cached copy never hides what is due. A retry of a settle that did record events is still
+    and write an idempotency record); execute() checks the stream's version then, so that a
+    stale cached copy never hides what is due. A retry of a settle that did record events is still
     answered with its first outcome, by `execute()`.
     """
 
@@ -252,12 +251,8 @@ async def settle(services: Services, ctx: CommandContext, cmd: Settle) -> Outcom
         program = await uow.program()
         events = member.settle(at=ctx.now, channel=ctx.channel, rules=program.rules)
         if events == 0:
-            actual = await services.store.stream_version(cmd.member_id)
-            if actual != member.version:
-                # This instance's copy is behind another's writes (an append would have been
-                # refused for it): execute() decides again on the store's state.
-                raise StreamConflict(cmd.member_id, member.version, actual)
-            # A refusal to execute(): it looks up the key's first answer, and appends nothing.
+            # A refusal to execute(): it makes sure its cached copy was current (else it decides
+            # again), looks up the key's first answer, and appends nothing.
             raise _NothingDue()
         return Settled(member_id=cmd.member_id, events=events)
 

@@ -62,9 +62,12 @@ class UnitOfWork:
         self.member_keys: list[tuple[UUID, bytes]] = []
         self._new_keys: dict[UUID, bytes] = {}
         self.event_ids: list[UUID] = []  # of the events recorded, in order (grown by event_id)
+        self.cached: list[UUID] = []  # members taken from this process's cache (maybe stale)
 
     async def member(self, member_id: UUID) -> Member:
         """The member, at its latest version; UnknownMember if there is none."""
+        if self._services.repository.is_cached(member_id):
+            self.cached.append(member_id)
         member = await self._services.repository.member(member_id)
         if member is None:
             raise UnknownMember(member_id)
@@ -111,6 +114,10 @@ class UnitOfWork:
 
     def aggregates(self) -> list[Any]:
         return [aggregate for aggregate, _ in self._loaded.values()]
+
+    def loaded(self, stream_ids: list[UUID]) -> dict[UUID, tuple[Any, int]]:
+        """The aggregates of these streams this attempt loaded, with the version each had then."""
+        return {s: self._loaded[s] for s in stream_ids if s in self._loaded}
 
     def event_id(self, index: int = 0) -> UUID:
         """The id the `index`-th event this command records will have (ids enter at the edge)."""
@@ -197,6 +204,12 @@ async def execute(
                 raise _refusal(rejected, ctx) from None
             except DomainError:
                 _forget(repository, uow, changed_only=True)
+                if await _stale(services, uow):
+                    # Refused on a cached copy that another instance has moved past (an append
+                    # would have been refused for it): decide again on the store's state.
+                    _forget(repository, uow, changed_only=False)
+                    conflict = True
+                    continue
                 replay: Outcome[R] | None = await _first_answer(services, ctx, result_type)
                 if replay is not None:
                     return replay
@@ -217,6 +230,15 @@ async def execute(
             # Another instance changed the stream: back off a little, with jitter, and retry.
             await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311
     raise Busy("the member is being changed by many commands at once; retry")
+
+
+async def _stale(services: Services, uow: UnitOfWork) -> bool:
+    """Whether a member this attempt took from the cache is behind the store (one indexed read,
+    only on the way to a refusal, and only for cached members)."""
+    if not uow.cached:
+        return False
+    versions = await services.store.stream_versions(uow.cached)
+    return any(versions.get(m, 0) != version for m, (_, version) in uow.loaded(uow.cached).items())
 
 
 def _forget(repository: Any, uow: UnitOfWork, *, changed_only: bool) -> None:

@@ -170,6 +170,16 @@ class EventStore:
                 )
             )
 
+    async def stream_versions(self, stream_ids: list[UUID]) -> dict[UUID, int]:
+        """The latest version of each of these streams (those with no events are left out)."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT stream_id, max(stream_version) AS version FROM events"
+                " WHERE stream_id = ANY($1::uuid[]) GROUP BY stream_id",
+                stream_ids,
+            )
+        return {r["stream_id"]: r["version"] for r in rows}
+
     async def identity_owner(self, kind: str, value_hash: bytes) -> UUID | None:
         async with self.pool.acquire() as conn:
             owner: UUID | None = await conn.fetchval(

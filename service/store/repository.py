@@ -59,6 +59,10 @@ class Repository:
                 if lock.users == 0:
                     self._locks.pop(stream_id, None)
 
+    def is_cached(self, stream_id: UUID) -> bool:
+        """Whether the stream's aggregate would come from this process's cache (not the store)."""
+        return stream_id in self._cache
+
     async def get(self, cls: type[A], stream_id: UUID) -> A | None:
         """The aggregate at its latest version, or None when the stream does not exist."""
         cached = self._cache.get(stream_id)

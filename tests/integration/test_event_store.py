@@ -209,3 +209,19 @@ async def test_idempotency_records_past_24_hours_are_pruned(two_instances: list[
 
         assert pruned == 1  # the enrolment's record, not the fresh earn's
         assert await conn.fetchval("SELECT count(*) FROM idempotency_keys") == 1
+
+
+async def test_a_refusal_is_never_decided_on_a_stale_cached_copy(two_instances: list[Services]) -> None:
+    first, second = two_instances
+    member_id = await enrol(first, "+8613812345600")
+    await second.repository.member(member_id)  # cached there with no points
+    await ledger.earn(
+        first,
+        ctx(),
+        EarnPurchase(member_id=member_id, order_ref="FRESH-1", amount=Decimal("100"), currency="CNY"),
+    )
+
+    # The second instance's copy says 0 points; the store says 100: the redemption goes through.
+    outcome = await ledger.redeem(second, ctx(), Redeem(member_id=member_id, points=60))
+
+    assert outcome.result.balance.available == 40
