@@ -137,7 +137,11 @@ async def command_context(
             raise InvalidInput([("Idempotency-Key", "header is required on every change of state")])
         if not _valid_idempotency_key(key):
             raise InvalidInput([("Idempotency-Key", "must be 1-200 printable ASCII characters")])
-    body = canonical(await request.json()) if request.route_handler.parsed_data_field else b""
+    body = b""
+    if request.route_handler.parsed_data_field:
+        # An absent body (a release may have none) is the same request as `{}`.
+        data = await request.json()
+        body = canonical(data if data is not None else {})
     request_id = request_id_var.get() or request.headers.get("x-request-id") or uuid.uuid4().hex
     return CommandContext(
         channel=principal.channel,

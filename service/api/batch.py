@@ -31,14 +31,9 @@ from msgspec import Meta
 from domain.errors import DomainError
 from service.handlers import holds, ledger
 from service.handlers.commands import (
-    Adjust,
     Award,
-    CaptureHold,
-    PlaceHold,
-    Redeem,
     ReleaseHold,
     ReverseEarn,
-    Transfer,
 )
 from service.handlers.context import CommandContext
 from service.handlers.errors import InvalidInput
@@ -48,7 +43,8 @@ from service.services import Services
 from .auth import command_context, fingerprint, requires
 from .body import canonical, decode_body
 from .errors import RETRY_AFTER_SECONDS, UNAVAILABLE, domain_problem, problem_body
-from .ledger import earn_command, reversal_command
+from .holds import capture_command, hold_command
+from .ledger import adjustment_command, earn_command, redeem_command, reversal_command, transfer_command
 from .schemas import (
     AdjustmentIn,
     Body,
@@ -126,10 +122,7 @@ async def _earn(services: Services, ctx: CommandContext, member_id: UUID, body: 
 
 
 async def _redeem(services: Services, ctx: CommandContext, member_id: UUID, body: RedeemIn) -> Ran:
-    cmd = Redeem(
-        member_id=member_id, points=body.points, reward_ref=body.reward_ref, order_ref=body.order_ref
-    )
-    return await ledger.redeem(services, ctx, cmd), redeem_out
+    return await ledger.redeem(services, ctx, redeem_command(member_id, body)), redeem_out
 
 
 async def _reversal(services: Services, ctx: CommandContext, member_id: UUID, body: ReversalIn) -> Ran:
@@ -137,28 +130,19 @@ async def _reversal(services: Services, ctx: CommandContext, member_id: UUID, bo
 
 
 async def _adjustment(services: Services, ctx: CommandContext, member_id: UUID, body: AdjustmentIn) -> Ran:
-    cmd = Adjust(
-        member_id=member_id, points=body.points, reason=body.reason, allow_negative=body.allow_negative
-    )
-    return await ledger.adjust(services, ctx, cmd), adjustment_out
+    return await ledger.adjust(services, ctx, adjustment_command(member_id, body)), adjustment_out
 
 
 async def _transfer(services: Services, ctx: CommandContext, member_id: UUID, body: TransferIn) -> Ran:
-    cmd = Transfer(member_id=member_id, to_member_id=body.to_member_id, points=body.points)
-    return await ledger.transfer(services, ctx, cmd), transfer_out
+    return await ledger.transfer(services, ctx, transfer_command(member_id, body)), transfer_out
 
 
 async def _hold(services: Services, ctx: CommandContext, member_id: UUID, body: HoldIn) -> Ran:
-    cmd = PlaceHold(
-        member_id=member_id, points=body.points, ttl_seconds=body.ttl_seconds, order_ref=body.order_ref
-    )
-    return await holds.place(services, ctx, cmd), hold_out
+    return await holds.place(services, ctx, hold_command(member_id, body)), hold_out
 
 
 async def _capture(services: Services, ctx: CommandContext, hold_id: UUID, body: CaptureIn) -> Ran:
-    return await holds.capture(
-        services, ctx, CaptureHold(hold_id=hold_id, points=body.points)
-    ), hold_closed_out
+    return await holds.capture(services, ctx, capture_command(hold_id, body)), hold_closed_out
 
 
 async def _release(services: Services, ctx: CommandContext, hold_id: UUID, body: ReleaseIn) -> Ran:

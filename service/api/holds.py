@@ -30,6 +30,16 @@ class _BodyMayBeAbsent(Operation):
             self.request_body.required = False
 
 
+def hold_command(member_id: UUID, body: HoldIn) -> PlaceHold:
+    return PlaceHold(
+        member_id=member_id, points=body.points, ttl_seconds=body.ttl_seconds, order_ref=body.order_ref
+    )
+
+
+def capture_command(hold_id: UUID, body: CaptureIn) -> CaptureHold:
+    return CaptureHold(hold_id=hold_id, points=body.points)
+
+
 class HoldsController(Controller):
     path = "/v1"
     tags = ["holds"]
@@ -47,10 +57,7 @@ class HoldsController(Controller):
     ) -> Response[HoldOut]:
         """The points leave `available` until the hold is captured, released, or expires after
         `ttl_seconds` (then the service releases it on its own)."""
-        cmd = PlaceHold(
-            member_id=member_id, points=data.points, ttl_seconds=data.ttl_seconds, order_ref=data.order_ref
-        )
-        return reply(await holds.place(services, ctx, cmd), hold_out)
+        return reply(await holds.place(services, ctx, hold_command(member_id, data)), hold_out)
 
     @post("/holds/{hold_id:uuid}/capture", status_code=201, summary="Spend a hold, whole or in part")
     async def capture(
@@ -62,8 +69,7 @@ class HoldsController(Controller):
     ) -> Response[HoldClosedOut]:
         """`points` none: the whole hold; fewer: the rest is released. A hold captured, released
         or expired is 409 `hold_not_active`."""
-        cmd = CaptureHold(hold_id=hold_id, points=data.points)
-        return reply(await holds.capture(services, ctx, cmd), hold_closed_out)
+        return reply(await holds.capture(services, ctx, capture_command(hold_id, data)), hold_closed_out)
 
     @post(
         "/holds/{hold_id:uuid}/release",

@@ -103,6 +103,22 @@ def reversal_command(member_id: UUID, body: ReversalIn) -> ReverseEarn | Reverse
     return ReverseEarn(member_id=member_id, order_ref=body.order_ref, amount=amount)
 
 
+def redeem_command(member_id: UUID, body: RedeemIn) -> Redeem:
+    return Redeem(
+        member_id=member_id, points=body.points, reward_ref=body.reward_ref, order_ref=body.order_ref
+    )
+
+
+def adjustment_command(member_id: UUID, body: AdjustmentIn) -> Adjust:
+    return Adjust(
+        member_id=member_id, points=body.points, reason=body.reason, allow_negative=body.allow_negative
+    )
+
+
+def transfer_command(member_id: UUID, body: TransferIn) -> Transfer:
+    return Transfer(member_id=member_id, to_member_id=body.to_member_id, points=body.points)
+
+
 def _require_scope(ctx: CommandContext, scope: str) -> None:
     """One endpoint, two commands: the guard let in either scope, the command needs its own."""
     if scope not in ctx.scopes:
@@ -167,10 +183,7 @@ class LedgerController(Controller):
         services: NamedDependency[Services],
         ctx: NamedDependency[CommandContext],
     ) -> Response[RedeemOut]:
-        cmd = Redeem(
-            member_id=member_id, points=data.points, reward_ref=data.reward_ref, order_ref=data.order_ref
-        )
-        return reply(await ledger.redeem(services, ctx, cmd), redeem_out)
+        return reply(await ledger.redeem(services, ctx, redeem_command(member_id, data)), redeem_out)
 
     @post(
         "/members/{member_id:uuid}/reversals",
@@ -207,10 +220,7 @@ class LedgerController(Controller):
     ) -> Response[AdjustmentOut]:
         """A negative adjustment past `available` is 409 `insufficient_points` unless
         `allow_negative`."""
-        cmd = Adjust(
-            member_id=member_id, points=data.points, reason=data.reason, allow_negative=data.allow_negative
-        )
-        return reply(await ledger.adjust(services, ctx, cmd), adjustment_out)
+        return reply(await ledger.adjust(services, ctx, adjustment_command(member_id, data)), adjustment_out)
 
     @post(
         "/members/{member_id:uuid}/transfers",
@@ -227,8 +237,7 @@ class LedgerController(Controller):
     ) -> Response[TransferOut]:
         """Both members change in one atomic write; the points keep their expiry. The balance
         answered is the sender's."""
-        cmd = Transfer(member_id=member_id, to_member_id=data.to_member_id, points=data.points)
-        return reply(await ledger.transfer(services, ctx, cmd), transfer_out)
+        return reply(await ledger.transfer(services, ctx, transfer_command(member_id, data)), transfer_out)
 
     @get(
         "/members/{member_id:uuid}/balance", guards=[requires("read")], summary="Balance now or at an instant"

@@ -179,10 +179,14 @@ async def test_a_released_hold_gives_its_points_back(member_with_points: MemberW
     hold = (await api.post(f"/v1/members/{member_id}/holds", {"points": 300}, key=key)).json()
 
     # When it is released (a release has no body)
+    idem = uuid.uuid4().hex
     released = await api.client.post(
         f"/v1/holds/{hold['hold_id']}/release",
-        headers={"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex},
+        headers={"Authorization": f"Bearer {key}", "Idempotency-Key": idem},
     )
+    # (and retried as `{}`: the same request, answered again)
+    retried = await api.post(f"/v1/holds/{hold['hold_id']}/release", {}, key=key, idem=idem)
+    assert (retried.status_code, retried.headers.get("Idempotent-Replayed")) == (201, "true")
 
     # Then all of it is back, and it cannot be released (or captured) again
     assert released.status_code == 201, released.text
