@@ -43,6 +43,7 @@ from domain.lots import (
     expired_draws,
     is_expired,
     restore,
+    spendable_points,
 )
 from domain.member_values import (
     Accrual,
@@ -227,16 +228,8 @@ class Member(LedgerAggregate):
             ],
             last_lot_id=self.last_lot_id + len(renumbered),
             accruals=list(source.accruals),
-            orders={
-                ref: OrderRecord(
-                    amount=o.amount,
-                    currency=o.currency,
-                    points=o.points,
-                    lot_id=renumbered.get(o.lot_id, 0),
-                    occurred_at=o.occurred_at,
-                )
-                for ref, o in source.orders.items()
-            },
+            # Each order as it stands (what was refunded of it included), pointing at its lot.
+            orders={ref: replace(o, lot_id=renumbered.get(o.lot_id, 0)) for ref, o in source.orders.items()},
             lifetime_earned=source.lifetime_earned,
             lifetime_redeemed=source.lifetime_redeemed,
             expired=source.expired,
@@ -467,15 +460,20 @@ class Member(LedgerAggregate):
                 f"a capture takes 1 to {held.points} points of this hold", field="points"
             )
         # The held points were kept out of `available`; their lots are drawn now. Lots that
-        # expired while held cannot pay: what they would have is owed.
-        draws = draw_up_to(self.lots, spend, at)
-        drawn = sum(d.points for d in draws)
+        # expired while held cannot pay: a capture of more than is still there is refused.
+        there = spendable_points(self.lots, at)
+        if spend > there:
+            raise InsufficientPoints(
+                f"{spend} points to capture, {there} of the held points are still there (lots expired)",
+                available=there,
+            )
+        draws = draw_oldest_first(self.lots, spend, at)
         self._hold_captured(
             hold_id=hold_id,
             points=spend,
             draws=draws,
             released=held.points - spend,
-            debt=spend - drawn,
+            debt=0,
             at=at,
             channel=channel,
         )
@@ -625,10 +623,13 @@ class Member(LedgerAggregate):
                 pending += lot.points
             else:
                 spendable += lot.points
+        # A hold reserves points only until its time (then it is as good as released, before
+        # the service records it) and only while they are there (lots can expire under it).
+        held = min(sum(h.points for h in self.holds.values() if h.expires_at > now), spendable)
         return Balance(
-            available=spendable - self.held - self.debt,
+            available=spendable - held - self.debt,
             pending=pending,
-            held=self.held,
+            held=held,
             lifetime_earned=self.lifetime_earned,
             lifetime_redeemed=self.lifetime_redeemed,
             # A lot past its expiry is expired even before the expiry event is recorded.

@@ -103,12 +103,15 @@ class Member:
 
     # -- what is shown --------------------------------------------------------------------
 
-    @property
-    def held(self) -> int:
-        return sum(points for points, _ in self.holds.values())
+    def spendable(self, now: datetime) -> int:
+        return sum(lot.points for lot in self.lots if lot.spendable(now))
+
+    def held(self, now: datetime) -> int:
+        """Holds reserve points until their time, and only while the points are there."""
+        return min(sum(points for points, until in self.holds.values() if until > now), self.spendable(now))
 
     def available(self, now: datetime) -> int:
-        return sum(lot.points for lot in self.lots if lot.spendable(now)) - self.held - self.debt
+        return self.spendable(now) - self.held(now) - self.debt
 
     def qualifying(self, now: datetime) -> int:
         return sum(p for at, p in self.accruals if at > now - WINDOW)
@@ -119,7 +122,7 @@ class Member:
         return {
             "available": self.available(now),
             "pending": sum(lot.points for lot in self.lots if lot.live(now) and lot.available_at > now),
-            "held": self.held,
+            "held": self.held(now),
             "lifetime_earned": self.earned,
             "lifetime_redeemed": self.redeemed,
             "expired": self.expired + sum(lot.points for lot in self.lots if not lot.live(now)),
@@ -298,15 +301,16 @@ class Ledger:
         return m, m.holds[hold_id][0]
 
     def capture(self, hold_id: str, points: int | None, now: datetime) -> int:
-        """Spend the hold (the rest is released); what the spendable lots cannot pay is owed."""
+        """Spend the hold (the rest is released); never more than the spendable lots still hold."""
         m, held = self._open_hold(hold_id, now)
         spend = held if points is None else points
         if not 0 < spend <= held:
             raise Refused("CaptureExceedsHold")
+        if spend > m.spendable(now):
+            raise Refused("InsufficientPoints")
         del m.holds[hold_id]
         m.closed_holds.add(hold_id)
-        drawn = sum(d[1] for d in m.draw(spend, now))
-        m.debt += spend - drawn
+        m.draw(spend, now)
         m.redeemed += spend
         self.totals["redeemed"] += spend
         return spend

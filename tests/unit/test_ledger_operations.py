@@ -289,3 +289,51 @@ def test_what_fell_due_behind_a_later_event_is_still_due() -> None:
     )
 
     assert member.next_balance_change(after=expiry + timedelta(days=1), rules=RULES) == expiry
+
+
+def test_a_merged_order_keeps_what_was_refunded_of_it() -> None:
+    source, target = enrolled_member(), other_member()
+    buy(source, "100", order_ref="O-1")
+    source.reverse_earn(order_ref="O-1", amount=Decimal("50"), at=T0, channel="pos", rules=RULES)
+    target.merge(source=source, at=T0, channel="crm", rules=RULES)
+
+    taken = target.reverse_earn(order_ref="O-1", amount=None, at=T0, channel="pos", rules=RULES)
+
+    assert taken == 50  # not 100: the order earned 100 in all
+    assert available(target) == 0
+
+
+def test_a_hold_never_makes_available_negative_past_its_time_or_its_lots() -> None:
+    member = enrolled_member()
+    member.award(points=100, reason="welcome", at=T0, channel="crm", rules=RULES, rules_version=1)
+    expiry = member.lots[0].expires_at
+    assert expiry is not None
+    hold_id = uuid4()
+    member.hold(
+        hold_id=hold_id,
+        points=100,
+        expires_at=expiry + timedelta(days=1),
+        order_ref=None,
+        at=T0,
+        channel="app",
+        rules=RULES,
+    )
+
+    # The lots expire under the open hold: nothing is left to hold, nothing is owed.
+    after = member.balance(now=expiry, rules=RULES)
+    assert (after.available, after.held) == (0, 0)
+    with pytest.raises(InsufficientPoints):
+        member.capture(hold_id=hold_id, points=None, at=expiry, channel="app")
+    # Past its time, a hold holds nothing even before the service records its release.
+    short = enrolled_member()
+    buy(short, "50", order_ref="S-1")
+    short.hold(
+        hold_id=uuid4(),
+        points=50,
+        expires_at=T0 + timedelta(minutes=1),
+        order_ref=None,
+        at=T0,
+        channel="app",
+        rules=RULES,
+    )
+    assert available(short, T0 + timedelta(minutes=1)) == 50
