@@ -5,7 +5,8 @@
 #   scripts/bench/before_after.sh BEFORE_COMMIT AFTER_COMMIT
 # Needs servers of your own: LOYALTY_BENCH_DATABASE_URL (a postgresql:// URL of a role that may
 # create databases) and LOYALTY_BENCH_NATS_URL. Options via env: ROUNDS (3), DURATION (30),
-# WARMUP (5), CONCURRENCY (64), MEMBERS (1000), OUT (results folder), BASELINES.
+# WARMUP (5), CONCURRENCY (64), MEMBERS (1000), BATCH (1; 0 leaves the batch runs out), OUT
+# (results folder), BASELINES. Run it detached (setsid nohup ... &) for a long sitting.
 # The load generator is this work tree's `loyalty bench` for both, so only the service differs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -67,7 +68,8 @@ for r in $(seq "$ROUNDS"); do
   echo "== round $r"
   serve "$before" "bench_before_$r"; bench "before-earn-$r" earn=1; stop
   serve "$after" "bench_after_$r"; bench "after-earn-$r" earn=1
-  CONCURRENCY=8 bench "after-batch-$r" batch=1 --batch-size 100; stop
+  if [ "${BATCH:-1}" = 1 ]; then CONCURRENCY=8 bench "after-batch-$r" batch=1 --batch-size 100; fi
+  stop
   r64=$(psql $pg_opts -d postgres -qc "CREATE DATABASE bench" 2>/dev/null; psql $pg_opts -d bench -qf "$BASELINES/schema.sql"; \
     pgbench $pg_opts -n -M prepared -f "$BASELINES/append.sql" -c 64 -j 2 -T 20 bench 2>&1 | grep -oP 'tps = \K[0-9.]+')
   echo "  pgbench one-row insert, 64 clients: $r64 tps" | tee "$OUT/pgbench-$r.txt"
