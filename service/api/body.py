@@ -71,4 +71,4 @@ class StrictRequest(Request[Any, Any, Any]):
 def canonical(value: Any) -> bytes:
     """The decoded request as canonical JSON (field order fixed, no whitespace): what an
     idempotency fingerprint covers, so that a retry formatted differently is the same request."""
-    return msgspec.json.encode(msgspec.to_builtins(value), order="sorted")
+    return msgspec.json.encode(value, order="sorted")
