@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -119,15 +119,31 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
             if pruner is not None:
                 pruner.cancel()
             if services.clock is not None:
-                await services.clock.stop()  # before the appender: its settles append
-            await services.projections.stop()
-            await appender.stop()
+                await _stopped("clock", services.clock.stop())  # before the appender: it appends
+            await _stopped("projections", services.projections.stop())
+            await _stopped("appender", appender.stop())
             if relay is not None:
-                await relay.stop()  # publishes what was just committed, if that is quick
+                await _stopped("relay", relay.stop())  # publishes what was just committed, if quick
             if bus is not None:
-                await bus.close()
+                await _stopped("nats", bus.close())
     finally:
-        await pool.close()
+        if not await _stopped("pool", pool.close()):
+            pool.terminate()  # a connection never given back must not keep the process alive
+
+
+# How long one part of a stopping service may take before it is left behind (logged): a stop
+# must end, even when a part hangs (the appender's own drain is bounded by the requests it has).
+STOP_TIMEOUT = 10.0
+
+
+async def _stopped(what: str, stopping: Awaitable[None]) -> bool:
+    """Await one part's stop, at most STOP_TIMEOUT; False (and a warning) when it did not end."""
+    try:
+        await asyncio.wait_for(stopping, STOP_TIMEOUT)
+    except TimeoutError:
+        log.warning("a part of the service did not stop in time; left behind", extra={"part": what})
+        return False
+    return True
 
 
 async def _prune_idempotency_keys(records: IdempotencyRecords, every: float = 3600.0) -> None:
