@@ -118,6 +118,9 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
         finally:
             if pruner is not None:
                 pruner.cancel()
+                # Awaited: a prune cancelled mid-query gives its connection back before the pool
+                # is closed (which waits for every connection to come back).
+                await _stopped("idempotency pruner", _cancelled(pruner))
             if services.clock is not None:
                 await _stopped("clock", services.clock.stop())  # before the appender: it appends
             await _stopped("projections", services.projections.stop())
@@ -134,6 +137,11 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
 # How long one part of a stopping service may take before it is left behind (logged): a stop
 # must end, even when a part hangs (the appender's own drain is bounded by the requests it has).
 STOP_TIMEOUT = 10.0
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _stopped(what: str, stopping: Awaitable[None]) -> bool:
