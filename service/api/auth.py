@@ -22,6 +22,7 @@ from service.store.access import LookupRefused, Principal
 
 from .body import canonical
 from .limits import TokenBuckets, retry_after
+from .schemas import IDEMPOTENCY_KEY
 
 PUBLIC_PREFIXES = ("/health", "/schema", "/metrics", "/asyncapi.json")
 IDEMPOTENCY_HEADER = "idempotency-key"
@@ -114,7 +115,7 @@ def fingerprint(method: str, path: str, body: bytes) -> bytes:
 
 
 def _valid_idempotency_key(key: str) -> bool:
-    return 1 <= len(key) <= 200 and all(0x20 <= ord(c) <= 0x7E for c in key)
+    return IDEMPOTENCY_KEY.fullmatch(key) is not None
 
 
 async def command_context(

@@ -51,6 +51,7 @@ from .schemas import (
     CaptureIn,
     EarnIn,
     HoldIn,
+    IdempotencyKey,
     Out,
     RedeemIn,
     ReleaseIn,
@@ -69,7 +70,6 @@ from .views import (
 
 MAX_ITEMS = 500
 
-IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$")]
 Op = Literal["earn", "redeem", "hold", "capture", "release", "reversal", "adjustment", "transfer"]
 
 

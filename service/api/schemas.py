@@ -6,6 +6,7 @@ string (never a JSON number, so no float ever touches it); points as integers.
 
 from __future__ import annotations
 
+import re
 import typing
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
@@ -40,6 +41,9 @@ PATTERN_HINTS = {
     _PLAIN: "must not contain control characters or invisible formatting characters",
     _LOCALE: "must be a language tag like zh-Hans-CN",
 }
+# An Idempotency-Key (SPEC §4: 1-200 printable characters), as a header or a batch item's field.
+IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,200}")
+IdempotencyKey = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$")]
 # A 64-bit position or count in a query: beyond it the database cannot hold the value.
 QueryInt = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 
