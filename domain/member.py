@@ -78,6 +78,7 @@ MAX_POINTS = 10**9
 
 _NO_HOLDS: dict[str, Hold] = {}
 _NO_REDEMPTIONS: dict[str, Redemption] = {}
+_NO_SOURCES: list[UUID] = []
 
 
 class Member(LedgerAggregate):
@@ -101,6 +102,7 @@ class Member(LedgerAggregate):
     PointsAdjusted = events.PointsAdjusted
     PointsTransferred = events.PointsTransferred
     PointsExpired = events.PointsExpired
+    MemberForgotten = events.MemberForgotten
 
     # State added after members were first recorded: a snapshot taken before lacks it, so it
     # has class-level defaults (unannotated: not fields of the aggregate's dataclass), and the
@@ -110,6 +112,7 @@ class Member(LedgerAggregate):
     redemptions = _NO_REDEMPTIONS  # by redemption id (the points_redeemed event id)
     adjusted = 0  # net points added by adjustments
     transferred = 0  # net points received by transfers
+    merged_from = _NO_SOURCES  # the members merged into this one (forgotten with it)
 
     def __init__(
         self,
@@ -262,6 +265,21 @@ class Member(LedgerAggregate):
             channel=channel,
         )
         self._evaluate_upgrade(rules=rules, at=at, channel=channel)
+
+    def forget(self, *, at: datetime, channel: str) -> None:
+        """Erase the member's personal data at their request: open holds are released first
+        (nothing stays reserved on a closed account), then the member is recorded forgotten.
+        Points, lots and totals stay (a forgotten member's points still expire on time)."""
+        self._check_active()
+        for hold_id in sorted(self.holds):
+            self._hold_released(
+                hold_id=UUID(hold_id),
+                points=self.holds[hold_id].points,
+                reason="forgotten",
+                at=at,
+                channel=channel,
+            )
+        self._member_forgotten(merged_from=list(self.merged_from), at=at, channel=channel)
 
     def earn_purchase(
         self,
@@ -566,7 +584,8 @@ class Member(LedgerAggregate):
         """What time alone has made due, recorded: lots past their expiry expire, holds past
         theirs are released, and a tier whose qualifying points stayed below its threshold for
         the grace period goes down. Returns the number of events recorded (0: nothing due)."""
-        if self._status != MemberStatus.ACTIVE:
+        # A forgotten member's points stay on the books, so they still expire (it has no holds).
+        if self._status == MemberStatus.MERGED:
             return 0
         before = len(self.pending_events)
         due = expired_draws(self.lots, at)
@@ -801,6 +820,7 @@ class Member(LedgerAggregate):
             self.adjusted = self.transferred = 0
             self.redemptions = {}
             return
+        self.merged_from = [*self.merged_from, source_member_id]
         if absorbed is None:
             return
         self.identities.extend(identities or [])
@@ -1018,6 +1038,13 @@ class Member(LedgerAggregate):
         for lot in lots:
             self._add_lot(lot)
         self.transferred += points
+
+    @event(events.MemberForgotten)
+    def _member_forgotten(self, *, merged_from: list[UUID], at: datetime, channel: str) -> None:
+        # The personal data goes from this copy too (replays read it as None: the key is gone).
+        self._status = MemberStatus.FORGOTTEN.value
+        self.identities = []
+        self.profile = None
 
     @event(events.PointsExpired)
     def _points_expired(self, *, points: int, draws: list[LotDraw], at: datetime, channel: str) -> None:

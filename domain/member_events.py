@@ -214,3 +214,13 @@ class MembersMerged(LedgerAggregate.Event):
     absorbed: Absorbed | None
     at: datetime
     channel: str
+
+
+class MemberForgotten(LedgerAggregate.Event):
+    """The member's personal data was erased at their request: their data key is destroyed
+    (and those of the members merged into them, `merged_from`), their identities are free
+    again; the account is closed. Amounts and the rest of the history stay."""
+
+    merged_from: list[UUID]
+    at: datetime
+    channel: str
