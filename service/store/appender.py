@@ -19,10 +19,12 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 from uuid import UUID, uuid4
 
 import asyncpg
 
+from . import chain
 from .follower import NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -295,6 +297,11 @@ class _Plan:
     def __init__(self) -> None:
         self.next_position = 1
         self.versions: dict[UUID, int] = {}
+        # The hash chains (chain.py): the global hash at the head and each stream's last hash,
+        # and the transaction's now(), which is every new event's recorded_at.
+        self.head_hash = chain.GENESIS
+        self.stream_hashes: dict[UUID, bytes] = {}
+        self.now: datetime | None = None
         self.idempotency: dict[tuple[str, str], tuple[bytes, int, bytes]] = {}
         self.orders: dict[str, tuple[UUID, str | None]] = {}
         self.identities: dict[tuple[str, bytes], UUID] = {}
@@ -319,7 +326,10 @@ class _Plan:
         )
         plan = cls()
         plan.next_position = 1 + row["head"]
+        plan.head_hash = row["head_hash"] or chain.GENESIS
+        plan.now = row["now"]
         plan.versions = dict(zip(row["stream_ids"] or (), row["versions"] or (), strict=True))
+        plan.stream_hashes = dict(zip(row["stream_ids"] or (), row["stream_hashes"] or (), strict=True))
         plan.idempotency = {
             (channel, key): (request_hash, status, response, position)
             for channel, key, request_hash, status, response, position in zip(
@@ -394,6 +404,22 @@ class _Plan:
         self.positions[id(request)] = positions
         return Committed(positions)
 
+    def _hashes(self, rows: list[tuple[Any, ...]]) -> tuple[list[bytes], list[bytes]]:
+        """Each row's stream hash and global hash (chain.py), in position order; recorded_at is
+        the transaction's now(), which the insert's default writes."""
+        assert self.now is not None, "build() reads now() with the plan"
+        heads, previous, now = self.stream_hashes, self.head_hash, self.now
+        hashes, global_hashes = [], []
+        for position, event_id, stream_id, version, event_type, topic, data, *meta, occurred_at in rows:
+            content = chain.content(
+                event_id, stream_id, version, event_type, topic, data, *meta, occurred_at, now
+            )
+            event_hash = heads[stream_id] = chain.stream_hash(heads.get(stream_id, chain.GENESIS), content)
+            previous = chain.global_hash(previous, position, event_hash)
+            hashes.append(event_hash)
+            global_hashes.append(previous)
+        return hashes, global_hashes
+
     async def write(self, conn: asyncpg.Connection, requests: list[AppendRequest]) -> None:
         """Write the accepted requests: events, idempotency records, order and hold claims, member
         keys and the NOTIFY in one statement; identity claims and checkpoints (rarer) after it."""
@@ -416,6 +442,7 @@ class _Plan:
             for event, position in zip(request.events, self.positions[id(request)], strict=True)
         ]
         events = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 12
+        hashes, global_hashes = self._hashes(rows)
         last = rows[-1][0] if rows else 0
         idem_rows = [self.responses[id(r)] for r in requests if id(r) in self.responses]
         orders = [(o, m, r.metadata.channel) for r in requests for o, m in r.order_claims]
@@ -443,6 +470,8 @@ class _Plan:
             [c.member_id for c, _ in holds],
             [c.expires_at for c, _ in holds],
             [pos for _, pos in holds],
+            hashes,
+            global_hashes,
         )
         releases = [c for r in requests for c in r.identity_releases]
         if releases:
@@ -486,14 +515,18 @@ class _Plan:
 _READ_PLAN = """
 SELECT
   (SELECT coalesce(max(position), 0) FROM events) AS head,
-  v.stream_ids, v.versions,
+  (SELECT global_hash FROM events ORDER BY position DESC LIMIT 1) AS head_hash,
+  now() AS now,
+  v.stream_ids, v.versions, v.stream_hashes,
   i.idem_channels, i.idem_keys, i.idem_hashes, i.idem_statuses, i.idem_responses, i.idem_positions,
   o.order_refs, o.order_owners, o.order_channels,
   c.identity_kinds, c.identity_hashes, c.identity_owners
 FROM
-  (SELECT array_agg(stream_id) AS stream_ids, array_agg(version) AS versions
-     FROM (SELECT stream_id, max(stream_version) AS version FROM events
-            WHERE stream_id = ANY($1::uuid[]) GROUP BY stream_id) AS s) AS v,
+  (SELECT array_agg(s.id) AS stream_ids, array_agg(l.stream_version) AS versions,
+          array_agg(l.hash) AS stream_hashes
+     FROM unnest($1::uuid[]) AS s(id)
+     CROSS JOIN LATERAL (SELECT stream_version, hash FROM events WHERE stream_id = s.id
+                          ORDER BY stream_version DESC LIMIT 1) AS l) AS v,
   (SELECT array_agg(channel) AS idem_channels, array_agg(key) AS idem_keys,
           array_agg(request_hash) AS idem_hashes, array_agg(status) AS idem_statuses,
           array_agg(response) AS idem_responses, array_agg(position) AS idem_positions
@@ -516,10 +549,11 @@ _WRITE_BATCH = """
 WITH
   new_events AS (
     INSERT INTO events (position, event_id, stream_id, stream_version, event_type, topic, data,
-                        channel, api_key_id, correlation_id, causation_id, occurred_at)
+                        channel, api_key_id, correlation_id, causation_id, occurred_at, hash,
+                        global_hash)
     SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::integer[], $5::text[],
                          $6::text[], $7::bytea[], $8::text[], $9::text[], $10::text[],
-                         $11::text[], $12::timestamptz[])),
+                         $11::text[], $12::timestamptz[], $31::bytea[], $32::bytea[])),
   new_keys AS (
     INSERT INTO idempotency_keys (channel, key, request_hash, status, response, position)
     SELECT * FROM unnest($13::text[], $14::text[], $15::bytea[], $16::smallint[], $17::bytea[],

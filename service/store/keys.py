@@ -17,6 +17,7 @@ from uuid import UUID
 
 # OpenSSL's AES-GCM: ~2 µs a call here, against ~115 µs for pycryptodome's (which the
 # eventsourcing[crypto] extra brings); every enrolment, load and projection of a member pays it.
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 _NONCE = 12
@@ -70,6 +71,10 @@ class Keyring:
         # Separate keys per purpose, derived so that one master key is all an operator keeps.
         self._identity_key = hmac.digest(master_key, b"loyalty:identity-index:v1", "sha256")
         self._record_key = hmac.digest(master_key, b"loyalty:idempotency-records:v1", "sha256")
+        # The audit checkpoints' signing key: an Ed25519 private key is any 32 bytes.
+        self.checkpoint_key = Ed25519PrivateKey.from_private_bytes(
+            hmac.digest(master_key, b"loyalty:audit-checkpoints:v1", "sha256")
+        )
 
     def new_member_key(self, member_id: UUID) -> tuple[bytes, bytes]:
         """A fresh data key for a member: (plain key, wrapped key to store)."""
