@@ -92,7 +92,7 @@ class Settings:
         Setting(
             variable="LOYALTY_NATS_URL",
             meaning="NATS URL (JetStream enabled); set both server URLs or neither",
-            accepts="a NATS server URL (nats://, tls://)",
+            accepts="a NATS server URL (nats://, tls://), or a cluster's, comma-separated",
             secret=True,
         ),
     ] = None

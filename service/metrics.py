@@ -157,10 +157,14 @@ async def projection_metrics(runner: Any) -> Iterable[Metric]:
             labels=["projection"],
         ),
     }
+    leading = GaugeMetricFamily(
+        "loyalty_projection_leading", "1 when this instance applies the projection.", labels=["projection"]
+    )
     for status in statuses:
         for field, family in families.items():
             family.add_metric([status.name], getattr(status, field))
-    return [*families.values(), delays]
+        leading.add_metric([status.name], int(status.leading))
+    return [*families.values(), leading, delays]
 
 
 def clock_metrics(clock: Any) -> Iterable[Metric]:

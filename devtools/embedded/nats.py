@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -31,11 +32,26 @@ NATS_USER = "loyalty"
 STOP_TIMEOUT = 10.0
 
 
-class NatsServer:
-    """One nats-server keeping its JetStream store under `data_dir`; `proc` while it runs."""
+@dataclass(frozen=True)
+class ClusterNode:
+    """A nats-server's place in a JetStream cluster on loopback (devtools/embedded/nats_cluster.py)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    cluster: str
+    server_name: str  # unique in the cluster: JetStream's replicas are placed by it
+    route_port: int
+    routes: tuple[int, ...]  # every node's route port (a route to itself is ignored)
+    monitor_port: int  # /healthz, once JetStream is current with the cluster
+
+
+class NatsServer:
+    """One nats-server keeping its JetStream store under `data_dir`; `proc` while it runs.
+
+    With `node`, it is one server of a cluster (`NatsCluster`); alone otherwise.
+    """
+
+    def __init__(self, data_dir: Path, node: ClusterNode | None = None) -> None:
         self.data_dir = data_dir
+        self.node = node
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -108,6 +124,16 @@ class NatsServer:
             "# Written by loyalty on each start: the embedded nats-server's credentials.\n"
             f"authorization {{\n  user: {json.dumps(NATS_USER)}\n  password: {quoted}\n}}\n"
         )
+        node = self.node
+        if node is not None:
+            # Routes carry no credentials: they listen on loopback only.
+            routes = ", ".join(json.dumps(f"nats-route://{HOST}:{port}") for port in node.routes)
+            text += (
+                f"server_name: {json.dumps(node.server_name)}\n"
+                f"http: {json.dumps(f'{HOST}:{node.monitor_port}')}\n"
+                f"cluster {{\n  name: {json.dumps(node.cluster)}\n"
+                f"  listen: {json.dumps(f'{HOST}:{node.route_port}')}\n  routes: [{routes}]\n}}\n"
+            )
         write_atomically(self._conf, text, mode=0o600)
 
     def wait(self, password: str, requested_port: int | None) -> int:

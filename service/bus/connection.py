@@ -17,6 +17,12 @@ from nats.aio.client import Client
 log = logging.getLogger(__name__)
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers of LOYALTY_NATS_URL: one URL, or several separated by commas (a cluster's
+    seeds; the client also learns the other members from the server it reaches)."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 class NatsConnection:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -36,7 +42,7 @@ class NatsConnection:
         while True:
             try:
                 self.client = await nats.connect(
-                    self.url,
+                    server_urls(self.url),
                     name="loyalty-ledger",
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1,
