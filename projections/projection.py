@@ -20,7 +20,7 @@ import contextlib
 import gc
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 from uuid import UUID
@@ -70,6 +70,8 @@ class Touched:
     at: datetime  # that event's record time (its `at`): the balance is computed at it
     position: int
     recorded_at: datetime
+    # The member's events in the batch, in log order (read models that add up events use them).
+    events: list[LogEvent] = field(default_factory=list)
 
 
 def balance_values(t: Touched) -> tuple[Any, ...]:
@@ -115,6 +117,11 @@ class LogFold:
         self.keep_recorded = False
         self.recorded: list[tuple[int, float]] = []
 
+    @property
+    def rules(self) -> Rules:
+        """The program's rules as of the position folded to."""
+        return self._rules
+
     def reset(self) -> None:
         """Forget everything folded (after a failed batch, or to free the memory)."""
         self._cache.clear()
@@ -133,7 +140,7 @@ class LogFold:
         """
         if self.position != after:
             await self._start_at(conn, after)
-        last: dict[UUID, tuple[Member, Rules, LogEvent]] = {}
+        last: dict[UUID, tuple[Member, Rules, list[LogEvent]]] = {}
         position = after
         page = min(PAGE, limit)
         self.recorded = []
@@ -160,8 +167,8 @@ class LogFold:
             rows = await ahead if ahead is not None else []
         self.position = position
         touched = {
-            sid: Touched(member, rules, e.event.timestamp, e.position, e.recorded_at)
-            for sid, (member, rules, e) in last.items()
+            sid: Touched(member, rules, es[-1].event.timestamp, es[-1].position, es[-1].recorded_at, es)
+            for sid, (member, rules, es) in last.items()
         }
         return position, touched
 
@@ -192,7 +199,9 @@ class LogFold:
             for sid, aggregate in (await self.reader.load_streams(conn, stale)).items():
                 self._keep(sid, aggregate)
 
-    def _apply(self, events: Sequence[LogEvent], last: dict[UUID, tuple[Member, Rules, LogEvent]]) -> None:
+    def _apply(
+        self, events: Sequence[LogEvent], last: dict[UUID, tuple[Member, Rules, list[LogEvent]]]
+    ) -> None:
         cache, ignored = self._cache, self._ignored
         rules = self._rules
         for e in events:
@@ -210,7 +219,12 @@ class LogFold:
                 ignored.add(sid)
                 continue
             cache[sid] = member
-            last[sid] = (member, rules, e)
+            seen = last.get(sid)
+            if seen is None:
+                last[sid] = (member, rules, [e])
+            else:
+                seen[2].append(e)
+                last[sid] = (member, rules, seen[2])
         while len(cache) > self.cache_size:
             del cache[next(iter(cache))]
 
@@ -276,6 +290,9 @@ class MemberProjection:
         """The log position its own fold reached (None: unknown)."""
         return self.fold.position
 
+    async def before_swap(self, conn: asyncpg.Connection, live_table: str) -> None:
+        """In a rebuild's swap transaction, just before this (fresh) table replaces `live_table`."""
+
     def bind(self, table: str) -> None:
         """Write to `table` from now on (a rebuild writes elsewhere, then takes the live name)."""
         if _NAME.match(table) is None:
@@ -304,11 +321,18 @@ class MemberProjection:
         transaction, which also advances the tracking position.
         """
         position, touched = await self.fold.fold(conn, after=after, limit=limit)
-        await self.write(conn, touched)
+        await self.write(conn, touched, after=after)
         return position
 
-    async def write(self, conn: asyncpg.Connection, touched: Mapping[UUID, Touched]) -> None:
-        """Upsert the rows of these members (each its whole row: writing one again is harmless)."""
+    async def write(
+        self, conn: asyncpg.Connection, touched: Mapping[UUID, Touched], *, after: int = 0
+    ) -> None:
+        """Upsert the rows of these members (each its whole row: writing one again is harmless).
+
+        `after`: this projection's checkpoint; the touched members may carry events at or before
+        it (a shared fold starts at the lowest checkpoint), which a read model adding up events
+        must skip.
+        """
         if touched:
             rows = [self.row(t) for t in touched.values()]
             await conn.execute(self._upsert, *(list(column) for column in zip(*rows, strict=True)))

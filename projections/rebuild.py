@@ -189,6 +189,7 @@ async def _swap(
                     # Never swap in a view older than the one readers already saw.
                     while fresh.position is None or fresh.position < live_position:
                         await apply_tracked(conn, fresh, batch)
+                    await fresh.before_swap(conn, live.table)
                     await conn.execute(f"DROP TABLE {live.table}")
                     await conn.execute(f"ALTER TABLE {fresh_table} RENAME TO {live.table}")
                     for index in await conn.fetch(

@@ -5,12 +5,18 @@ from __future__ import annotations
 from service.store.event_store import EventStore
 
 from .balances import BalancesProjection
+from .channels import ChannelsProjection
+from .liability import LiabilityProjection
 from .members import MembersProjection
 from .projection import MemberProjection
+from .segments import SegmentsProjection
 
 PROJECTIONS: dict[str, type[MemberProjection]] = {
     BalancesProjection.kind: BalancesProjection,
     MembersProjection.kind: MembersProjection,
+    SegmentsProjection.kind: SegmentsProjection,
+    LiabilityProjection.kind: LiabilityProjection,
+    ChannelsProjection.kind: ChannelsProjection,
 }
 
 

@@ -99,7 +99,7 @@ async def apply_shared(
     moved = [p for p in projections if reached > positions[p.name]]
     for projection in moved:
         try:
-            await projection.write(conn, touched)
+            await projection.write(conn, touched, after=positions[projection.name])
         except Exception as exc:
             raise ProjectionFailed(projection.name, exc) from exc
     if moved:

@@ -16,6 +16,7 @@ from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from service.api.access import AccessController
+from service.api.analytics import AnalyticsController
 from service.api.auth import Gate, is_public
 from service.api.batch import BatchController
 from service.api.body import StrictRequest
@@ -194,6 +195,7 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
     return Litestar(
         route_handlers=[
             MembersController,
+            AnalyticsController,
             LedgerController,
             HoldsController,
             BatchController,

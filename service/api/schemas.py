@@ -238,6 +238,8 @@ class MemberOut(Out, kw_only=True):
     first_activity_at: datetime | None
     last_activity_at: datetime | None
     position: int | None = None
+    # The member's segments (GET of the member view; null in a command's answer).
+    segments: list[str] | None = None
 
 
 class BreakdownOut(Out, kw_only=True):

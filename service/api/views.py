@@ -72,6 +72,7 @@ def member_out(state: MemberState, position: int | None) -> MemberOut:
         first_activity_at=state.first_activity_at,
         last_activity_at=state.last_activity_at,
         position=position,
+        segments=state.segments,
     )
 
 

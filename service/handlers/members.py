@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from uuid import UUID, uuid4
 
+import msgspec
+
 from domain.errors import InvalidIdentity
 from domain.identities import Identity, mask_identity, normalise_identity
 from domain.member import Member
 from domain.rules import Rules
 from projections.members import member_view
+from projections.segments import SEGMENTS, Facts, member_segments, segments_at
 from service.services import Services
 
 from .commands import Enrol, LinkIdentity, Merge, UnlinkIdentity
@@ -132,11 +135,14 @@ async def get_member(
     projection holds them masked), a balance that has changed with time since the member's
     last event (a lot unlocked or expired), or a member the projection has not reached yet.
     """
-    if min_position is not None and not await services.projections.wait_for(
-        "members", min_position, timeout=services.settings.read_wait_seconds
-    ):
-        raise NotCaughtUp("members", min_position)
+    if min_position is not None:
+        for name in ("members", "segments"):
+            if not await services.projections.wait_for(
+                name, min_position, timeout=services.settings.read_wait_seconds
+            ):
+                raise NotCaughtUp(name, min_position)
     view = await member_view(services.pool, member_id)
+    segments = await member_segments(services.pool, member_id)
     if (
         view is not None
         and not reveal
@@ -152,6 +158,7 @@ async def get_member(
             channels=view.channels,
             first_activity_at=view.first_activity_at,
             last_activity_at=view.last_activity_at,
+            segments=segments,
         )
         return state, view.position
     member = await services.repository.member(member_id)
@@ -159,7 +166,11 @@ async def get_member(
         raise UnknownMember(member_id)
     program = await services.repository.program()
     position = None if view is None else view.position
-    return member_state(member, now=now, rules=program.rules, reveal=reveal), position
+    if segments is None:  # the projection has not reached the member yet: decide them here
+        flags = segments_at(Facts.of(member), now, program.rules.segments)
+        segments = [s for s, inside in zip(SEGMENTS, flags, strict=True) if inside]
+    state = member_state(member, now=now, rules=program.rules, reveal=reveal)
+    return msgspec.structs.replace(state, segments=segments), position
 
 
 async def lookup(services: Services, identity: Identity) -> UUID:

@@ -39,6 +39,8 @@ class MemberState(Result):
     channels: list[str]
     first_activity_at: datetime | None
     last_activity_at: datetime | None
+    # On reads of the member view only (a command's answer leaves it out): SPEC §3 segments.
+    segments: list[str] | None = None
 
 
 class Earned(Result):

@@ -195,6 +195,11 @@ async def valid_requests(api: Api) -> tuple[dict[str, dict[str, Any]], str, int]
         "GET /v1/channels": {},
         "POST /v1/api-keys": {"body": {"channel": "fuzz-pos", "scopes": ["earn", "read"]}},
         "DELETE /v1/api-keys/{key_id}": {"path_parameters": {"key_id": key["key_id"]}},
+        "GET /v1/analytics/segments": {},
+        "GET /v1/segments/{name}/members": {"path_parameters": {"name": "active"}, "query": {"limit": 5}},
+        "GET /v1/analytics/channels": {"query": {"from": "2020-01-01", "to": "2030-12-31"}},
+        "GET /v1/analytics/liability": {},
+        "GET /v1/analytics/journeys": {},
     }
     return valid, member_id, int(source["position"])
 

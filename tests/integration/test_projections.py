@@ -365,8 +365,10 @@ class FailsOnce(BalancesProjection):
 
     failures = 0
 
-    async def write(self, conn: asyncpg.Connection, touched: Mapping[uuid.UUID, Touched]) -> None:
-        await super().write(conn, touched)
+    async def write(
+        self, conn: asyncpg.Connection, touched: Mapping[uuid.UUID, Touched], *, after: int = 0
+    ) -> None:
+        await super().write(conn, touched, after=after)
         if touched and FailsOnce.failures == 0:
             FailsOnce.failures += 1
             raise RuntimeError("crash after writing part of a batch")
@@ -379,8 +381,10 @@ class Stalls(BalancesProjection):
         super().__init__(*args, **kw)
         self.inside = asyncio.Event()
 
-    async def write(self, conn: asyncpg.Connection, touched: Mapping[uuid.UUID, Touched]) -> None:
-        await super().write(conn, touched)
+    async def write(
+        self, conn: asyncpg.Connection, touched: Mapping[uuid.UUID, Touched], *, after: int = 0
+    ) -> None:
+        await super().write(conn, touched, after=after)
         if touched:
             self.inside.set()
             await asyncio.Event().wait()
@@ -436,8 +440,10 @@ class Broken(BalancesProjection):
 
     broken = True
 
-    async def write(self, conn: asyncpg.Connection, touched: Mapping[uuid.UUID, Touched]) -> None:
-        await super().write(conn, touched)
+    async def write(
+        self, conn: asyncpg.Connection, touched: Mapping[uuid.UUID, Touched], *, after: int = 0
+    ) -> None:
+        await super().write(conn, touched, after=after)
         if touched and Broken.broken:
             raise RuntimeError("this projection cannot write")
 
