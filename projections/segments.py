@@ -284,9 +284,8 @@ async def reevaluate_table(
     transitions: list[Transition] = []
     updates: list[tuple[Any, ...]] = []
     for r in rows:
-        facts = Facts(
-            r["status"], r["enrolled_at"], r["last_activity_at"], r["lifetime_earned"], tuple(_decode(r["channels"]))
-        )
+        channels = tuple(_decode(r["channels"]))
+        facts = Facts(r["status"], r["enrolled_at"], r["last_activity_at"], r["lifetime_earned"], channels)
         when = max(at, r["evaluated_at"])
         flags = segments_at(facts, when, rules)
         transitions += changes(r["member_id"], tuple(r[f] for f in _FLAGS), flags, when, r["position"])
@@ -377,7 +376,8 @@ async def journeys(conn: Any) -> Journeys:
     )
     pairs = await conn.fetch(
         "SELECT channels->>0 AS first, channels->>1 AS next, count(*) AS members FROM segments"
-        " WHERE status = 'active' AND jsonb_array_length(channels) > 0 GROUP BY 1, 2 ORDER BY 1, 2 NULLS FIRST"
+        " WHERE status = 'active' AND jsonb_array_length(channels) > 0"
+        " GROUP BY 1, 2 ORDER BY 1, 2 NULLS FIRST"
     )
     return Journeys(
         by_channel_count={int(r["n"]): int(r["members"]) for r in counts},

@@ -54,7 +54,7 @@ class SegmentMembersOut(Out, kw_only=True):
     next_after: UUID | None
 
 
-class ChannelOut(Out, kw_only=True):
+class ChannelFiguresOut(Out, kw_only=True):
     """One channel's figures: `active_members` made a purchase or a redemption through it;
     `points_cost` is points_earned at the point value; `cost_ratio` = points_cost / revenue;
     `redemption_rate` = points_redeemed / points_earned."""
@@ -82,7 +82,7 @@ class ChannelsOut(Out, kw_only=True):
     to: date | None = None
     currency: str
     point_value: str
-    channels: list[ChannelOut]
+    channels: list[ChannelFiguresOut]
 
 
 class PointsValueOut(Out, kw_only=True):
@@ -90,7 +90,7 @@ class PointsValueOut(Out, kw_only=True):
     value: str
 
 
-class ExpiringOut(Out, kw_only=True):
+class ExpiringPointsOut(Out, kw_only=True):
     days: int
     points: int
     value: str
@@ -114,7 +114,7 @@ class LiabilityOut(Out, kw_only=True):
     available: PointsValueOut
     pending: PointsValueOut
     held: PointsValueOut
-    expiring: list[ExpiringOut]
+    expiring: list[ExpiringPointsOut]
     breakage: BreakageOut
 
 
@@ -156,7 +156,7 @@ def channels_out(report: analytics.ChannelReport) -> ChannelsOut:
         currency=cur,
         point_value=str(value),
         channels=[
-            ChannelOut(
+            ChannelFiguresOut(
                 channel=c.channel,
                 active_members=c.active_members,
                 enrolments=c.enrolments,
@@ -192,7 +192,7 @@ def liability_out(report: analytics.LiabilityReport) -> LiabilityOut:
         pending=pv(t.pending),
         held=pv(t.held),
         expiring=[
-            ExpiringOut(days=d, points=t.expiring[d], value=_money(t.expiring[d] * value, cur))
+            ExpiringPointsOut(days=d, points=t.expiring[d], value=_money(t.expiring[d] * value, cur))
             for d in HORIZONS
         ],
         breakage=BreakageOut(
