@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -24,6 +25,7 @@ from service.api.errors import EXCEPTION_HANDLERS
 from service.api.health import HealthController
 from service.api.holds import HoldsController
 from service.api.ledger import LedgerController
+from service.api.live import LiveController
 from service.api.members import MembersController
 from service.api.openapi import openapi_config
 from service.api.program import ProgramController
@@ -201,6 +203,7 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
             BatchController,
             ProgramController,
             AccessController,
+            LiveController,
             HealthController,
             metrics_endpoint,
             asyncapi_endpoint,
@@ -208,6 +211,8 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
         state=State(
             {
                 "metrics": metrics,
+                # Set when the server starts draining: long-lived responses (the live stream) end.
+                "draining": asyncio.Event(),
                 "asyncapi": asyncapi_document(settings, subject_prefix=settings.subject_prefix),
             }
         ),

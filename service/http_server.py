@@ -204,6 +204,14 @@ class _Server(uvicorn.Server):
             finally:
                 self._captured_signals.clear()
 
+    async def shutdown(self, sockets: Any = None) -> None:
+        # uvicorn waits for every response in flight before the app's shutdown: the endless
+        # ones (the live event stream) are told to end first (the app's `draining` event).
+        draining = getattr(getattr(self.config.app, "state", None), "draining", None)
+        if isinstance(draining, asyncio.Event):
+            draining.set()
+        await super().shutdown(sockets)
+
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
         _settle_heap()

@@ -23,6 +23,7 @@ from service.store.idempotency import IdempotencyRecords
 from service.store.keys import Keyring, MasterKeyError, parse_master_key
 from service.store.migrate import migrate
 from service.store.repository import Repository
+from service.store.tail import LogTail
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class Services:
     nats: NatsConnection | None
     relay: Relay | None
     projections: ProjectionRunner
+    tail: LogTail  # wakes the readers of the live event stream
     # A service.clock.Clock where the followers lead (`lead`). Typed loosely: the clock drives
     # the use cases, which import this module, and DI resolves these annotations at run time.
     clock: Any = None
@@ -98,6 +100,7 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
             nats=bus,
             relay=relay,
             projections=ProjectionRunner(pool, store, settings.database_url, lead=lead),
+            tail=LogTail(settings.database_url),
         )
         if lead:
             # Imported here: the clock runs use cases, and the use cases import this module.
@@ -124,6 +127,7 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
             if services.clock is not None:
                 await _stopped("clock", services.clock.stop())  # before the appender: it appends
             await _stopped("projections", services.projections.stop())
+            await _stopped("log tail", services.tail.stop())
             await _stopped("appender", appender.stop())
             if relay is not None:
                 await _stopped("relay", relay.stop())  # publishes what was just committed, if quick

@@ -37,6 +37,7 @@ from .schemas import (
     EarnIn,
     EarnOut,
     HistoryOut,
+    LotsOut,
     PurchaseItemIn,
     QuoteIn,
     QuoteOut,
@@ -52,6 +53,7 @@ from .views import (
     balance_at_out,
     earn_out,
     history_out,
+    lots_out,
     quote_out,
     redeem_out,
     reversal_out,
@@ -259,3 +261,12 @@ class LedgerController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> HistoryOut:
         return history_out(await ledger.history(services, member_id, after=after, limit=limit))
+
+    @get(
+        "/members/{member_id:uuid}/lots",
+        guards=[requires("read")],
+        summary="The member's lots: points by when they unlock and expire",
+    )
+    async def lots(self, member_id: FromPath[UUID], services: NamedDependency[Services]) -> LotsOut:
+        """From the member itself (strongly consistent), in the order points are spent."""
+        return lots_out(await ledger.lots(services, member_id, now=datetime.now(UTC)))

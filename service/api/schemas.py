@@ -373,6 +373,40 @@ class ApiKeyOut(Out, kw_only=True):
     name: str | None
 
 
+class LotOut(Out, kw_only=True):
+    """Points left from one earn: `lot_id` is that earn's stream version; pending until
+    `available_at`, gone at `expires_at` (null: never)."""
+
+    lot_id: int
+    points: int
+    available_at: datetime
+    expires_at: datetime | None
+
+
+class LotsOut(Out, kw_only=True):
+    """A member's lots not expired at `as_of`, in the order they are spent (soonest expiry first)."""
+
+    member_id: UUID
+    as_of: datetime
+    lots: list[LotOut]
+
+
+class LiveEventOut(Out, kw_only=True):
+    """One committed event as the live stream sends it (the `data` of an SSE message whose `id`
+    is its position): what the member's history shows of it and whose it is (`member_id` null:
+    the program's). Never personal data."""
+
+    position: int
+    event_id: UUID
+    member_id: UUID | None
+    stream_version: int
+    type: str
+    channel: str | None
+    points: int | None
+    occurred_at: datetime
+    recorded_at: datetime
+
+
 class ProblemField(Out, kw_only=True):
     field: str
     message: str

@@ -11,6 +11,8 @@ from service.handlers.results import (
     Held,
     History,
     HoldClosed,
+    LiveEvent,
+    MemberLots,
     MemberState,
     Quote,
     Redeemed,
@@ -31,6 +33,9 @@ from .schemas import (
     HoldClosedOut,
     HoldOut,
     IdentityOut,
+    LiveEventOut,
+    LotOut,
+    LotsOut,
     MemberOut,
     ProgramOut,
     QuoteOut,
@@ -189,4 +194,31 @@ def history_out(history: History) -> HistoryOut:
             for e in history.events
         ],
         next_after=history.next_after,
+    )
+
+
+def lots_out(lots: MemberLots) -> LotsOut:
+    return LotsOut(
+        member_id=lots.member_id,
+        as_of=lots.as_of,
+        lots=[
+            LotOut(
+                lot_id=lot.lot_id, points=lot.points, available_at=lot.available_at, expires_at=lot.expires_at
+            )
+            for lot in lots.lots
+        ],
+    )
+
+
+def live_event_out(event: LiveEvent) -> LiveEventOut:
+    return LiveEventOut(
+        position=event.position,
+        event_id=event.event_id,
+        member_id=event.member_id,
+        stream_version=event.stream_version,
+        type=event.type,
+        channel=event.channel,
+        points=event.points,
+        occurred_at=event.occurred_at,
+        recorded_at=event.recorded_at,
     )

@@ -113,3 +113,14 @@ class ChannelExists(DomainError):
 
     def __init__(self, channel: str) -> None:
         super().__init__(f"channel {channel!r} already exists")
+
+
+class TooManyStreams(DomainError):
+    """This instance serves as many live streams as it will: retry later (or on another instance)."""
+
+    code: ClassVar[str] = "too_many_streams"
+    title: ClassVar[str] = "Too many live streams"
+    status: ClassVar[int] = 503
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this instance already serves {limit} live streams; retry later")

@@ -8,6 +8,7 @@ from typing import ClassVar
 from uuid import UUID
 
 from domain.errors import DomainError
+from domain.lots import is_expired, spending_order
 from domain.member import Member
 from domain.program import Program
 from service.services import Services
@@ -31,6 +32,7 @@ from .results import (
     Earned,
     History,
     HistoryItem,
+    MemberLots,
     Outcome,
     Quote,
     Redeemed,
@@ -290,6 +292,16 @@ async def balance(services: Services, member_id: UUID, *, now: datetime, as_of: 
     return BalanceAt(member_id=member_id, as_of=at, balance=member.balance(now=at, rules=program.rules))
 
 
+async def lots(services: Services, member_id: UUID, *, now: datetime) -> MemberLots:
+    """The member's lots not expired at `now`, in the order they are spent (soonest expiry first)."""
+    member = await _member(services, member_id)
+    return MemberLots(
+        member_id=member_id,
+        as_of=now,
+        lots=spending_order([lot for lot in member.lots if not is_expired(lot, now)]),
+    )
+
+
 async def history(services: Services, member_id: UUID, *, after: int, limit: int) -> History:
     """The member's events, oldest first, paged by position."""
     await _member(services, member_id)
@@ -301,7 +313,7 @@ async def history(services: Services, member_id: UUID, *, after: int, limit: int
             stream_version=e.stream_version,
             type=e.event_type,
             channel=e.channel,
-            points=_signed_points(e.event_type, e.event),
+            points=signed_points(e.event_type, e.event),
             occurred_at=e.occurred_at,
             recorded_at=e.recorded_at,
         )
@@ -312,7 +324,8 @@ async def history(services: Services, member_id: UUID, *, after: int, limit: int
     )
 
 
-def _signed_points(event_type: str, event: object) -> int | None:
+def signed_points(event_type: str, event: object) -> int | None:
+    """What an event did to its member's points (a redemption negative), None if it moves none."""
     points = getattr(event, "points", None)
     if not isinstance(points, int):
         return None

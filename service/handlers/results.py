@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Struct
 
 from domain.identities import Identity
+from domain.lots import Lot
 from domain.member_values import Balance
 from domain.rules import BreakdownPart, Rules
 
@@ -178,3 +179,26 @@ class History(Struct, frozen=True, kw_only=True):
     member_id: UUID
     events: list[HistoryItem]
     next_after: int | None
+
+
+class LiveEvent(Struct, frozen=True, kw_only=True):
+    """One event of the log as the live stream shows it: what a member's history shows of it,
+    and whose it is (None: the program's). No personal data: the log is read without keys."""
+
+    position: int
+    event_id: UUID
+    member_id: UUID | None
+    stream_version: int
+    type: str
+    channel: str | None
+    points: int | None  # signed, as in the history
+    occurred_at: datetime
+    recorded_at: datetime
+
+
+class MemberLots(Struct, frozen=True, kw_only=True):
+    """A member's lots now (soonest-expiring first, as they are spent), with the time they were read at."""
+
+    member_id: UUID
+    as_of: datetime
+    lots: list[Lot]

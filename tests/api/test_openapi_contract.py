@@ -32,6 +32,8 @@ SCOPES: dict[tuple[str, str], list[set[str]]] = {
     ("POST", "/v1/members/{member_id}/transfers"): [{"transfer"}],
     ("GET", "/v1/members/{member_id}/balance"): [{"read"}],
     ("GET", "/v1/members/{member_id}/history"): [{"read"}],
+    ("GET", "/v1/members/{member_id}/lots"): [{"read"}],
+    ("GET", "/v1/events/live"): [{"read"}],
     ("GET", "/v1/program"): [{"read"}],
     ("PUT", "/v1/program/rules"): [{"rules"}],
     ("GET", "/v1/program/rules/{version}"): [{"read"}],

@@ -27,7 +27,8 @@ from tests.api.conftest import ADMIN_KEY, Api
 # Examples per operation and mode: valid requests (what works must answer as documented) and
 # invalid ones (where the 500s hide: wrong types, missing fields, values out of range).
 EXAMPLES = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 8}
-BUDGET_SECONDS = 45.0  # the fuzzing itself, on 2 shared cores
+BUDGET_SECONDS = 45.0
+LIVE = "GET /v1/events/live"  # the endless stream of events  # the fuzzing itself, on 2 shared cores
 CHECKS = [
     sc.not_a_server_error,
     sc.status_code_conformance,
@@ -99,6 +100,15 @@ class Fuzz:
             # A position the log has not reached is a documented 503 after a wait (spec §4), which
             # not_a_server_error would count: ask only for positions that exist.
             case.query["min_position"] = min(case.query["min_position"], self.position)
+        if label == LIVE:
+            # An endless stream by design: a valid `after` and `limit` ask for one event the log
+            # holds, so the answer ends (an invalid one is a 422 at once and is left as generated).
+            query = dict(case.query) if isinstance(case.query, dict) else {}
+            if isinstance(query.get("limit"), int) or "limit" not in query:
+                query["limit"] = 1
+            if isinstance(query.get("after"), int) or "after" not in query:
+                query["after"] = min(query.get("after") or 0, self.position - 1)
+            case.query = query
         headers = {"Authorization": f"Bearer {ADMIN_KEY}", "Idempotency-Key": uuid.uuid4().hex}
         # On the case itself: negative cases may carry a generated Authorization of their own.
         case.headers = {**(case.headers or {}), **headers}
@@ -188,6 +198,8 @@ async def valid_requests(api: Api) -> tuple[dict[str, dict[str, Any]], str, int]
         },
         "GET /v1/members/{member_id}/balance": {"path_parameters": at_member},
         "GET /v1/members/{member_id}/history": {"path_parameters": at_member, "query": {"limit": 5}},
+        "GET /v1/members/{member_id}/lots": {"path_parameters": at_member},
+        LIVE: {"query": {"after": 0, "limit": 3}},
         "GET /v1/program": {},
         "PUT /v1/program/rules": {"body": program["rules"]},
         "GET /v1/program/rules/{version}": {"path_parameters": {"version": program["rules_version"]}},
