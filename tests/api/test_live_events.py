@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
-from tests.api.conftest import Pos
+from service.app import create_app
+from service.http_server import GRACEFUL_SHUTDOWN_SECONDS, HttpLimits, _Server, http_config
+from tests.api.conftest import ADMIN_KEY, Pos, settings_for
+from tests.waiting import until
 
 WITHIN = 30.0  # seconds any expected message may take to arrive
 
@@ -37,11 +41,13 @@ async def read_events(response: httpx.Response, count: int) -> tuple[int, list[d
             if message.get("event") == "ready":
                 ready = int(message["id"])
                 assert json.loads(message["data"]) == {"position": ready}
+                if count == 0:
+                    break
                 continue
             event = json.loads(message["data"])
             assert int(message["id"]) == event["position"]
             events.append(event)
-            if len(events) == count:
+            if len(events) >= count:
                 break
         return ready, events
 
@@ -156,3 +162,37 @@ async def test_the_stream_is_documented_in_the_openapi_document(pos: Pos) -> Non
     assert data["contentMediaType"] == "application/json"
     assert {"$ref": "#/components/schemas/LiveEventOut"} in data["contentSchema"]["anyOf"]
     assert "LiveEventOut" in document["components"]["schemas"]
+
+
+async def test_a_draining_server_ends_its_streams_instead_of_waiting_for_them(
+    database_url: str, nats_url: str
+) -> None:
+    """SIGTERM (uvicorn's should_exit) must not wait GRACEFUL_SHUTDOWN_SECONDS on a console left open."""
+    server = _Server(
+        http_config(
+            create_app(settings_for(database_url, nats_url), log_requests=False),
+            host="127.0.0.1",
+            port=0,
+            limits=HttpLimits(),
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    await until(lambda: server.started or serving.done(), what="the server to start")
+    port = server.servers[0].sockets[0].getsockname()[1]
+    async with (
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=WITHIN) as client,
+        client.stream("GET", "/v1/events/live", headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as response,
+    ):
+        lines = response.aiter_lines()
+        assert await asyncio.wait_for(anext(lines), WITHIN) == "retry: 2000"
+        assert await asyncio.wait_for(anext(lines), WITHIN) == "event: ready"
+        started = time.monotonic()
+        server.should_exit = True
+
+        async def rest() -> list[str]:
+            return [line async for line in lines]
+
+        left = await asyncio.wait_for(rest(), WITHIN)  # the stream ends...
+        await asyncio.wait_for(serving, WITHIN)  # ...and the server with it
+    assert left[0].startswith("id: ") and left[1].startswith('data: {"position":')
+    assert time.monotonic() - started < GRACEFUL_SHUTDOWN_SECONDS / 2
