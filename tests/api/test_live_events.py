@@ -194,5 +194,6 @@ async def test_a_draining_server_ends_its_streams_instead_of_waiting_for_them(
 
         left = await asyncio.wait_for(rest(), WITHIN)  # the stream ends...
         await asyncio.wait_for(serving, WITHIN)  # ...and the server with it
-    assert left[0].startswith("id: ") and left[1].startswith('data: {"position":')
+    assert left[0].startswith("id: ")
+    assert left[1].startswith('data: {"position":')
     assert time.monotonic() - started < GRACEFUL_SHUTDOWN_SECONDS / 2
