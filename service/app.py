@@ -28,6 +28,7 @@ from service.api.ledger import LedgerController
 from service.api.live import LiveController
 from service.api.members import MembersController
 from service.api.openapi import openapi_config
+from service.api.privacy import PrivacyController
 from service.api.program import ProgramController
 from service.bus.asyncapi import asyncapi_document
 from service.config import Settings
@@ -198,6 +199,7 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
         route_handlers=[
             MembersController,
             AnalyticsController,
+            PrivacyController,
             LedgerController,
             HoldsController,
             BatchController,

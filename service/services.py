@@ -19,6 +19,7 @@ from service.store.access import Access
 from service.store.appender import Appender
 from service.store.codec import EventCodec
 from service.store.event_store import EventStore
+from service.store.evictions import ForgottenEvictions
 from service.store.idempotency import IdempotencyRecords
 from service.store.keys import Keyring, MasterKeyError, parse_master_key
 from service.store.migrate import migrate
@@ -108,7 +109,9 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
 
             services = replace(services, clock=Clock(services, interval=settings.clock_interval_seconds))
         pruner: asyncio.Task[None] | None = None
+        evictions = ForgottenEvictions(settings.database_url, store, services.repository)
         try:
+            await evictions.start()
             await services.projections.start()
             if services.clock is not None:
                 await services.clock.start()
@@ -128,6 +131,7 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
                 await _stopped("clock", services.clock.stop())  # before the appender: it appends
             await _stopped("projections", services.projections.stop())
             await _stopped("log tail", services.tail.stop())
+            await _stopped("forgotten evictions", evictions.stop())
             await _stopped("appender", appender.stop())
             if relay is not None:
                 await _stopped("relay", relay.stop())  # publishes what was just committed, if quick

@@ -75,6 +75,10 @@ class EnrolIn(Body, kw_only=True):
     profile: ProfileIn | None = None
 
 
+class ForgetIn(Body, kw_only=True):
+    """A forget says nothing but the member's id (the body may be absent or `{}`)."""
+
+
 class MergeIn(Body, kw_only=True):
     source_member_id: UUID
 
@@ -340,6 +344,46 @@ class HistoryItemOut(Out, kw_only=True):
     points: int | None
     occurred_at: datetime
     recorded_at: datetime
+
+
+class ProfileOut(Out, kw_only=True):
+    name: str | None
+    birthday: date | None
+    locale: str | None
+
+
+class ExportedEventOut(Out, kw_only=True):
+    """An event of the member's (or of a member merged into it: `member_id`), with its whole
+    payload decrypted (`data`: the event's own fields; a forgotten member's personal ones null)."""
+
+    member_id: UUID
+    position: int
+    event_id: UUID
+    stream_version: int
+    type: str
+    channel: str | None
+    occurred_at: datetime
+    recorded_at: datetime
+    data: dict[str, Any]
+
+
+class MemberExportOut(Out, kw_only=True):
+    """Everything held about a member, decrypted; a forgotten member's holds no personal data."""
+
+    member_id: UUID
+    status: str
+    merged_into: UUID | None
+    merged_from: list[UUID]
+    tier: str
+    identities: list[IdentityOut]
+    profile: ProfileOut | None
+    balance: BalanceOut
+    channels: list[str]
+    enrolled_at: datetime
+    first_activity_at: datetime | None
+    last_activity_at: datetime | None
+    exported_at: datetime
+    events: list[ExportedEventOut]
 
 
 class HistoryOut(Out, kw_only=True):

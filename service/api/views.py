@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import msgspec
+
 from domain.member_values import Balance
 from domain.rules import BreakdownPart
 from service.handlers.results import (
@@ -12,6 +14,7 @@ from service.handlers.results import (
     History,
     HoldClosed,
     LiveEvent,
+    MemberExport,
     MemberLots,
     MemberState,
     Quote,
@@ -28,6 +31,7 @@ from .schemas import (
     BreakdownOut,
     EarnOut,
     ExpiringOut,
+    ExportedEventOut,
     HistoryItemOut,
     HistoryOut,
     HoldClosedOut,
@@ -36,7 +40,9 @@ from .schemas import (
     LiveEventOut,
     LotOut,
     LotsOut,
+    MemberExportOut,
     MemberOut,
+    ProfileOut,
     ProgramOut,
     QuoteOut,
     RedeemOut,
@@ -221,4 +227,40 @@ def live_event_out(event: LiveEvent) -> LiveEventOut:
         points=event.points,
         occurred_at=event.occurred_at,
         recorded_at=event.recorded_at,
+    )
+
+
+def export_out(export: MemberExport) -> MemberExportOut:
+    profile = export.profile
+    return MemberExportOut(
+        member_id=export.member_id,
+        status=export.status,
+        merged_into=export.merged_into,
+        merged_from=list(export.merged_from),
+        tier=export.tier,
+        identities=[IdentityOut(kind=i.kind, value=i.value) for i in export.identities],
+        profile=None
+        if profile is None
+        else ProfileOut(name=profile.name, birthday=profile.birthday, locale=profile.locale),
+        balance=balance_out(export.balance),
+        channels=list(export.channels),
+        enrolled_at=export.enrolled_at,
+        first_activity_at=export.first_activity_at,
+        last_activity_at=export.last_activity_at,
+        exported_at=export.exported_at,
+        events=[
+            ExportedEventOut(
+                member_id=e.member_id,
+                position=e.position,
+                event_id=e.event_id,
+                stream_version=e.stream_version,
+                type=e.type,
+                channel=e.channel,
+                occurred_at=e.occurred_at,
+                recorded_at=e.recorded_at,
+                # To JSON's own types here (money as decimal strings, as everywhere).
+                data=msgspec.to_builtins(e.data),
+            )
+            for e in export.events
+        ],
     )

@@ -46,6 +46,12 @@ class Merge(Command):
     source_id: UUID
 
 
+class Forget(Command):
+    """Forget a member at their request (crypto-shredding of their personal data)."""
+
+    member_id: UUID
+
+
 class EarnPurchase(Command):
     """Earn for a purchase (once per order, program-wide); `occurred_at` None: now."""
 

@@ -161,7 +161,7 @@ async def get_member(
             segments=segments,
         )
         return state, view.position
-    member = await services.repository.member(member_id)
+    member = await services.repository.current_member(member_id)
     if member is None:
         raise UnknownMember(member_id)
     program = await services.repository.program()

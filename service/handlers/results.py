@@ -7,9 +7,10 @@ gets the same result and position back, and the HTTP edge renders both the same 
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 from uuid import UUID
 
 import msgspec
@@ -17,8 +18,9 @@ from msgspec import Struct
 
 from domain.identities import Identity
 from domain.lots import Lot
-from domain.member_values import Balance
+from domain.member_values import Balance, Profile
 from domain.rules import BreakdownPart, Rules
+from service.store.keys import Keyring
 
 R = TypeVar("R")
 
@@ -27,15 +29,17 @@ class Result(Struct, frozen=True, kw_only=True):
     """Base of the commands' results."""
 
 
-class MemberState(Result):
+class MemberState(Result, kw_only=True):
     """A member as a command left it; identity values are masked unless the caller may see
-    personal data (decided by the use case, so the kept result holds no more than was shown)."""
+    personal data (decided by the use case, so the kept result holds no more than was shown).
+    The identities are kept sealed with the member's key (`keep`): forgetting reaches them."""
 
+    personal_fields: ClassVar[tuple[str, ...]] = ("identities",)
     member_id: UUID
     status: str
     merged_into: UUID | None
     tier: str
-    identities: list[Identity]
+    identities: list[Identity] = []
     balance: Balance
     channels: list[str]
     first_activity_at: datetime | None
@@ -143,19 +147,53 @@ class Outcome(Generic[R]):
 # A kept result starts with this byte; records written before results were kept hold the HTTP
 # body itself (JSON, so never this byte), and are answered as they are while they last (24 h).
 KEPT = b"R"
+# A kept result with personal fields starts with this one: `_Sealed`, those fields sealed with
+# the member's data key (AES-GCM), so that forgetting the member makes them unreadable here too.
+SEALED = b"S"
 _encoder = msgspec.json.Encoder()
 
 
-def keep(result: Result) -> bytes:
-    """The bytes an idempotency record keeps of a result."""
-    return KEPT + _encoder.encode(result)
+class _Sealed(Struct, frozen=True):
+    member_id: UUID
+    result: dict[str, Any]  # without its personal fields
+    sealed: str | None  # base64 of the personal fields (JSON), sealed; None: nothing was kept
 
 
-def kept(data: bytes, result_type: type[R]) -> R | bytes:
-    """A kept result, or the raw bytes of an older record (an HTTP body)."""
-    if data[:1] != KEPT:
+def keep(result: Result, key: bytes | None = None) -> bytes:
+    """The bytes an idempotency record keeps of a result; personal fields sealed with `key` (the
+    data key of the result's member; without one they are not kept at all)."""
+    personal: tuple[str, ...] = getattr(type(result), "personal_fields", ())
+    if not personal:
+        return KEPT + _encoder.encode(result)
+    member_id: UUID = result.member_id  # type: ignore[attr-defined]
+    fields = msgspec.to_builtins(result)
+    hidden = {name: fields.pop(name) for name in personal}
+    sealed = None
+    if key is not None:
+        sealed = base64.b64encode(Keyring.encrypt(key, member_id, _encoder.encode(hidden))).decode()
+    return SEALED + _encoder.encode(_Sealed(member_id, fields, sealed))
+
+
+def kept_member(data: bytes) -> UUID | None:
+    """The member whose key opens this kept result (None: nothing in it is sealed)."""
+    if data[:1] != SEALED:
+        return None
+    return msgspec.json.decode(data[1:], type=_Sealed).member_id
+
+
+def kept(data: bytes, result_type: type[R], key: bytes | None = None) -> R | bytes:
+    """A kept result, or the raw bytes of an older record (an HTTP body). Sealed fields are
+    opened with `key`; without it (the member was forgotten) they read as their defaults."""
+    if data[:1] == KEPT:
+        return msgspec.json.decode(data[1:], type=result_type)
+    if data[:1] != SEALED:
         return data
-    return msgspec.json.decode(data[1:], type=result_type)
+    record = msgspec.json.decode(data[1:], type=_Sealed)
+    fields = dict(record.result)
+    if key is not None and record.sealed is not None:
+        plain = Keyring.decrypt(key, record.member_id, base64.b64decode(record.sealed))
+        fields.update(msgspec.json.decode(plain))
+    return msgspec.json.decode(_encoder.encode(fields), type=result_type)
 
 
 class BalanceAt(Struct, frozen=True, kw_only=True):
@@ -202,3 +240,36 @@ class MemberLots(Struct, frozen=True, kw_only=True):
     member_id: UUID
     as_of: datetime
     lots: list[Lot]
+
+
+class ExportedEvent(Struct, frozen=True, kw_only=True):
+    """One event of a member's export: its columns and its whole payload, decrypted."""
+
+    member_id: UUID  # the stream (the member, or a member merged into it)
+    position: int
+    event_id: UUID
+    stream_version: int
+    type: str
+    channel: str | None
+    occurred_at: datetime
+    recorded_at: datetime
+    data: dict[str, Any]
+
+
+class MemberExport(Struct, frozen=True, kw_only=True):
+    """Everything held about a member (a forgotten one's: amounts, no personal data)."""
+
+    member_id: UUID
+    status: str
+    merged_into: UUID | None
+    merged_from: list[UUID]
+    tier: str
+    identities: list[Identity]
+    profile: Profile | None
+    balance: Balance
+    channels: list[str]
+    enrolled_at: datetime
+    first_activity_at: datetime | None
+    last_activity_at: datetime | None
+    exported_at: datetime
+    events: list[ExportedEvent]

@@ -41,7 +41,7 @@ from service.store.appender import (
 
 from .context import CommandContext
 from .errors import Busy, IdempotencyKeyReused, IdentityTaken, OrderTaken, UnknownMember
-from .results import Outcome, Result, keep, kept
+from .results import Outcome, Result, keep, kept, kept_member
 
 MAX_ATTEMPTS = 8
 
@@ -60,6 +60,7 @@ class UnitOfWork:
         self.identity_releases: list[IdentityClaim] = []
         self.hold_claims: list[HoldClaim] = []
         self.member_keys: list[tuple[UUID, bytes]] = []
+        self.forgotten: list[UUID] = []
         self._new_keys: dict[UUID, bytes] = {}
         self.event_ids: list[UUID] = []  # of the events recorded, in order (grown by event_id)
         self.cached: list[UUID] = []  # members taken from this process's cache (maybe stale)
@@ -94,6 +95,10 @@ class UnitOfWork:
     def new_aggregate(self, aggregate: Any) -> None:
         """An aggregate this command creates: its stream must not exist yet."""
         self._loaded[aggregate.id] = (aggregate, 0)
+
+    def shred_keys(self, member_ids: list[UUID]) -> None:
+        """Destroy these members' data keys with the command's events (a forget)."""
+        self.forgotten.extend(member_ids)
 
     def claim_order(self, order_ref: str, member_id: UUID) -> None:
         self.order_claims.append((order_ref, member_id))
@@ -153,12 +158,17 @@ class UnitOfWork:
         ctx = self.ctx
         idempotency = None
         if ctx.idempotency_key is not None:
+            # A result with personal fields keeps them sealed with its member's key.
+            owner = getattr(result, "member_id", None) if getattr(result, "personal_fields", ()) else None
+            key = None
+            if owner is not None:
+                key = self._new_keys.get(owner) or await self._services.store.key_for(owner)
             idempotency = IdempotencyRecord(
                 channel=ctx.channel,
                 key=ctx.idempotency_key,
                 request_hash=ctx.request_hash,
                 status=status,
-                response=keep(result),
+                response=keep(result, key),
             )
         return AppendRequest(
             events=events,
@@ -170,6 +180,7 @@ class UnitOfWork:
             identity_releases=self.identity_releases,
             member_keys=self.member_keys,
             hold_claims=self.hold_claims,
+            forgotten=self.forgotten,
         )
 
 
@@ -221,7 +232,7 @@ async def execute(
                 conflict = False
                 if isinstance(outcome, Replayed):
                     _forget(repository, uow, changed_only=False)
-                    first = kept(outcome.response, result_type)
+                    first = await _kept(services, outcome.response, result_type)
                     return Outcome(outcome.status, first, outcome.position, replayed=True)  # type: ignore[arg-type]
                 for aggregate in uow.aggregates():
                     repository.keep(aggregate)
@@ -258,8 +269,16 @@ async def _first_answer(services: Services, ctx: CommandContext, result_type: ty
         raise IdempotencyKeyReused() from None
     if replay is None:
         return None
-    first = kept(replay.response, result_type)
+    first = await _kept(services, replay.response, result_type)
     return Outcome(replay.status, first, replay.position, replayed=True)  # type: ignore[arg-type]
+
+
+async def _kept(services: Services, data: bytes, result_type: type[R]) -> R | bytes:
+    """A kept result, its sealed fields opened with its member's key as the store holds it now
+    (read afresh, not from this process's cache: the member may have been forgotten since)."""
+    owner = kept_member(data)
+    key = None if owner is None else await services.store.fresh_key(owner)
+    return kept(data, result_type, key)
 
 
 def _refusal(rejected: AppendRejected, ctx: CommandContext) -> DomainError:

@@ -25,7 +25,7 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from . import chain
-from .follower import NOTIFY_CHANNEL
+from .follower import FORGOTTEN_CHANNEL, NOTIFY_CHANNEL
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,9 @@ class AppendRequest:
     identity_releases: Sequence[IdentityClaim] = ()
     member_keys: Sequence[tuple[UUID, bytes]] = ()
     hold_claims: Sequence[HoldClaim] = ()
+    # Members forgotten by the request: their data keys are shredded in its transaction and
+    # every instance is told at its commit (FORGOTTEN_CHANNEL) to drop what it cached of them.
+    forgotten: Sequence[UUID] = ()
     # (follower name, position it has applied): its checkpoint, written with the events.
     tracking: tuple[str, int] | None = None
 
@@ -481,6 +484,17 @@ class _Plan:
                 [c.kind for c in releases],
                 [c.value_hash for c in releases],
                 [c.member_id for c in releases],
+            )
+        forgotten = [m for r in requests for m in r.forgotten]
+        if forgotten:
+            # Crypto-shredding: without its wrapped key nothing sealed for a member opens again.
+            # The NOTIFY is delivered at commit (never before), to every instance's cache.
+            await conn.execute(
+                "WITH shredded AS (UPDATE member_keys SET wrapped_key = NULL, shredded_at = now()"
+                " WHERE member_id = ANY($1::uuid[]))"
+                " SELECT pg_notify($2, m::text) FROM unnest($1::uuid[]) AS m",
+                forgotten,
+                FORGOTTEN_CHANNEL,
             )
         claims = [c for r in requests for c in r.identity_claims]
         if claims:

@@ -349,7 +349,9 @@ class EventCodec:
                 typed = None
         return cls, typed, _personal_fields(cls)
 
-    def _seal(self, member_id: UUID, key: bytes | None, value: Any) -> str:
+    def _seal(self, member_id: UUID, key: bytes | None, value: Any) -> Any:
+        if key is None and value in (None, []):
+            return value  # nothing personal to seal (a forgotten member's snapshot: its key is gone)
         if key is None:
             raise ValueError(f"no data key for member {member_id}: cannot store personal data")
         plain = self._transcoder.encode(value)

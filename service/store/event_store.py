@@ -79,6 +79,23 @@ class EventStore:
     def remember_key(self, member_id: UUID, key: bytes) -> None:
         self._keys[member_id] = key
 
+    async def fresh_key(self, member_id: UUID) -> bytes | None:
+        """The member's data key as the store holds it now (never this process's cached copy):
+        for showing personal data, which must not outlive a forget on another instance."""
+        async with self.pool.acquire() as conn:
+            key = (await member_keys(conn, self.keyring, [member_id]))[member_id]
+        if key is None:
+            self._keys.pop(member_id, None)
+        return key
+
+    def drop_keys(self, member_ids: Iterable[UUID]) -> None:
+        """Forget cached keys (their members were forgotten, here or on another instance)."""
+        for member_id in member_ids:
+            self._keys.pop(member_id, None)
+
+    def drop_all_keys(self) -> None:
+        self._keys.clear()
+
     async def load(self, stream_id: UUID, *, until: datetime | None = None) -> tuple[Any, list[Any]]:
         """The stream's latest snapshot (or None) and the domain events after it, in order.
 
@@ -142,6 +159,17 @@ class EventStore:
                 stream_id,
                 after,
                 limit,
+            )
+        return [self._recorded(r, key) for r in rows]
+
+    async def whole_stream(self, stream_id: UUID) -> list[RecordedEvent]:
+        """Every event of a stream, decoded with its member's key as the store holds it now
+        (never a cached copy: personal data must not outlive a forget on another instance)."""
+        async with self.pool.acquire() as conn:
+            key = (await member_keys(conn, self.keyring, [stream_id]))[stream_id]
+            rows = await conn.fetch(
+                f"SELECT {RECORDED_COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version",
+                stream_id,
             )
         return [self._recorded(r, key) for r in rows]
 

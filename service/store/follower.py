@@ -32,6 +32,7 @@ import asyncpg
 log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "loyalty_events"  # the appender's NOTIFY at commit; payload: the last position
+FORGOTTEN_CHANNEL = "loyalty_forgotten"  # NOTIFY at the commit of a forget; payload: a member id
 
 # A lock key: one bigint, or a namespace and a name (`pg_try_advisory_lock(ns, hashtext(name))`).
 LockKey = int | tuple[int, str]
@@ -285,6 +286,7 @@ async def keep_session(
 
 
 __all__ = [
+    "FORGOTTEN_CHANNEL",
     "NOTIFY_CHANNEL",
     "Backoff",
     "Leadership",

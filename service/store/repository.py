@@ -97,6 +97,19 @@ class Repository:
     async def member(self, member_id: UUID) -> Member | None:
         return await self.get(Member, member_id)
 
+    async def current_member(self, member_id: UUID) -> Member | None:
+        """The member as the store holds it now: a cached copy is checked against the stream's
+        version first (one indexed read). For reads that show a member, which must never show
+        one that another instance has changed since (forgotten, above all)."""
+        cached = self._cache.get(member_id)
+        if cached is not None and await self.store.stream_version(member_id) != cached.version:
+            self.forget(member_id)
+        return await self.member(member_id)
+
+    def forget_all(self) -> None:
+        """Drop every cached aggregate (news of a change from another instance may be lost)."""
+        self._cache.clear()
+
     async def program(self) -> Program:
         """The program; its freshness is checked against the store at most once a second
         (rules published by another instance reach this one within that time)."""

@@ -137,6 +137,11 @@ async def valid_requests(api: Api) -> tuple[dict[str, dict[str, Any]], str, int]
             "/v1/members", {"identities": [{"kind": "email", "value": "d@example.com"}]}, key=ADMIN_KEY
         )
     ).json()
+    doomed = (
+        await api.post(
+            "/v1/members", {"identities": [{"kind": "email", "value": "e@example.com"}]}, key=ADMIN_KEY
+        )
+    ).json()
     program = (await api.get("/v1/program", key=ADMIN_KEY)).json()
     member_id = member["member_id"]
     at_member = {"member_id": member_id}
@@ -197,6 +202,11 @@ async def valid_requests(api: Api) -> tuple[dict[str, dict[str, Any]], str, int]
             "body": {"source_member_id": source["member_id"]},
         },
         "GET /v1/members/{member_id}/balance": {"path_parameters": at_member},
+        "GET /v1/members/{member_id}/export": {"path_parameters": at_member},
+        "POST /v1/members/{member_id}/forget": {
+            "path_parameters": {"member_id": doomed["member_id"]},
+            "body": {},
+        },
         "GET /v1/members/{member_id}/history": {"path_parameters": at_member, "query": {"limit": 5}},
         "GET /v1/members/{member_id}/lots": {"path_parameters": at_member},
         LIVE: {"query": {"after": 0, "limit": 3}},
