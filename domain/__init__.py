@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from domain.campaigns import Campaign, CampaignRecord, CampaignTally, CampaignVariant
 from domain.identities import Identity
 from domain.lots import Lot, LotDraw
 from domain.member_events import Absorbed
@@ -35,6 +36,10 @@ PERSISTED_STRUCTS: tuple[type, ...] = (
     Hold,
     Redemption,
     Expiring,
+    Campaign,
+    CampaignVariant,
+    CampaignRecord,
+    CampaignTally,
 )
 
 __all__ = ["PERSISTED_STRUCTS"]

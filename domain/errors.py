@@ -196,3 +196,27 @@ class TransferRefused(DomainError):
     code: ClassVar[str] = "transfer_refused"
     title: ClassVar[str] = "Transfer refused"
     status: ClassVar[int] = 409
+
+
+class InvalidCampaign(DomainError):
+    """A campaign breaks one or more constraints (listed in `errors`, each naming its field)."""
+
+    code: ClassVar[str] = "invalid_campaign"
+    title: ClassVar[str] = "Invalid campaign"
+    status: ClassVar[int] = 422
+
+
+class CampaignNotFound(DomainError):
+    """No campaign has this id."""
+
+    code: ClassVar[str] = "campaign_not_found"
+    title: ClassVar[str] = "Campaign not found"
+    status: ClassVar[int] = 404
+
+
+class CampaignAlreadyEnded(DomainError):
+    """The campaign was ended already."""
+
+    code: ClassVar[str] = "campaign_ended"
+    title: ClassVar[str] = "Campaign already ended"
+    status: ClassVar[int] = 409

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from uuid import UUID
@@ -10,6 +11,7 @@ from eventsourcing.domain import event
 from msgspec.structs import replace
 
 from domain import member_events as events
+from domain.campaigns import CampaignRecord, CampaignTally, Offer, Purchase, campaign_parts, offers_for
 from domain.errors import (
     AlreadyReversed,
     BelowRedemptionMinimum,
@@ -79,6 +81,7 @@ MAX_POINTS = 10**9
 _NO_HOLDS: dict[str, Hold] = {}
 _NO_REDEMPTIONS: dict[str, Redemption] = {}
 _NO_SOURCES: list[UUID] = []
+_NO_TALLIES: dict[str, CampaignTally] = {}
 
 
 class Member(LedgerAggregate):
@@ -113,6 +116,10 @@ class Member(LedgerAggregate):
     adjusted = 0  # net points added by adjustments
     transferred = 0  # net points received by transfers
     merged_from = _NO_SOURCES  # the members merged into this one (forgotten with it)
+    # What each campaign (variant) did for the member, by "<campaign id>/<variant>": caps per
+    # member are checked against it, in the member's stream, so they hold under concurrent
+    # earns from any channel (the append's expected version).
+    campaign_tallies = _NO_TALLIES
 
     def __init__(
         self,
@@ -246,6 +253,7 @@ class Member(LedgerAggregate):
                 rid: replace(r, draws=[replace(d, lot_id=renumbered[d.lot_id]) for d in r.draws])
                 for rid, r in source.redemptions.items()
             },
+            campaign_tallies=list(source.campaign_tallies.values()),
         )
         identities = [i for i in source.identities if i not in self.identities]
         self._members_merged(
@@ -293,10 +301,20 @@ class Member(LedgerAggregate):
         channel: str,
         rules: Rules,
         rules_version: int,
+        offers: Sequence[CampaignRecord] = (),
+        program_version: int = 0,
     ) -> EarnResult:
-        """Earn points for a purchase at the member's current tier, then re-evaluate tier."""
+        """Earn points for a purchase at the member's current tier, with the bonus of every
+        campaign in `offers` it matches (at its business time), then re-evaluate tier."""
         quote = self.quote_purchase(
-            amount=amount, currency=currency, items=items, rules=rules, rules_version=rules_version
+            amount=amount,
+            currency=currency,
+            items=items,
+            rules=rules,
+            rules_version=rules_version,
+            offers=offers,
+            channel=channel,
+            occurred_at=occurred_at,
         )
         if order_ref in self.orders:
             raise DuplicateOrder(f"order {order_ref!r} already earned", order_ref=order_ref)
@@ -318,6 +336,7 @@ class Member(LedgerAggregate):
             reason=None,
             at=at,
             channel=channel,
+            program_version=program_version,
         )
         return self._after_earn(quote, available_at, expires_at, rules=rules, at=at, channel=channel)
 
@@ -330,6 +349,7 @@ class Member(LedgerAggregate):
         channel: str,
         rules: Rules,
         rules_version: int,
+        program_version: int = 0,
     ) -> EarnResult:
         """Award points outside a purchase; available at once, and qualifying too."""
         self._check_active()
@@ -354,6 +374,7 @@ class Member(LedgerAggregate):
             reason=reason,
             at=at,
             channel=channel,
+            program_version=program_version,
         )
         return self._after_earn(quote, at, expires_at, rules=rules, at=at, channel=channel)
 
@@ -607,11 +628,47 @@ class Member(LedgerAggregate):
         items: list[PurchaseItem],
         rules: Rules,
         rules_version: int,
+        offers: Sequence[CampaignRecord] = (),
+        channel: str = "",
+        occurred_at: datetime | None = None,
     ) -> EarnQuote:
-        """What a purchase would earn this member now (the checks of an earn, nothing recorded)."""
+        """What a purchase would earn this member (the checks of an earn, nothing recorded):
+        base, tier, and one part per campaign of `offers` it matches at `occurred_at`."""
         self._check_active()
         _check_purchase(amount, currency, items, rules)
-        return quote_purchase(rules, rules_version, self.tier, amount)
+        quote = quote_purchase(rules, rules_version, self.tier, amount)
+        base = quote.breakdown[0].points
+        if not offers or amount < rules.earn.min_amount:
+            return quote  # below the program's minimum a purchase earns nothing at all
+        if occurred_at is None:
+            raise ValueError("campaigns are matched at the purchase's time: occurred_at is needed")
+        purchase = Purchase(
+            member_id=self.id,
+            tier=quote.tier,
+            channel=channel,
+            amount=amount,
+            items=items,
+            occurred_at=occurred_at,
+        )
+        parts = campaign_parts(
+            offers, purchase, points_per_unit=rules.earn.points_per_unit, base=base, paid=self.campaign_paid()
+        )
+        if not parts:
+            return quote
+        breakdown = [*quote.breakdown, *parts]
+        return replace(quote, points=sum(p.points for p in breakdown), breakdown=breakdown)
+
+    def campaign_offers(self, *, offers: Sequence[CampaignRecord], now: datetime) -> list[Offer]:
+        """The campaigns this member is eligible for at `now`, with their variant of each."""
+        self._check_active()
+        return offers_for(offers, member_id=self.id, tier=self.tier, now=now, paid=self.campaign_paid())
+
+    def campaign_paid(self) -> dict[UUID, int]:
+        """Bonus points each campaign has paid this member so far (net of refunds)."""
+        paid: dict[UUID, int] = {}
+        for tally in self.campaign_tallies.values():
+            paid[tally.campaign_id] = paid.get(tally.campaign_id, 0) + tally.points
+        return paid
 
     def next_balance_change(self, *, after: datetime, rules: Rules) -> datetime | None:
         """The first instant after `after` at which the member changes with no new command: a
@@ -775,6 +832,34 @@ class Member(LedgerAggregate):
         if lot.points > paid:
             self.lots.append(lot if not paid else replace(lot, points=lot.points - paid))
 
+    def _tally_earn(self, breakdown: list[BreakdownPart], amount: Decimal) -> None:
+        tallies = dict(self.campaign_tallies)
+        for part in breakdown:
+            if part.campaign_id is None:
+                continue
+            key = _tally_key(part.campaign_id, part.variant)
+            tally = tallies.get(key) or CampaignTally(campaign_id=part.campaign_id, variant=part.variant)
+            tallies[key] = replace(
+                tally,
+                earns=tally.earns + 1,
+                points=tally.points + part.points,
+                revenue=tally.revenue + amount,
+            )
+        self.campaign_tallies = tallies
+
+    def _tally_refund(self, order: OrderRecord, amount: Decimal) -> None:
+        """A refund of `amount` of `order` takes its campaign parts back in proportion
+        (cumulatively, as the points are), and the revenue they counted."""
+        before, after = order.refunded, order.refunded + amount
+        tallies = dict(self.campaign_tallies)
+        for key, points in order.campaigns.items():
+            tally = tallies.get(key)
+            if tally is None:
+                continue
+            taken = _share(points, after, order.amount) - _share(points, before, order.amount)
+            tallies[key] = replace(tally, points=tally.points - taken, revenue=tally.revenue - amount)
+        self.campaign_tallies = tallies
+
     def _touch(self, *, when: datetime, channel: str) -> None:
         if channel not in self.channels:
             self.channels.append(channel)
@@ -819,6 +904,7 @@ class Member(LedgerAggregate):
             self.lifetime_earned = self.lifetime_redeemed = self.expired = self.debt = 0
             self.adjusted = self.transferred = 0
             self.redemptions = {}
+            self.campaign_tallies = {}
             return
         self.merged_from = [*self.merged_from, source_member_id]
         if absorbed is None:
@@ -835,6 +921,13 @@ class Member(LedgerAggregate):
         self.adjusted += absorbed.adjusted
         self.transferred += absorbed.transferred
         self.redemptions = {**self.redemptions, **absorbed.redemptions}
+        if absorbed.campaign_tallies:
+            tallies = dict(self.campaign_tallies)
+            for tally in absorbed.campaign_tallies:
+                key = _tally_key(tally.campaign_id, tally.variant)
+                mine = tallies.get(key)
+                tallies[key] = tally if mine is None else _add_tallies(mine, tally)
+            self.campaign_tallies = tallies
         for used in absorbed.channels:
             if used not in self.channels:
                 self.channels.append(used)
@@ -860,6 +953,7 @@ class Member(LedgerAggregate):
         reason: str | None,
         at: datetime,
         channel: str,
+        program_version: int = 0,
     ) -> None:
         lot_id = self.last_lot_id + 1
         self.last_lot_id = lot_id
@@ -868,9 +962,19 @@ class Member(LedgerAggregate):
             self.accruals.append(Accrual(occurred_at=occurred_at, points=points))
         self.lifetime_earned += points
         if order_ref is not None and amount is not None and currency is not None:
+            used = {
+                _tally_key(p.campaign_id, p.variant): p.points for p in breakdown if p.campaign_id is not None
+            }
             self.orders[order_ref] = OrderRecord(
-                amount=amount, currency=currency, points=points, lot_id=lot_id, occurred_at=occurred_at
+                amount=amount,
+                currency=currency,
+                points=points,
+                lot_id=lot_id,
+                occurred_at=occurred_at,
+                campaigns=used,
             )
+            if used:
+                self._tally_earn(breakdown, amount)
         # A purchase is the member's own activity (at its business time); an award is not.
         if source == "purchase":
             self._touch(when=occurred_at, channel=channel)
@@ -928,6 +1032,8 @@ class Member(LedgerAggregate):
         self.orders[order_ref] = replace(
             order, refunded=order.refunded + amount, reversed_points=order.reversed_points + points
         )
+        if order.campaigns:
+            self._tally_refund(order, amount)
         # The refunded part no longer counts for the tier (at the purchase's business time).
         self.accruals.append(Accrual(occurred_at=order.occurred_at, points=-points))
         self._touch(when=at, channel=channel)
@@ -1062,6 +1168,19 @@ def _check_purchase(amount: Decimal, currency: str, items: list[PurchaseItem], r
         raise CurrencyMismatch(
             f"the program earns in {rules.currency}, not {currency}", expected=rules.currency
         )
+
+
+def _tally_key(campaign_id: UUID, variant: str | None) -> str:
+    return f"{campaign_id}/{variant or ''}"
+
+
+def _add_tallies(a: CampaignTally, b: CampaignTally) -> CampaignTally:
+    return replace(a, earns=a.earns + b.earns, points=a.points + b.points, revenue=a.revenue + b.revenue)
+
+
+def _share(points: int, refunded: Decimal, amount: Decimal) -> int:
+    """The points of `points` a refund of `refunded` (cumulative) of `amount` takes back."""
+    return points if refunded >= amount else floor_points(points * refunded / amount)
 
 
 def _check_points(points: int) -> None:

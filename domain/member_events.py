@@ -11,6 +11,7 @@ from uuid import UUID
 
 from msgspec import Struct
 
+from domain.campaigns import CampaignTally
 from domain.events import LedgerAggregate
 from domain.identities import Identity
 from domain.lots import Lot, LotDraw
@@ -56,6 +57,9 @@ class PointsEarned(LedgerAggregate.Event):
     reason: str | None
     at: datetime
     channel: str
+    # The version of the program stream (rules and campaigns) the earn was decided on; the
+    # append checks it is still the program's version at commit (0: recorded before it was kept).
+    program_version: int = 0
 
 
 class PointsRedeemed(LedgerAggregate.Event):
@@ -201,6 +205,7 @@ class Absorbed(Struct, frozen=True, kw_only=True):
     adjusted: int = 0
     transferred: int = 0
     redemptions: dict[str, Redemption] = {}
+    campaign_tallies: list[CampaignTally] = []
 
 
 class MembersMerged(LedgerAggregate.Event):

@@ -89,6 +89,9 @@ class OrderRecord(Struct, frozen=True, kw_only=True):
     occurred_at: datetime
     refunded: Decimal = Decimal(0)
     reversed_points: int = 0
+    # The campaign parts of its earn ("<campaign id>/<variant>" -> points): a refund takes them back in
+    # proportion from the campaigns' tallies too (so a cap counts what was kept).
+    campaigns: dict[str, int] = {}
 
 
 class Hold(Struct, frozen=True, kw_only=True):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import ROUND_FLOOR, Decimal
 from typing import Annotated
+from uuid import UUID
 
 from msgspec import Meta, Struct, field
 
@@ -82,11 +83,14 @@ class Rules(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
 DEFAULT_RULES: Rules = Rules()
 
 
-class BreakdownPart(Struct, frozen=True):
-    """One named part of an earn; the parts of a breakdown sum to its points."""
+class BreakdownPart(Struct, frozen=True, omit_defaults=True):
+    """One named part of an earn; the parts of a breakdown sum to its points. A `campaign` part
+    names its campaign and the member's variant of it (none without variants)."""
 
     rule: str
     points: int
+    campaign_id: UUID | None = None
+    variant: str | None = None
 
 
 class EarnQuote(Struct, frozen=True, kw_only=True):
@@ -197,8 +201,6 @@ def quote_purchase(rules: Rules, rules_version: int, tier: str, amount: Decimal)
         tier_bonus = floor_points(base * (current.multiplier - 1))
         if tier_bonus > 0:
             parts.append(BreakdownPart(f"tier:{current.name}", tier_bonus))
-        # Campaigns go here (later issue): one `campaign:<name>` part per matching
-        # campaign, each from `base` (floor(base x (multiplier - 1)) or bonus_points).
     return EarnQuote(
         points=sum(p.points for p in parts),
         breakdown=parts,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from service.store.event_store import EventStore
 
 from .balances import BalancesProjection
+from .campaigns import CampaignMembersProjection
 from .channels import ChannelsProjection
 from .liability import LiabilityProjection
 from .members import MembersProjection
@@ -17,6 +18,7 @@ PROJECTIONS: dict[str, type[MemberProjection]] = {
     SegmentsProjection.kind: SegmentsProjection,
     LiabilityProjection.kind: LiabilityProjection,
     ChannelsProjection.kind: ChannelsProjection,
+    CampaignMembersProjection.kind: CampaignMembersProjection,
 }
 
 

@@ -21,6 +21,7 @@ from service.api.analytics import AnalyticsController
 from service.api.auth import Gate, is_public
 from service.api.batch import BatchController
 from service.api.body import StrictRequest
+from service.api.campaigns import CampaignsController
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.health import HealthController
 from service.api.holds import HoldsController
@@ -204,6 +205,7 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
             HoldsController,
             BatchController,
             ProgramController,
+            CampaignsController,
             AccessController,
             LiveController,
             HealthController,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import PermissionDeniedException
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
@@ -27,6 +27,7 @@ from service.handlers.commands import (
 from service.handlers.context import CommandContext
 from service.handlers.errors import InvalidInput
 from service.services import Services
+from service.store.access import Principal
 
 from .auth import command_context, requires
 from .responses import reply
@@ -163,14 +164,26 @@ class LedgerController(Controller):
         status_code=200,
         summary="What a purchase would earn; nothing is written",
     )
-    async def quote(self, data: JSONBody[QuoteIn], services: NamedDependency[Services]) -> QuoteOut:
+    async def quote(
+        self,
+        data: JSONBody[QuoteIn],
+        services: NamedDependency[Services],
+        request: Request[Principal, Any, Any],
+    ) -> QuoteOut:
+        """The breakdown the same earn from this key's channel would record now (campaigns
+        matched at `occurred_at`, default now); nothing is written."""
         cmd = earn_command(data.member_id, data)
         if not isinstance(cmd, EarnPurchase):
             raise InvalidInput([("order_ref", "a quote is for a purchase")])
         query = QuotePurchase(
-            member_id=cmd.member_id, amount=cmd.amount, currency=cmd.currency, items=cmd.items
+            member_id=cmd.member_id,
+            amount=cmd.amount,
+            currency=cmd.currency,
+            items=cmd.items,
+            occurred_at=cmd.occurred_at,
         )
-        return quote_out(await ledger.quote(services, query))
+        now = datetime.now(UTC)
+        return quote_out(await ledger.quote(services, query, now=now, channel=request.user.channel))
 
     @post(
         "/members/{member_id:uuid}/redeem",

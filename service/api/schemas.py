@@ -16,6 +16,7 @@ import msgspec
 import msgspec.inspect
 from msgspec import Meta
 
+from domain.campaigns import Campaign
 from domain.rules import EarnRule, RedemptionRule, Rules, SegmentRules, Tier
 from service.store.access import CHANNEL_KINDS, SCOPES
 
@@ -246,9 +247,14 @@ class MemberOut(Out, kw_only=True):
     segments: list[str] | None = None
 
 
-class BreakdownOut(Out, kw_only=True):
+class BreakdownOut(Out, kw_only=True, omit_defaults=True):
+    """One part of an earn: `base`, `tier:<name>`, `award` or `campaign` (with its
+    `campaign_id` and the member's `variant`, when the campaign has variants)."""
+
     rule: str
     points: int
+    campaign_id: UUID | None = None
+    variant: str | None = None
 
 
 class EarnOut(Out, kw_only=True):
@@ -464,3 +470,62 @@ class Problem(Out, kw_only=True):
     status: int
     detail: str
     errors: list[ProblemField] | None = None
+
+
+# --- campaigns --------------------------------------------------------------------------------
+
+
+class CampaignOut(Out, kw_only=True):
+    """A campaign: its document, and `status` now (`scheduled`, `live`, `finished`, `ended`)."""
+
+    campaign_id: UUID
+    status: str
+    started_at: datetime
+    ended_at: datetime | None
+    campaign: Campaign
+    position: int | None = None
+
+
+class CampaignListOut(Out, kw_only=True):
+    campaigns: list[CampaignOut]
+
+
+class MemberCampaignOut(Out, kw_only=True):
+    """A campaign as this member gets it: their variant and its reward, what is left of the
+    cap (none: no cap); the channels, items and spend it needs are the purchase's."""
+
+    campaign_id: UUID
+    name: str
+    starts_at: datetime
+    ends_at: datetime
+    channels: list[str]
+    min_amount: str | None
+    categories: list[str]
+    skus: list[str]
+    variant: str | None
+    multiplier: str | None
+    bonus_points: int | None
+    cap_per_member: int | None
+    remaining: int | None
+
+
+class MemberCampaignsOut(Out, kw_only=True):
+    member_id: UUID
+    at: datetime
+    campaigns: list[MemberCampaignOut]
+
+
+class VariantResultOut(Out, kw_only=True):
+    """One variant's results (`variant` none: the campaign has no variants)."""
+
+    variant: str | None
+    members: int
+    earns: int
+    bonus_points: int
+    revenue: Annotated[str, Meta(description="Decimal string, in the program's currency")]
+
+
+class CampaignResultsOut(Out, kw_only=True):
+    campaign_id: UUID
+    name: str
+    variants: list[VariantResultOut]

@@ -9,6 +9,8 @@ from domain.rules import BreakdownPart
 from service.handlers.results import (
     Adjusted,
     BalanceAt,
+    CampaignResults,
+    CampaignState,
     Earned,
     Held,
     History,
@@ -16,6 +18,7 @@ from service.handlers.results import (
     LiveEvent,
     MemberExport,
     MemberLots,
+    MemberOffers,
     MemberState,
     Quote,
     Redeemed,
@@ -29,6 +32,8 @@ from .schemas import (
     BalanceAtOut,
     BalanceOut,
     BreakdownOut,
+    CampaignOut,
+    CampaignResultsOut,
     EarnOut,
     ExpiringOut,
     ExportedEventOut,
@@ -40,6 +45,8 @@ from .schemas import (
     LiveEventOut,
     LotOut,
     LotsOut,
+    MemberCampaignOut,
+    MemberCampaignsOut,
     MemberExportOut,
     MemberOut,
     ProfileOut,
@@ -48,6 +55,7 @@ from .schemas import (
     RedeemOut,
     ReversalOut,
     TransferOut,
+    VariantResultOut,
 )
 
 
@@ -68,7 +76,10 @@ def balance_out(balance: Balance) -> BalanceOut:
 
 
 def breakdown_out(parts: list[BreakdownPart]) -> list[BreakdownOut]:
-    return [BreakdownOut(rule=p.rule, points=p.points) for p in parts]
+    return [
+        BreakdownOut(rule=p.rule, points=p.points, campaign_id=p.campaign_id, variant=p.variant)
+        for p in parts
+    ]
 
 
 def member_out(state: MemberState, position: int | None) -> MemberOut:
@@ -262,5 +273,60 @@ def export_out(export: MemberExport) -> MemberExportOut:
                 data=msgspec.to_builtins(e.data),
             )
             for e in export.events
+        ],
+    )
+
+
+def campaign_out(state: CampaignState, position: int | None = None) -> CampaignOut:
+    return CampaignOut(
+        campaign_id=state.campaign_id,
+        status=state.status,
+        started_at=state.started_at,
+        ended_at=state.ended_at,
+        campaign=state.campaign,
+        position=position,
+    )
+
+
+def member_campaigns_out(offers: MemberOffers) -> MemberCampaignsOut:
+    return MemberCampaignsOut(
+        member_id=offers.member_id,
+        at=offers.at,
+        campaigns=[
+            MemberCampaignOut(
+                campaign_id=o.record.campaign_id,
+                name=o.record.campaign.name,
+                starts_at=o.record.campaign.starts_at,
+                ends_at=o.record.campaign.ends_at,
+                channels=o.record.campaign.channels,
+                min_amount=None
+                if o.record.campaign.min_amount is None
+                else str(o.record.campaign.min_amount),
+                categories=o.record.campaign.categories,
+                skus=o.record.campaign.skus,
+                variant=o.variant,
+                multiplier=None if o.multiplier is None else str(o.multiplier),
+                bonus_points=o.bonus_points,
+                cap_per_member=o.record.campaign.cap_per_member,
+                remaining=o.remaining,
+            )
+            for o in offers.offers
+        ],
+    )
+
+
+def campaign_results_out(results: CampaignResults) -> CampaignResultsOut:
+    return CampaignResultsOut(
+        campaign_id=results.campaign_id,
+        name=results.name,
+        variants=[
+            VariantResultOut(
+                variant=v.variant,
+                members=v.members,
+                earns=v.earns,
+                bonus_points=v.bonus_points,
+                revenue=str(v.revenue),
+            )
+            for v in results.variants
         ],
     )

@@ -13,6 +13,7 @@ from uuid import UUID
 
 from msgspec import Struct
 
+from domain.campaigns import Campaign
 from domain.identities import Identity
 from domain.member_values import Profile, PurchaseItem
 from domain.rules import Rules
@@ -89,6 +90,7 @@ class QuotePurchase(Struct, frozen=True, kw_only=True):
     amount: Decimal
     currency: str
     items: list[PurchaseItem] = []
+    occurred_at: datetime | None = None
 
 
 class ReverseEarn(Command):
@@ -147,3 +149,13 @@ class Settle(Command):
     """Record what time alone has made due for a member (asked by the service's clock)."""
 
     member_id: UUID
+
+
+class StartCampaign(Command):
+    """Add a campaign to the program (its id is that of its campaign_started event)."""
+
+    campaign: Campaign
+
+
+class EndCampaign(Command):
+    campaign_id: UUID

@@ -72,7 +72,7 @@ async def earn(services: Services, ctx: CommandContext, cmd: EarnPurchase | Awar
 
     async def decide(uow: UnitOfWork) -> Earned:
         member = await uow.member(cmd.member_id)
-        program = await uow.program()
+        program = await uow.program_in_force()
         rules, version = program.rules, program.rules_version
         if isinstance(cmd, EarnPurchase):
             done = member.earn_purchase(
@@ -85,6 +85,8 @@ async def earn(services: Services, ctx: CommandContext, cmd: EarnPurchase | Awar
                 channel=ctx.channel,
                 rules=rules,
                 rules_version=version,
+                offers=program.offers(),
+                program_version=program.version,
             )
             uow.claim_order(cmd.order_ref, cmd.member_id)
         else:
@@ -95,6 +97,7 @@ async def earn(services: Services, ctx: CommandContext, cmd: EarnPurchase | Awar
                 channel=ctx.channel,
                 rules=rules,
                 rules_version=version,
+                program_version=program.version,
             )
         return Earned(
             member_id=cmd.member_id,
@@ -110,16 +113,23 @@ async def earn(services: Services, ctx: CommandContext, cmd: EarnPurchase | Awar
     return await execute(services, ctx, [cmd.member_id], decide, Earned)
 
 
-async def quote(services: Services, query: QuotePurchase) -> Quote:
-    """What a purchase would earn this member now; nothing is written."""
+async def quote(services: Services, query: QuotePurchase, *, now: datetime, channel: str) -> Quote:
+    """What a purchase would earn this member now, reported by `channel`: exactly what the same
+    earn would record (campaigns included); nothing is written."""
     member = await _member(services, query.member_id)
     program = await services.repository.program()
+    occurred_at = business_time(
+        query.occurred_at, now=now, max_backdate_days=services.settings.max_backdate_days
+    )
     quoted = member.quote_purchase(
         amount=query.amount,
         currency=query.currency,
         items=list(query.items),
         rules=program.rules,
         rules_version=program.rules_version,
+        offers=program.offers(),
+        channel=channel,
+        occurred_at=occurred_at,
     )
     return Quote(
         member_id=query.member_id,

@@ -16,10 +16,12 @@ from uuid import UUID
 import msgspec
 from msgspec import Struct
 
+from domain.campaigns import Campaign, Offer
 from domain.identities import Identity
 from domain.lots import Lot
 from domain.member_values import Balance, Profile
 from domain.rules import BreakdownPart, Rules
+from projections.campaigns import VariantResult
 from service.store.keys import Keyring
 
 R = TypeVar("R")
@@ -81,6 +83,28 @@ class Quote(Result):
     breakdown: list[BreakdownPart]
     rules_version: int
     tier: str
+
+
+class CampaignState(Result):
+    """A campaign and where it stands (`scheduled`, `live`, `finished` or `ended`)."""
+
+    campaign_id: UUID
+    campaign: Campaign
+    status: str
+    started_at: datetime
+    ended_at: datetime | None
+
+
+class MemberOffers(Struct, frozen=True, kw_only=True):
+    member_id: UUID
+    at: datetime
+    offers: list[Offer]
+
+
+class CampaignResults(Struct, frozen=True, kw_only=True):
+    campaign_id: UUID
+    name: str
+    variants: list[VariantResult]
 
 
 class Reversed(Result):

@@ -64,6 +64,7 @@ class UnitOfWork:
         self._new_keys: dict[UUID, bytes] = {}
         self.event_ids: list[UUID] = []  # of the events recorded, in order (grown by event_id)
         self.cached: list[UUID] = []  # members taken from this process's cache (maybe stale)
+        self._guards: set[UUID] = set()  # streams read, not written, whose version must hold
 
     async def member(self, member_id: UUID) -> Member:
         """The member, at its latest version; UnknownMember if there is none."""
@@ -77,6 +78,15 @@ class UnitOfWork:
 
     async def program(self) -> Program:
         return await self._services.repository.program()
+
+    async def program_in_force(self) -> Program:
+        """The program (rules and campaigns) this command decides with, as a guard: the append
+        checks that the program stream is still at this version, so what the command used is
+        exactly what was in force at its commit (else it decides again on the new version)."""
+        program = await self.program()
+        self._loaded.setdefault(program.id, (program, program.version))
+        self._guards.add(program.id)
+        return program
 
     async def program_for_change(self) -> Program:
         """The program, to be changed by this command (so its version is checked)."""
@@ -138,6 +148,8 @@ class UnitOfWork:
         for stream_id, (aggregate, version) in self._loaded.items():
             pending = aggregate.collect_events()
             if not pending:
+                if stream_id in self._guards:
+                    expected[stream_id] = version
                 continue
             expected[stream_id] = version
             key = self._new_keys.get(stream_id) or await self._services.store.key_for(stream_id)

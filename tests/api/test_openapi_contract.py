@@ -41,6 +41,12 @@ SCOPES: dict[tuple[str, str], list[set[str]]] = {
     ("GET", "/v1/channels"): [{"admin"}],
     ("POST", "/v1/api-keys"): [{"admin"}],
     ("DELETE", "/v1/api-keys/{key_id}"): [{"admin"}],
+    ("POST", "/v1/campaigns"): [{"rules"}],
+    ("GET", "/v1/campaigns"): [{"read"}],
+    ("GET", "/v1/campaigns/{campaign_id}"): [{"read"}],
+    ("POST", "/v1/campaigns/{campaign_id}/end"): [{"rules"}],
+    ("GET", "/v1/members/{member_id}/campaigns"): [{"read"}],
+    ("GET", "/v1/analytics/campaigns/{campaign_id}"): [{"analytics"}],
 }
 READ_ONLY_POSTS = {"/v1/quotes/earn"}
 PROBLEM_JSON = "application/problem+json"

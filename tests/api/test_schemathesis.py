@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import hypothesis
@@ -155,7 +156,18 @@ async def valid_requests(api: Api) -> tuple[dict[str, dict[str, Any]], str, int]
         for _ in range(2)
     ]
     phone = {"kind": "phone", "value": "+8613800138000"}
+    now = datetime.now(UTC)
+    window = {"starts_at": now.isoformat(), "ends_at": (now + timedelta(days=7)).isoformat()}
+    campaign = {"name": "Fuzz double", **window, "multiplier": "2"}
+    started = (await api.post("/v1/campaigns", campaign, key=ADMIN_KEY)).json()["campaign_id"]
+    to_end = (await api.post("/v1/campaigns", campaign, key=ADMIN_KEY)).json()["campaign_id"]
     valid: dict[str, dict[str, Any]] = {
+        "POST /v1/campaigns": {"body": {**campaign, "variants": [{"name": "a", "weight": 1}]}},
+        "GET /v1/campaigns": {"query": {"active_at": now.isoformat(), "channel": "fuzz-pos"}},
+        "GET /v1/campaigns/{campaign_id}": {"path_parameters": {"campaign_id": started}},
+        "POST /v1/campaigns/{campaign_id}/end": {"path_parameters": {"campaign_id": to_end}},
+        "GET /v1/members/{member_id}/campaigns": {"path_parameters": at_member},
+        "GET /v1/analytics/campaigns/{campaign_id}": {"path_parameters": {"campaign_id": started}},
         "POST /v1/members": {"body": {"identities": [{"kind": "email", "value": "c@example.com"}]}},
         "GET /v1/members/lookup": {"query": {"kind": "email", "value": "a@example.com"}},
         "GET /v1/members/{member_id}": {"path_parameters": at_member, "query": {"min_position": 1}},

@@ -172,9 +172,12 @@ def test_every_event_type_has_a_data_struct_and_none_can_carry_personal_values()
         "points_redeemed",
         "tier_changed",
         "rules_published",
+        "campaign_started",
+        "campaign_ended",
     } <= set(catalogue)
+    program_types = ("program_created", "rules_published", "campaign_started", "campaign_ended")
     for name, (cls, kind) in catalogue.items():
-        assert kind == ("program" if name in ("program_created", "rules_published") else "member")
+        assert kind == ("program" if name in program_types else "member")
         struct = cloudevents.data_type(cls).struct
         assert not set(struct.__struct_fields__) & cloudevents.BOOKKEEPING
         assert "profile" not in struct.__struct_fields__
