@@ -58,8 +58,11 @@ class CampaignMembersProjection(MemberProjection):
         ]
         return (t.member.id, _encode(tallies).decode(), t.member.version, t.position, t.recorded_at)
 
-    async def write(self, conn: asyncpg.Connection, touched: Mapping[UUID, Touched]) -> None:
-        # Most members never meet a campaign: no row for them.
+    async def write(
+        self, conn: asyncpg.Connection, touched: Mapping[UUID, Touched], *, after: int = 0
+    ) -> None:
+        # Whole rows (the member's state): writing one again is harmless. Most members never
+        # meet a campaign: no row for them.
         await super().write(
             conn,
             {
@@ -67,6 +70,7 @@ class CampaignMembersProjection(MemberProjection):
                 for sid, t in touched.items()
                 if t.member.campaign_tallies or t.member.status is MemberStatus.MERGED
             },
+            after=after,
         )
 
 
