@@ -659,8 +659,10 @@ class Member(LedgerAggregate):
         return replace(quote, points=sum(p.points for p in breakdown), breakdown=breakdown)
 
     def campaign_offers(self, *, offers: Sequence[CampaignRecord], now: datetime) -> list[Offer]:
-        """The campaigns this member is eligible for at `now`, with their variant of each."""
-        self._check_active()
+        """The campaigns this member is eligible for at `now`, with their variant of each (none
+        once merged or forgotten: such a member earns nothing)."""
+        if self.status is not MemberStatus.ACTIVE:
+            return []
         return offers_for(offers, member_id=self.id, tier=self.tier, now=now, paid=self.campaign_paid())
 
     def campaign_paid(self) -> dict[UUID, int]:

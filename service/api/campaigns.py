@@ -87,7 +87,7 @@ class CampaignsController(Controller):
         self, member_id: FromPath[UUID], services: NamedDependency[Services]
     ) -> MemberCampaignsOut:
         """What every channel shows is what every channel's earn applies: the member's variant
-        of each campaign and its reward. A merged or forgotten member is 409."""
+        of each campaign and its reward. A merged or forgotten member has none."""
         return member_campaigns_out(await campaigns.member_offers(services, member_id, now=datetime.now(UTC)))
 
     @get(
