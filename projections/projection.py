@@ -41,7 +41,8 @@ CACHE_SIZE = 10_000
 REBUILD_CACHE_SIZE = 100_000
 PAGE = 5_000  # events decoded per read of the log
 
-_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+# A table, or a schema's table (a replay writes into a scratch schema: projections/replay.py).
+_NAME = re.compile(r"^([a-z][a-z0-9_]{0,62}\.)?[a-z][a-z0-9_]{0,62}$")
 
 # The balance fields of SPEC §3 (tier is a column of its own), in Balance's order.
 BALANCE_COLUMNS: tuple[tuple[str, str], ...] = (

@@ -10,7 +10,7 @@ from uuid import UUID
 from domain.errors import DomainError
 from domain.lots import is_expired, spending_order
 from domain.member import Member
-from domain.program import Program
+from domain.program import PROGRAM_ID, Program
 from service.services import Services
 
 from .commands import (
@@ -299,6 +299,8 @@ async def balance(services: Services, member_id: UUID, *, now: datetime, as_of: 
             await _member(services, member_id)  # 404 if it never existed
             raise InvalidInput([("as_of", "is before the member enrolled")])
         member = replayed
+        # The rules in force then (the tier window), as `loyalty replay --until` decides them.
+        program = await services.repository.as_of(Program, PROGRAM_ID, at) or program
     return BalanceAt(member_id=member_id, as_of=at, balance=member.balance(now=at, rules=program.rules))
 
 
