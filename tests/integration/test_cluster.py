@@ -335,4 +335,5 @@ async def _relay_leader(followers: list[Instance]) -> Instance | None:
 
 
 async def _table(conn: asyncpg.Connection, name: str) -> list[dict[str, Any]]:
-    return [dict(r) for r in await conn.fetch(f"SELECT * FROM {name} ORDER BY member_id")]
+    # Every column in the order: some read models hold several rows per member.
+    return [dict(r) for r in await conn.fetch(f"SELECT * FROM {name} AS t ORDER BY t::text")]
