@@ -274,7 +274,9 @@ class EventCodec:
             if names:
                 state = dict(event.state)
                 for name in names:
-                    if name in state:
+                    # Nothing personal in an empty value: kept as it is, so that a snapshot of a
+                    # forgotten member (whose key may be gone, or about to be) reads back as empty.
+                    if name in state and state[name] not in (None, []):
                         state[name] = self._seal(event.originator_id, member_key, state[name])
                 event = _with(event, state=state)
         else:
@@ -349,9 +351,7 @@ class EventCodec:
                 typed = None
         return cls, typed, _personal_fields(cls)
 
-    def _seal(self, member_id: UUID, key: bytes | None, value: Any) -> Any:
-        if key is None and value in (None, []):
-            return value  # nothing personal to seal (a forgotten member's snapshot: its key is gone)
+    def _seal(self, member_id: UUID, key: bytes | None, value: Any) -> str:
         if key is None:
             raise ValueError(f"no data key for member {member_id}: cannot store personal data")
         plain = self._transcoder.encode(value)

@@ -21,15 +21,30 @@ import nats
 import pytest
 
 from domain.errors import MemberNotActive
+from projections.rebuild import rebuild
 from service.handlers import ledger, members
 from service.handlers.commands import Award
 from service.handlers.context import CommandContext
 from service.services import Services, open_services
+from service.store.audit import ChainVerifier
 from tests.api.conftest import Api
 from tests.waiting import until
 
 PHONE, EMAIL, NAME, APP_USER = "+8613800138000", "li.lei@example.com", "Li Lei Zhang", "li-lei-app-7788"
-SECRETS = ("13800138000", EMAIL, NAME, APP_USER)
+OLD_EMAIL = "lilei.1990@example.net"
+SECRETS = ("13800138000", EMAIL, NAME, APP_USER, OLD_EMAIL)
+
+
+async def stored_events(api: Api, member_id: str) -> list[tuple[int, bytes]]:
+    async with api.services.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT position, data FROM events WHERE stream_id = $1", UUID(member_id))
+    return sorted((r["position"], bytes(r["data"])) for r in rows)
+
+
+async def liability(api: Api, key: str, position: int) -> dict[str, Any]:
+    answer = await api.get("/v1/analytics/liability", key=key, params={"min_position": position})
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
 
 
 def leaks(text: str) -> list[str]:
@@ -81,7 +96,7 @@ def context(channel: str = "pos-sh-01", key: str = "k") -> CommandContext:
 
 async def test_a_forgotten_member_is_unreadable_everywhere_and_the_ledger_is_unchanged(api: Api) -> None:
     desk = await api.channel_key(
-        "privacy-desk", ["read", "members", "privacy", "earn", "redeem"], kind="internal"
+        "privacy-desk", ["read", "members", "privacy", "earn", "redeem", "analytics"], kind="internal"
     )
     pos = await api.channel_key("pos-sh-01", ["read", "earn", "redeem", "members"])
     enrol_body = {
@@ -104,14 +119,24 @@ async def test_a_forgotten_member_is_unreadable_everywhere_and_the_ledger_is_unc
     assert linked.status_code == 201, linked.text
     held = await api.post(f"/v1/members/{member_id}/holds", {"points": 100}, key=pos)
     assert held.status_code == 201, held.text
+    # A duplicate he made in the app, merged into him: the same person.
+    duplicate = await api.post(
+        "/v1/members", {"identities": [{"kind": "email", "value": OLD_EMAIL}]}, key=pos
+    )
+    merged = await api.post(
+        f"/v1/members/{member_id}/merge", {"source_member_id": duplicate.json()["member_id"]}, key=desk
+    )
+    assert merged.status_code == 201, merged.text
     before_forget = datetime.now(UTC)
     balance_before = (await api.get(f"/v1/members/{member_id}/balance", key=pos)).json()["balance"]
+    liability_before = await liability(api, desk, merged.json()["position"])
+    stored_before = await stored_events(api, member_id)
 
     # The export holds everything, decrypted.
     exported = await api.get(f"/v1/members/{member_id}/export", key=desk)
     assert exported.status_code == 200, exported.text
     export = exported.json()
-    assert {i["value"] for i in export["identities"]} == {PHONE, EMAIL, APP_USER}
+    assert {i["value"] for i in export["identities"]} == {PHONE, EMAIL, APP_USER, OLD_EMAIL}
     assert export["profile"]["name"] == NAME
     assert [e["type"] for e in export["events"]][:2] == ["member_enrolled", "points_earned"]
     assert export["events"][0]["data"]["profile"]["name"] == NAME
@@ -130,6 +155,12 @@ async def test_a_forgotten_member_is_unreadable_everywhere_and_the_ledger_is_unc
     again = await api.post(f"/v1/members/{member_id}/forget", None, key=desk, idem="forget-li-lei")
     assert (again.status_code, again.headers.get("Idempotent-Replayed")) == (201, "true")
     position = body["position"]
+    # The ledger is untouched: the same stored bytes (the audit chain hashes them), the same
+    # points outstanding, and the chain still verifies.
+    assert (await stored_events(api, member_id))[: len(stored_before)] == stored_before
+    assert (await liability(api, desk, position))["outstanding"] == liability_before["outstanding"]
+    async with api.services.pool.acquire() as conn:
+        assert (await ChainVerifier().run(conn)).ok
 
     # Commands are refused; reads show the status and no personal data.
     refused = await api.post(
@@ -183,6 +214,11 @@ async def test_a_forgotten_member_is_unreadable_everywhere_and_the_ledger_is_unc
             "SELECT data FROM events WHERE stream_id = $1 AND stream_version = 1", UUID(member_id)
         )
     assert key_row["wrapped_key"] is None
+    source_key = await api.services.pool.fetchval(
+        "SELECT wrapped_key FROM member_keys WHERE member_id = $1", UUID(duplicate.json()["member_id"])
+    )
+    assert source_key is None  # the duplicate merged into him went with him
+    assert {e["member_id"] for e in export["events"]} == {member_id, duplicate.json()["member_id"]}
     assert key_row["shredded_at"] is not None
     assert b"sealed:v1:" in enrolment
     assert not leaks(enrolment.decode())
@@ -194,6 +230,13 @@ async def test_a_forgotten_member_is_unreadable_everywhere_and_the_ledger_is_unc
     )
     dumped = await dump_database(api)
     assert leaks(dumped) == [], "personal data in the clear in the database"
+    # A projection rebuilt from zero without his key: his amounts, none of his data.
+    await rebuild(api.services.pool, api.services.store, "members", workers=1)
+    row = await api.services.pool.fetchrow(
+        "SELECT status, identities, available, held FROM members WHERE member_id = $1", UUID(member_id)
+    )
+    assert (row["status"], row["identities"]) == ("forgotten", "[]")
+    assert (row["available"], row["held"]) == (body["balance"]["available"], 0)
     # Nor the bus: identities are sent as their kinds only, the profile not at all.
     payloads = await until(lambda: _published_through(api, position), what="the relay published the forget")
     mine = [p for p in payloads if p["subject"] == member_id]

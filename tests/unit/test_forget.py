@@ -6,12 +6,15 @@ from datetime import timedelta
 from uuid import uuid4
 
 import pytest
+from eventsourcing.domain import Snapshot
 
 from domain.errors import MemberNotActive
 from domain.events import event_type
 from domain.identities import normalise_identity
 from domain.member import Member, MemberStatus, Profile
 from domain.rules import DEFAULT_RULES
+from service.store.codec import EventCodec
+from service.store.keys import Keyring
 from tests.unit.helpers import T0, buy, enrolled_member, mapper, replay
 
 
@@ -99,3 +102,17 @@ def test_a_forgotten_members_points_still_expire() -> None:
 
     assert member.settle(at=later, channel="system", rules=DEFAULT_RULES) >= 1
     assert member.balance(now=later, rules=DEFAULT_RULES).available == 0
+
+
+def test_a_forgotten_members_snapshot_needs_no_key_and_reads_back_empty() -> None:
+    member = joined("phone", "13812345678")
+    buy(member, "300", order_ref="POS-1", channel="app")
+    member.forget(at=T0, channel="privacy-desk")
+    codec = EventCodec(Keyring(bytes(32)))
+
+    # Taken by an instance that no longer has the key (or still has it: the same bytes).
+    stored = codec.encode(Snapshot.take(member), None)
+    restored = codec.decode(stored, None).mutate(None)
+
+    assert (restored.identities, restored.profile) == ([], None)
+    assert restored.balance(now=T0, rules=DEFAULT_RULES) == member.balance(now=T0, rules=DEFAULT_RULES)
