@@ -182,8 +182,9 @@ class SegmentsProjection(MemberProjection):
         transitions: list[Transition] = []
         for member_id, t in touched.items():
             old = before.get(member_id)
-            # Never back in time: the clock may have decided the row at a later instant.
-            at = t.at if old is None else max(t.at, old["evaluated_at"])
+            # As of when the ledger recorded the event, and never back in time (the clock may
+            # have decided the row at a later instant).
+            at = max(t.at, t.recorded_at) if old is None else max(t.at, t.recorded_at, old["evaluated_at"])
             facts = Facts.of(t.member)
             flags = segments_at(facts, at, t.rules.segments)
             rows.append(_row(member_id, facts, flags, t.rules.segments, at, t.member.version, t.position))
@@ -223,8 +224,9 @@ class SegmentsProjection(MemberProjection):
 
     def row(self, t: Touched) -> tuple[Any, ...]:
         facts = Facts.of(t.member)
-        flags = segments_at(facts, t.at, t.rules.segments)
-        return _row(t.member.id, facts, flags, t.rules.segments, t.at, t.member.version, t.position)
+        at = max(t.at, t.recorded_at)
+        flags = segments_at(facts, at, t.rules.segments)
+        return _row(t.member.id, facts, flags, t.rules.segments, at, t.member.version, t.position)
 
 
 def _row(

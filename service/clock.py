@@ -36,6 +36,13 @@ aggregate the settle just loaded) and keeps (instant, row position) in memory; w
 comes, the member is settled again, unless its row has moved meanwhile (the cursor then covers
 the new version). Memory: one entry per member waiting on such an instant.
 
+Segments. Each pass also re-decides the members' segments whose time has come (`new` ending,
+`active` turning `at_risk` or `dormant`: the `segments` rows' `next_change_at`), and every row
+once when the rules' segment thresholds differ from those this lead last applied (always at
+the start of a lead). `projections.segments.reevaluate` does it in one transaction holding the
+projection's checkpoint, recording the transitions for the segments relay; like the settles it
+is derived from state (a row re-decided twice changes nothing the second time).
+
 Restart-safe because everything is derived from state: a new leader waits for the projection
 to reach the end of the log as it found it, starts with P = 0 and so visits every row whose
 next_change_at has passed once (for most a settle that records nothing,
@@ -59,6 +66,8 @@ from uuid import UUID
 import asyncpg
 
 from projections.balances import BalancesProjection
+from projections.segments import reevaluate as reevaluate_segments
+from projections.segments import thresholds_key
 from service.handlers import ledger
 from service.handlers.commands import Settle
 from service.handlers.context import CommandContext
@@ -117,6 +126,7 @@ class Clock:
         self._task: asyncio.Task[None] | None = None
         self._reset()
         self.settles = self.members_settled = self.events = self.failures = 0
+        self.segment_rows = 0  # segments rows re-decided
         self.passes = 0  # passes made (tests wait on it: each reads the state anew)
 
     def _reset(self) -> None:
@@ -128,6 +138,7 @@ class Clock:
         self._wake_known = False
         self._deferred: dict[UUID, tuple[datetime, int]] = {}  # member -> (instant, row position)
         self._heap: list[tuple[datetime, UUID]] = []
+        self._segment_thresholds: str | None = None  # the thresholds every segments row was decided with
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -169,6 +180,7 @@ class Clock:
         while not self._stopping.is_set():
             session.check()
             more = await self.tick(session.conn, lock=session.lock)
+            more = await self.segments_tick() or more
             self.passes += 1
             if not more:
                 await sleep_unless(self._stopping, self.interval)
@@ -226,6 +238,33 @@ class Clock:
             )  # fmt: skip
         self._wake_known = True
         return more
+
+    async def segments_tick(self) -> bool:
+        """Re-decide the segments whose time has come (see the module); True if more are due."""
+        try:
+            try:
+                rules = (await self._services.repository.program()).rules.segments
+            except LookupError:
+                return False  # the program is created at start-up: not yet
+            key = thresholds_key(rules)
+            async with self._services.pool.acquire() as conn:
+                decided = await reevaluate_segments(
+                    conn,
+                    now=datetime.now(UTC),
+                    rules=rules,
+                    limit=self.batch,
+                    all_thresholds=key != self._segment_thresholds,
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the settles go on; the next pass tries again
+            self.failures += 1
+            log.warning("segments re-evaluation failed; will retry", exc_info=True)
+            return False
+        self.segment_rows += decided
+        if decided < self.batch:
+            self._segment_thresholds = key
+        return decided >= self.batch
 
     async def _settle_deferred(self, conn: asyncpg.Connection, guard: asyncio.Lock, now: datetime) -> bool:
         """Settle members whose aggregate-known instant has come; True if more are due."""

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from projections.runner import ProjectionRunner
+from service.bus import segments
 from service.bus.connection import NatsConnection
 from service.bus.relay import Relay
 from service.config import Settings
@@ -48,6 +49,8 @@ class Services:
     # A service.clock.Clock where the followers lead (`lead`). Typed loosely: the clock drives
     # the use cases, which import this module, and DI resolves these annotations at run time.
     clock: Any = None
+    # Publishes segment changes to their own stream (service/bus/segments.py).
+    segments_relay: Relay | None = None
 
 
 def master_key(settings: Settings) -> bytes:
@@ -84,11 +87,22 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
         appender = Appender(pool)
         await appender.start()
         bus = NatsConnection(settings.nats_url) if settings.nats_url else None
-        relay = None
+        relay = segments_relay = None
         if bus is not None:
             await bus.start()
             relay = Relay(store, bus, settings, subject_prefix=settings.subject_prefix, lead=lead)
             await relay.start()
+            prefix = segments.subject_prefix(settings.subject_prefix)
+            segments_relay = Relay(
+                store,
+                bus,
+                settings,
+                subject_prefix=prefix,
+                feed=segments.SegmentFeed(prefix),
+                stream_name=segments.stream_name(settings),
+                lead=lead,
+            )
+            await segments_relay.start()
         services = Services(
             settings=settings,
             pool=pool,
@@ -100,6 +114,7 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
             access=Access(pool),
             nats=bus,
             relay=relay,
+            segments_relay=segments_relay,
             projections=ProjectionRunner(pool, store, settings.database_url, lead=lead),
             tail=LogTail(settings.database_url),
         )
@@ -135,6 +150,8 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
             await _stopped("appender", appender.stop())
             if relay is not None:
                 await _stopped("relay", relay.stop())  # publishes what was just committed, if quick
+            if segments_relay is not None:
+                await _stopped("segments relay", segments_relay.stop())
             if bus is not None:
                 await _stopped("nats", bus.close())
     finally:

@@ -19,7 +19,7 @@ import msgspec
 
 from service.config import Settings
 
-from . import cloudevents
+from . import cloudevents, segments
 from .relay import DUPLICATE_WINDOW_S
 
 VERSION = "1.0.0"
@@ -37,11 +37,12 @@ def asyncapi_document(
     catalogue = cloudevents.event_classes()
     structs = {name: cloudevents.data_type(cls).struct for name, (cls, _) in catalogue.items()}
     refs, schemas = msgspec.json.schema_components(
-        [cloudevents.CloudEvent[s] for s in structs.values()],  # type: ignore[valid-type]
+        [*(cloudevents.CloudEvent[s] for s in structs.values()), segments.SegmentEvent],  # type: ignore[valid-type]
         ref_template=_REF,
     )
     schemas = _clean_descriptions(schemas)
-    envelopes = dict(zip(structs, refs, strict=True))
+    segment_envelope = refs[-1]
+    envelopes = dict(zip(structs, refs[:-1], strict=True))
 
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
@@ -86,6 +87,10 @@ def asyncapi_document(
             "x-cloudevents-type": ce_type,
         }
 
+    _segment_channels(
+        channels, operations, messages, segment_envelope, segments.subject_prefix(subject_prefix), settings
+    )
+
     schemas["NatsHeaders"] = {
         "type": "object",
         "description": "NATS message headers.",
@@ -121,6 +126,10 @@ def asyncapi_document(
             "messages": messages,
             "parameters": {
                 "member_id": {"description": "The member's id (a UUID): one subject per member."},
+                "segment": {
+                    "description": "The segment (SPEC §3; thresholds in the rules' `segments`).",
+                    "enum": list(segments.SEGMENTS),
+                },
             },
         },
         "x-cloudevents": {"specversion": cloudevents.SPECVERSION, "mode": "structured", "source": source},
@@ -137,6 +146,48 @@ def asyncapi_document(
     }
 
 
+def _segment_channels(
+    channels: dict[str, Any],
+    operations: dict[str, Any],
+    messages: dict[str, Any],
+    envelope: dict[str, Any],
+    prefix: str,
+    settings: Settings,
+) -> None:
+    """The segment changes, published by the segments relay to a stream of their own."""
+    for name, ce_type, verb in (
+        ("segment_entered", segments.ENTERED, "entered"),
+        ("segment_left", segments.LEFT, "left"),
+    ):
+        summary = f"A member {verb} a segment (its row in the `segments` read model changed)."
+        channels[name] = {
+            "address": f"{prefix}.{{segment}}.{{member_id}}",
+            "title": name,
+            "summary": summary,
+            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+            "parameters": {
+                "segment": {"$ref": "#/components/parameters/segment"},
+                "member_id": {"$ref": "#/components/parameters/member_id"},
+            },
+            "x-jetstream": {"stream": segments.stream_name(settings), "subjects": [f"{prefix}.>"]},
+        }
+        operations[f"publish_{name}"] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{name}"},
+            "summary": f"The ledger publishes each committed `{name}` change, once, in order.",
+            "messages": [{"$ref": f"#/channels/{name}/messages/{name}"}],
+        }
+        messages[name] = {
+            "name": name,
+            "title": name,
+            "summary": summary,
+            "contentType": cloudevents.DATACONTENTTYPE,
+            "headers": {"$ref": "#/components/schemas/NatsHeaders"},
+            "payload": {"allOf": [envelope, {"type": "object", "properties": {"type": {"const": ce_type}}}]},
+            "x-cloudevents-type": ce_type,
+        }
+
+
 _DESCRIPTION = """\
 Every event committed to the loyalty ledger, published once to the JetStream stream `{stream}`
 (subjects `{prefix}.>`) in the order of the ledger's log, as a CloudEvents 1.0 structured JSON
@@ -150,6 +201,10 @@ and campaigns), so a consumer can filter by event type, by member, or both.
   once, so de-duplicate on it (or on `position`).
 - Personal data is never broadcast: identities carry only their `kind`, profiles are left out.
 - Events committed while NATS was unreachable are published, in order, when it returns.
+
+Segment changes (`segment_entered`, `segment_left`) go to a stream of their own, `{stream}_SEGMENTS`,
+on `<segments prefix>.<segment>.<member_id>`, once each and in order; their `position` is
+their place in that stream, `data.log_position` the ledger position they were decided at.
 """
 
 

@@ -27,6 +27,10 @@ events wait in the log and go out, in order, when it returns.
 - It reads the log with the one log reader (service/store/log.py) on a connection of its own,
   and wakes on LISTEN `loyalty_events` (sent by the appender at commit; `LogWatch`) and polls
   every second as well, so a lost notification costs at most a second.
+
+What it publishes is a `Feed`: by default the event log (`EventFeed`); the segment changes'
+outbox is another (service/bus/segments.py), relayed to a stream of its own with every
+guarantee above, by a second Relay with its own lock and checkpoint.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 import msgspec
@@ -50,8 +54,8 @@ from nats.js.errors import APIError, NotFoundError
 
 from service.config import Settings
 from service.metrics import DelayHistogram
-from service.store.event_store import EventStore, RecordedEvent
-from service.store.follower import Leadership, LogWatch, Session, close_quietly, sleep_unless
+from service.store.event_store import EventStore
+from service.store.follower import NOTIFY_CHANNEL, Leadership, LogWatch, Session, close_quietly, sleep_unless
 from service.store.log import LogReader
 
 from . import cloudevents
@@ -101,11 +105,77 @@ class _Position(msgspec.Struct):
     position: int
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to publish: its place in the feed, id (`Nats-Msg-Id`), subject and body."""
+
+    position: int
+    msg_id: str
+    subject: str
+    body: bytes
+    recorded_at: datetime
+
+
+class Feed(Protocol):
+    """What a relay publishes: a table read by a gapless position that only ever grows in
+    commit order, each row one message whose body carries `position` (see `_align`)."""
+
+    name: str  # the relay's checkpoint and follower name
+    lock: int  # advisory lock: one active relay of this feed per database
+    notify_channel: str  # NOTIFY at commit of new rows
+    description: str  # of the stream
+
+    async def read(self, conn: asyncpg.Connection, *, after: int, limit: int) -> Sequence[Outgoing]: ...
+    async def head(self, conn: asyncpg.Connection) -> int: ...
+    async def recorded_at(self, conn: asyncpg.Connection, position: int) -> datetime | None: ...
+    async def message_id(self, conn: asyncpg.Connection, position: int) -> str | None: ...
+
+
+class EventFeed:
+    """The event log, each event as its CloudEvent on `<prefix>.<event_type>.<member_id>`."""
+
+    name = TRACKING_NAME
+    lock = RELAY_LOCK
+    notify_channel = NOTIFY_CHANNEL
+    description = "Loyalty ledger events (CloudEvents 1.0), one per committed event, in order."
+
+    def __init__(self, store: EventStore, subject_prefix: str, source: str) -> None:
+        # Decrypts personal data (the CloudEvents carry it, redacted); its key cache outlives the lead.
+        self._log = LogReader(store.keyring)
+        self._prefix = subject_prefix
+        self._source = source
+
+    async def read(self, conn: asyncpg.Connection, *, after: int, limit: int) -> list[Outgoing]:
+        return [
+            Outgoing(
+                r.position,
+                str(r.event_id),
+                cloudevents.nats_subject(r.event_type, r.stream_id, self._prefix),
+                cloudevents.encode(r, source=self._source),
+                r.recorded_at,
+            )
+            for r in await self._log.read_recorded(conn, after=after, limit=limit)
+        ]
+
+    async def head(self, conn: asyncpg.Connection) -> int:
+        return int(await conn.fetchval("SELECT coalesce(max(position), 0) FROM events"))
+
+    async def recorded_at(self, conn: asyncpg.Connection, position: int) -> datetime | None:
+        at: datetime | None = await conn.fetchval(
+            "SELECT recorded_at FROM events WHERE position = $1", position
+        )
+        return at
+
+    async def message_id(self, conn: asyncpg.Connection, position: int) -> str | None:
+        found = await conn.fetchval("SELECT event_id FROM events WHERE position = $1", position)
+        return None if found is None else str(found)
+
+
 @dataclass(slots=True)
 class _Sent:
     """A batch handed to NATS: a future per message sent, and why sending stopped early."""
 
-    batch: Sequence[RecordedEvent]
+    batch: Sequence[Outgoing]
     futures: list[asyncio.Future[PubAck]]
     error: str | None
     reconnects: int = 0  # the client's reconnection count when sent
@@ -132,19 +202,21 @@ class Relay:
         standby_interval: float = 1.0,
         ack_timeout: float = 5.0,
         lead: bool = True,
+        feed: Feed | None = None,
+        stream_name: str | None = None,
     ) -> None:
+        """`feed` (default: the event log, on `subject_prefix`) goes to `stream_name` (default:
+        the settings' stream) on the subjects `<subject_prefix>.>`."""
         if settings.database_url is None:
             raise ValueError("database_url is not set")
-        # Decrypts personal data (the CloudEvents carry it); its key cache outlives the lead.
-        self._log = LogReader(store.keyring)
+        self._feed = feed if feed is not None else EventFeed(store, subject_prefix, source)
         self._reader: asyncpg.Connection | None = None  # the active relay's log connection
         self._nats = nats
         self._database_url = settings.database_url
-        self.stream_name = settings.stream_name
+        self.stream_name = stream_name or settings.stream_name
         self.subject_prefix = subject_prefix
         self._replicas = settings.stream_replicas
         self._max_age_s = settings.stream_max_age_days * 86400.0
-        self._source = source
         self._batch_size = batch_size
         self._max_inflight_batches = max_inflight_batches
         self._poll_interval = poll_interval
@@ -152,11 +224,11 @@ class Relay:
 
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
-        self._watch = LogWatch(poll_interval)
+        self._watch = LogWatch(poll_interval, channel=self._feed.notify_channel)
         self._leadership = Leadership(
             self._database_url,
-            RELAY_LOCK,
-            name=TRACKING_NAME,
+            self._feed.lock,
+            name=self._feed.name,
             standby_interval=standby_interval,
             may_lead=lead,  # False: a watcher that only reports where the active relay is
             stopping=self._stopping,
@@ -270,7 +342,7 @@ class Relay:
         window = DUPLICATE_WINDOW_S if not self._max_age_s else min(DUPLICATE_WINDOW_S, self._max_age_s)
         return StreamConfig(
             name=self.stream_name,
-            description="Loyalty ledger events (CloudEvents 1.0), one per committed event, in order.",
+            description=self._feed.description,
             subjects=[f"{self.subject_prefix}.>"],
             retention=RetentionPolicy.LIMITS,
             discard=DiscardPolicy.OLD,
@@ -294,8 +366,8 @@ class Relay:
         """Keep the status current so that any instance can report the relay's lag."""
         self._nats_connected()  # notices NATS outages between readiness probes
         self._published_position = await self._tracked(session.conn)
-        self._head = await _head(session.conn)
-        self._pending_since = await _recorded_at(session.conn, self._published_position + 1)
+        self._head = await self._feed.head(session.conn)
+        self._pending_since = await self._feed.recorded_at(session.conn, self._published_position + 1)
 
     # -- the active relay ---------------------------------------------------------------------
 
@@ -313,7 +385,7 @@ class Relay:
     async def _publish_from_tracked(self, session: Session) -> None:
         position = await self._tracked(session.conn)
         self._published_position = position
-        self._head = max(await _head(session.conn), position)
+        self._head = max(await self._feed.head(session.conn), position)
         failures = 0
         while True:
             js = await self._jetstream(session)
@@ -373,9 +445,9 @@ class Relay:
             await sleep_unless(self._stopping, delay)
             delay = min(delay * 2, 1.0)
             session.check()
-            self._head = max(self._head, self._watch.head, await _head(session.conn))
+            self._head = max(self._head, self._watch.head, await self._feed.head(session.conn))
             if self._head > self._published_position and self._pending_since is None:
-                self._pending_since = await _recorded_at(session.conn, self._published_position + 1)
+                self._pending_since = await self._feed.recorded_at(session.conn, self._published_position + 1)
         return None
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
@@ -410,8 +482,8 @@ class Relay:
             last = -1  # not one of ours: never move on its word (checked below)
         if last == position:
             return position
-        event_id = await session.conn.fetchval("SELECT event_id FROM events WHERE position = $1", last)
-        if last < 0 or event_id is None or str(event_id) != (msg.headers or {}).get("Nats-Msg-Id"):
+        msg_id = await self._feed.message_id(session.conn, last)
+        if last < 0 or msg_id is None or msg_id != (msg.headers or {}).get("Nats-Msg-Id"):
             # The stream holds something the log does not (e.g. the database was restored from
             # an older backup): do not move on its word.
             log.error(
@@ -449,7 +521,7 @@ class Relay:
                 except TimeoutError:
                     # Idle: prove the lock connection still lives, keep the head fresh.
                     session.check()
-                    self._head = max(self._head, await _head(session.conn))
+                    self._head = max(self._head, await self._feed.head(session.conn))
                     continue
                 if item is None:
                     return position, None
@@ -482,7 +554,7 @@ class Relay:
             while True:
                 self._watch.clear()  # before reading: a commit notified after this wakes the wait
                 assert self._reader is not None  # set while leading
-                batch = await self._log.read_recorded(self._reader, after=position, limit=self._batch_size)
+                batch = await self._feed.read(self._reader, after=position, limit=self._batch_size)
                 if not batch:
                     if self._stopping.is_set():
                         await queue.put(None)
@@ -504,7 +576,7 @@ class Relay:
                 await queue.put(sent)  # waits while too many batches await their acks
                 if sent.error is not None:
                     return  # the acknowledging side retries from the first unacknowledged event
-                previous = str(batch[-1].event_id)
+                previous = batch[-1].msg_id
                 position = batch[-1].position
         except asyncio.CancelledError:
             raise
@@ -512,21 +584,20 @@ class Relay:
             await queue.put(exc)
 
     async def _send_batch(
-        self, js: JetStreamContext, batch: Sequence[RecordedEvent], previous: str | None
+        self, js: JetStreamContext, batch: Sequence[Outgoing], previous: str | None
     ) -> _Sent:
         """Send a batch, in order, on one connection; the acknowledgements come later."""
         futures: list[asyncio.Future[PubAck]] = []
         for recorded in batch:
-            msg_id = str(recorded.event_id)
+            msg_id = recorded.msg_id
             headers = {"Nats-Msg-Id": msg_id}
             if previous is not None:
                 headers["Nats-Expected-Last-Msg-Id"] = previous
             previous = msg_id
-            subject = cloudevents.nats_subject(recorded.event_type, recorded.stream_id, self.subject_prefix)
             try:
                 future = await js.publish_async(
-                    subject,
-                    cloudevents.encode(recorded, source=self._source),
+                    recorded.subject,
+                    recorded.body,
                     headers=headers,
                     stream=self.stream_name,
                     # No stall timeout: with one, nats-py awaits its semaphore through
@@ -605,7 +676,7 @@ class Relay:
     async def _tracked(self, conn: asyncpg.Connection) -> int:
         return int(
             await conn.fetchval(
-                "SELECT coalesce((SELECT position FROM checkpoints WHERE name = $1), 0)", TRACKING_NAME
+                "SELECT coalesce((SELECT position FROM checkpoints WHERE name = $1), 0)", self._feed.name
             )
         )
 
@@ -616,7 +687,7 @@ class Relay:
         await session.conn.execute(
             "INSERT INTO checkpoints (name, position) VALUES ($1, $2)"
             " ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
-            TRACKING_NAME,
+            self._feed.name,
             position,
         )
 
@@ -624,15 +695,6 @@ class Relay:
 def _reconnects(nats: NatsConnection) -> int:
     """How many times the client has reconnected (a server restart may have lost acked data)."""
     return int(nats.client.stats["reconnects"]) if nats.client is not None else 0
-
-
-async def _head(conn: asyncpg.Connection) -> int:
-    return int(await conn.fetchval("SELECT coalesce(max(position), 0) FROM events"))
-
-
-async def _recorded_at(conn: asyncpg.Connection, position: int) -> datetime | None:
-    at: datetime | None = await conn.fetchval("SELECT recorded_at FROM events WHERE position = $1", position)
-    return at
 
 
 def _quantile(ordered: Sequence[float], q: float) -> float | None:

@@ -117,16 +117,20 @@ async def close_quietly(conn: asyncpg.Connection) -> None:
 
 
 class LogWatch:
-    """Wakes waiters when the log may have grown: NOTIFY, or `poll_interval` at the latest."""
+    """Wakes waiters when the log may have grown: NOTIFY, or `poll_interval` at the latest.
 
-    def __init__(self, poll_interval: float) -> None:
+    `channel`: the NOTIFY channel (default the appender's; a feed of its own has another).
+    """
+
+    def __init__(self, poll_interval: float, *, channel: str = NOTIFY_CHANNEL) -> None:
         self.poll_interval = poll_interval
+        self.channel = channel
         self.head = 0  # the highest position announced (0: none heard)
         self._event = asyncio.Event()
 
     async def attach(self, session: Session) -> None:
         """LISTEN on the session (attach before reading the log, so no commit goes unheard)."""
-        await session.listen(NOTIFY_CHANNEL, self._notified)
+        await session.listen(self.channel, self._notified)
 
     def _notified(self, payload: str) -> None:
         with contextlib.suppress(ValueError):

@@ -200,7 +200,7 @@ def test_the_asyncapi_document_has_a_channel_per_event_type() -> None:
     document = asyncapi_document(Settings(stream_name="LOYALTY", stream_max_age_days=30))
     assert document["asyncapi"] == "3.0.0"
     catalogue = cloudevents.event_classes()
-    assert set(document["channels"]) == set(catalogue)
+    assert set(document["channels"]) == set(catalogue) | {"segment_entered", "segment_left"}
     assert document["channels"]["points_earned"]["address"] == "loyalty.events.points_earned.{member_id}"
     assert document["channels"]["rules_published"]["address"] == "loyalty.events.rules_published.program"
     assert "parameters" not in document["channels"]["rules_published"]
@@ -220,6 +220,11 @@ def test_the_asyncapi_document_has_a_channel_per_event_type() -> None:
     assert jetstream["subjects"] == ["loyalty.events.>"]
     assert jetstream["maxAgeSeconds"] == 30 * 86400
     assert jetstream["duplicateWindowSeconds"] == 3600
+    entered = document["channels"]["segment_entered"]
+    assert entered["address"] == "loyalty.segments.{segment}.{member_id}"
+    assert entered["x-jetstream"] == {"stream": "LOYALTY_SEGMENTS", "subjects": ["loyalty.segments.>"]}
+    narrowing = document["components"]["messages"]["segment_left"]["payload"]["allOf"][1]
+    assert narrowing["properties"]["type"] == {"const": "loyalty.segment_left.v1"}
 
 
 def test_every_ref_in_the_document_resolves() -> None:
