@@ -18,6 +18,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from service.api.access import AccessController
 from service.api.analytics import AnalyticsController
+from service.api.audit import AuditController
 from service.api.auth import Gate, is_public
 from service.api.batch import BatchController
 from service.api.body import StrictRequest
@@ -208,6 +209,7 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
             CampaignsController,
             AccessController,
             LiveController,
+            AuditController,
             HealthController,
             metrics_endpoint,
             asyncapi_endpoint,

@@ -1,4 +1,4 @@
-"""The `loyalty` command: serve, follow, migrate, keys, projections, bench."""
+"""The `loyalty` command: serve, follow, migrate, keys, projections, audit, bench."""
 
 from __future__ import annotations
 
@@ -254,6 +254,64 @@ def cmd_replay(settings: Settings, until: str, schema: str | None) -> int:
         return asyncio.run(run(resolved))
 
 
+def cmd_audit(settings: Settings, action: str, after: int, output: Path | None) -> int:
+    """`loyalty audit verify` (exit 1 at a break) / `export` (JSON Lines to stdout or a file)."""
+    import asyncpg
+    import msgspec
+
+    from service.store.audit import ChainVerifier, Verification, audit_lines
+    from service.store.keys import Keyring, parse_master_key
+
+    async def verify(resolved: Settings) -> int:
+        assert resolved.database_url is not None
+        # Checkpoints are checked against the key the master key derives (none without it).
+        public_key = None
+        if resolved.master_key:
+            key = Keyring(parse_master_key(resolved.master_key)).checkpoint_key
+            public_key = key.public_key().public_bytes_raw()
+        conn = await asyncpg.connect(resolved.database_url)
+        try:
+            verifier = await ChainVerifier.resumed(conn, after, public_key=public_key)
+            result = verifier if isinstance(verifier, Verification) else await verifier.run(conn)
+        finally:
+            await conn.close()
+        broken = result.broken
+        report = {
+            "ok": result.ok,
+            "after": result.after,
+            "position": result.position,
+            "global_hash": result.global_hash.hex(),
+            "events_checked": result.events_checked,
+            "checkpoints_checked": result.checkpoints_checked if public_key else None,
+            "break": None if broken is None else {
+                "position": broken.position,
+                "stream": broken.stream,
+                "version": broken.version,
+                "reason": broken.reason,
+                "detail": broken.detail,
+            },
+        }  # fmt: skip
+        print(msgspec.json.encode(report).decode())
+        return 0 if result.ok else 1
+
+    async def export(resolved: Settings) -> int:
+        assert resolved.database_url is not None
+        pool = await asyncpg.create_pool(resolved.database_url, min_size=1, max_size=2)
+        out = sys.stdout.buffer if output is None else output.open("wb")
+        try:
+            async for chunk in audit_lines(pool, after=after):
+                out.write(chunk)
+            out.flush()
+        finally:
+            if output is not None:
+                out.close()
+            await pool.close()
+        return 0
+
+    with servers(settings, reuse_running=True) as resolved:
+        return asyncio.run(verify(resolved) if action == "verify" else export(resolved))
+
+
 def parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="loyalty", description="The loyalty ledger service.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -307,6 +365,20 @@ def parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
     replay.add_argument("--database-url")
     replay.add_argument("--data-dir", type=Path)
 
+    audit = sub.add_parser("audit", help="the log's hash chains: verify, export (ADR 14)")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="recompute the hash chains; print the first break (exit 1) or ok"
+    )
+    export = audit_sub.add_parser("export", help="the log with its hashes as JSON Lines")
+    export.add_argument("--output", "-o", type=Path, help="a file to write (default: stdout)")
+    for sub_parser in (verify, export):
+        sub_parser.add_argument(
+            "--after", type=int, default=0, help="start after this position (a checkpoint's)"
+        )
+        sub_parser.add_argument("--database-url")
+        sub_parser.add_argument("--data-dir", type=Path)
+
     bench = sub.add_parser("bench", help="load-test a running service")
     if with_bench:
         # Only then: the load generator (devtools) is no part of what `serve` imports.
@@ -349,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.command == "replay":
         return cmd_replay(settings, args.until, args.schema)
+    if args.command == "audit":
+        return cmd_audit(settings, args.audit_command, args.after, getattr(args, "output", None))
     if args.command == "bench":
         from devtools.bench.cli import run
 

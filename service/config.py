@@ -287,6 +287,31 @@ class Settings:
             gt=0,
         ),
     ] = 1.0
+    audit_checkpoint_events: Annotated[
+        int,
+        Setting(
+            variable="LOYALTY_AUDIT_CHECKPOINT_EVENTS",
+            meaning="A signed checkpoint of the log's global hash is taken after this many events",
+            ge=1,
+        ),
+    ] = 10_000
+    audit_checkpoint_seconds: Annotated[
+        float,
+        Setting(
+            variable="LOYALTY_AUDIT_CHECKPOINT_SECONDS",
+            meaning="A signed checkpoint is also taken this long after the last one when the log has grown",
+            gt=0,
+        ),
+    ] = 60.0
+    audit_subject: Annotated[
+        str,
+        Setting(
+            variable="LOYALTY_AUDIT_SUBJECT",
+            meaning="NATS subject each signed checkpoint is published on",
+            pattern=r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*",
+            accepts="dot-separated tokens of letters, digits, _ and -",
+        ),
+    ] = "loyalty.audit.checkpoint"
 
     def __post_init__(self) -> None:
         for spec in SPECS:

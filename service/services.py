@@ -51,6 +51,8 @@ class Services:
     clock: Any = None
     # Publishes segment changes to their own stream (service/bus/segments.py).
     segments_relay: Relay | None = None
+    # A service.checkpoints.Checkpointer where the followers lead (typed loosely, as the clock).
+    checkpointer: Any = None
 
 
 def master_key(settings: Settings) -> bytes:
@@ -120,9 +122,11 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
         )
         if lead:
             # Imported here: the clock runs use cases, and the use cases import this module.
+            from service.checkpoints import Checkpointer
             from service.clock import Clock
 
             services = replace(services, clock=Clock(services, interval=settings.clock_interval_seconds))
+            services = replace(services, checkpointer=Checkpointer(services))
         pruner: asyncio.Task[None] | None = None
         evictions = ForgottenEvictions(settings.database_url, store, services.repository)
         try:
@@ -130,6 +134,8 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
             await services.projections.start()
             if services.clock is not None:
                 await services.clock.start()
+            if services.checkpointer is not None:
+                await services.checkpointer.start()
             if settings.admin_key:
                 await services.access.ensure_admin_key(settings.admin_key)
             pruner = asyncio.create_task(
@@ -142,6 +148,8 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
                 # Awaited: a prune cancelled mid-query gives its connection back before the pool
                 # is closed (which waits for every connection to come back).
                 await _stopped("idempotency pruner", _cancelled(pruner))
+            if services.checkpointer is not None:
+                await _stopped("audit checkpoints", services.checkpointer.stop())
             if services.clock is not None:
                 await _stopped("clock", services.clock.stop())  # before the appender: it appends
             await _stopped("projections", services.projections.stop())

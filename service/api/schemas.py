@@ -19,6 +19,7 @@ from msgspec import Meta
 from domain.campaigns import Campaign
 from domain.rules import EarnRule, RedemptionRule, Rules, SegmentRules, Tier
 from service.store.access import CHANNEL_KINDS, SCOPES
+from service.store.audit import SignedCheckpoint
 
 _MONEY = r"^(0|[1-9][0-9]{0,11})(\.[0-9]{1,4})?$"
 Money = Annotated[str, Meta(pattern=_MONEY, description='Decimal string, e.g. "128.50"')]
@@ -529,3 +530,45 @@ class CampaignResultsOut(Out, kw_only=True):
     campaign_id: UUID
     name: str
     variants: list[VariantResultOut]
+
+
+# --- audit (service/api/audit.py) -----------------------------------------------------------
+
+
+class AuditBreakOut(Out, kw_only=True):
+    """Where the log first stops matching its chains."""
+
+    position: int
+    stream: UUID | None
+    version: int | None
+    reason: Literal[
+        "content_changed",
+        "stream_version",
+        "position_gap",
+        "global_chain",
+        "checkpoint",
+        "checkpoint_signature",
+        "truncated",
+    ]
+    detail: str
+
+
+class AuditVerifyOut(Out, kw_only=True):
+    ok: bool
+    after: int  # checked from the position after this one
+    position: int  # ... through this one
+    global_hash: str  # the global hash at `position`, recomputed (hex)
+    events_checked: int
+    checkpoints_checked: int
+    break_: AuditBreakOut | None = msgspec.field(default=None, name="break")
+
+
+class AuditCheckpointsOut(Out, kw_only=True):
+    checkpoints: list[SignedCheckpoint]
+    next_after: int | None
+
+
+class AuditPublicKeyOut(Out, kw_only=True):
+    algorithm: str
+    public_key: str  # the raw 32-byte key, base64
+    public_key_pem: str  # the same as SubjectPublicKeyInfo PEM

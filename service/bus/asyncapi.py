@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from service.config import Settings
+from service.store.audit import SignedCheckpoint
 
 from . import cloudevents, segments
 from .relay import DUPLICATE_WINDOW_S
@@ -37,12 +38,12 @@ def asyncapi_document(
     catalogue = cloudevents.event_classes()
     structs = {name: cloudevents.data_type(cls).struct for name, (cls, _) in catalogue.items()}
     refs, schemas = msgspec.json.schema_components(
-        [*(cloudevents.CloudEvent[s] for s in structs.values()), segments.SegmentEvent],  # type: ignore[valid-type]
+        [*(cloudevents.CloudEvent[s] for s in structs.values()), segments.SegmentEvent, SignedCheckpoint],  # type: ignore[valid-type]
         ref_template=_REF,
     )
     schemas = _clean_descriptions(schemas)
-    segment_envelope = refs[-1]
-    envelopes = dict(zip(structs, refs[:-1], strict=True))
+    segment_envelope, checkpoint_ref = refs[-2:]
+    envelopes = dict(zip(structs, refs[:-2], strict=True))
 
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
@@ -90,6 +91,28 @@ def asyncapi_document(
     _segment_channels(
         channels, operations, messages, segment_envelope, segments.subject_prefix(subject_prefix), settings
     )
+    channels["audit_checkpoint"] = {
+        "address": settings.audit_subject,
+        "title": "audit_checkpoint",
+        "summary": "A signed checkpoint of the ledger's log (ADR 14).",
+        "messages": {"audit_checkpoint": {"$ref": "#/components/messages/audit_checkpoint"}},
+    }
+    operations["publish_audit_checkpoint"] = {
+        "action": "send",
+        "channel": {"$ref": "#/channels/audit_checkpoint"},
+        "summary": "The ledger publishes each signed checkpoint once it is stored (core NATS, not the"
+        " stream: keep your own copies).",
+        "messages": [{"$ref": "#/channels/audit_checkpoint/messages/audit_checkpoint"}],
+    }
+    messages["audit_checkpoint"] = {
+        "name": "audit_checkpoint",
+        "title": "SignedCheckpoint",
+        "summary": "The global hash of the log at a position, signed with the ledger's Ed25519 key"
+        " (GET /v1/audit/public-key): verify `signature` over `message`, then that the log's global"
+        " hash at `position` is still `global_hash`.",
+        "contentType": "application/json",
+        "payload": checkpoint_ref,
+    }
 
     schemas["NatsHeaders"] = {
         "type": "object",

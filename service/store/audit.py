@@ -58,9 +58,9 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
     causation_id: str | None
     occurred_at: datetime
     recorded_at: datetime
-    # The stored bytes (JSON, personal fields sealed), verbatim; None only when they are not
+    # The stored bytes (JSON, personal fields sealed), verbatim; null only when they are not
     # JSON (altered): `data` then holds them in base64.
-    payload: msgspec.Raw | None
+    payload: msgspec.Raw
     data: str | None = None
     hash: str
     global_hash: str
@@ -68,16 +68,17 @@ class AuditEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 _encoder = msgspec.json.Encoder()
 _raw = msgspec.json.Decoder(msgspec.Raw).decode
+_NULL = msgspec.Raw(b"null")
 
 
 def audit_event(row: Sequence[Any]) -> AuditEvent:
     """The AuditEvent of a row read with `_COLUMNS`."""
     data: bytes = row[6]
     try:
-        payload: msgspec.Raw | None = _raw(data)  # validates it is one JSON value, no copy
+        payload = _raw(data)  # validates it is one JSON value, no copy
         encoded = None
     except msgspec.DecodeError:
-        payload, encoded = None, base64.b64encode(data).decode()
+        payload, encoded = _NULL, base64.b64encode(data).decode()
     return AuditEvent(
         position=row[0],
         event_id=row[1],
@@ -129,6 +130,18 @@ async def audit_lines(
 # -- checkpoints ------------------------------------------------------------------------------
 
 
+class SignedCheckpoint(msgspec.Struct, frozen=True, kw_only=True):
+    """A checkpoint as auditors get it (`GET /v1/audit/checkpoints`, NATS): the global hash at
+    `position`; `signature` (base64) is Ed25519 over `message` by `public_key` (base64, raw)."""
+
+    position: int
+    global_hash: str  # hex
+    signed_at: datetime
+    message: str  # loyalty-audit-checkpoint/v1 <position> <global_hash> <signed_at, µs since 1970>
+    signature: str
+    public_key: str
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """The global hash at a position, signed at `signed_at` by the key `public_key`."""
@@ -142,6 +155,16 @@ class Checkpoint:
     @property
     def message(self) -> bytes:
         return chain.checkpoint_message(self.position, self.global_hash, self.signed_at)
+
+    def wire(self) -> SignedCheckpoint:
+        return SignedCheckpoint(
+            position=self.position,
+            global_hash=self.global_hash.hex(),
+            signed_at=self.signed_at,
+            message=self.message.decode(),
+            signature=base64.b64encode(self.signature).decode(),
+            public_key=base64.b64encode(self.public_key).decode(),
+        )
 
     def signed_by(self, public_key: bytes) -> bool:
         """Whether this checkpoint's signature is `public_key`'s over its message."""
@@ -426,6 +449,7 @@ __all__ = [
     "Break",
     "ChainVerifier",
     "Checkpoint",
+    "SignedCheckpoint",
     "Verification",
     "audit_event",
     "audit_lines",

@@ -67,6 +67,7 @@ def settings_for(database_url: str, nats_url: str) -> Settings:
     return Settings(
         stream_name=f"LOYALTY_{stream}",
         subject_prefix=f"test.{stream}.events",
+        audit_subject=f"test.{stream}.audit.checkpoint",
         database_url=database_url,
         nats_url=nats_url,
         admin_key=ADMIN_KEY,

@@ -234,6 +234,10 @@ async def valid_requests(api: Api) -> tuple[dict[str, dict[str, Any]], str, int]
         "GET /v1/analytics/channels": {"query": {"from": "2020-01-01", "to": "2030-12-31"}},
         "GET /v1/analytics/liability": {},
         "GET /v1/analytics/journeys": {},
+        "GET /v1/audit/verify": {},
+        "GET /v1/audit/events": {"query": {"after": 1, "limit": 10}},
+        "GET /v1/audit/checkpoints": {},
+        "GET /v1/audit/public-key": {},
     }
     return valid, member_id, int(source["position"])
 

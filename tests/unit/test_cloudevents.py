@@ -200,7 +200,14 @@ def test_the_asyncapi_document_has_a_channel_per_event_type() -> None:
     document = asyncapi_document(Settings(stream_name="LOYALTY", stream_max_age_days=30))
     assert document["asyncapi"] == "3.0.0"
     catalogue = cloudevents.event_classes()
-    assert set(document["channels"]) == set(catalogue) | {"segment_entered", "segment_left"}
+    assert set(document["channels"]) == set(catalogue) | {
+        "segment_entered",
+        "segment_left",
+        "audit_checkpoint",
+    }
+    assert document["channels"]["audit_checkpoint"]["address"] == "loyalty.audit.checkpoint"
+    checkpoint = document["components"]["messages"]["audit_checkpoint"]["payload"]
+    assert checkpoint == {"$ref": "#/components/schemas/SignedCheckpoint"}
     assert document["channels"]["points_earned"]["address"] == "loyalty.events.points_earned.{member_id}"
     assert document["channels"]["rules_published"]["address"] == "loyalty.events.rules_published.program"
     assert "parameters" not in document["channels"]["rules_published"]

@@ -41,6 +41,9 @@ EVERY_VARIABLE = {
     "LOYALTY_RATE_LIMIT_PER_KEY": "0",
     "LOYALTY_READY_MAX_RELAY_LAG_SECONDS": "12",
     "LOYALTY_CLOCK_INTERVAL_SECONDS": "0.5",
+    "LOYALTY_AUDIT_CHECKPOINT_EVENTS": "500",
+    "LOYALTY_AUDIT_CHECKPOINT_SECONDS": "5",
+    "LOYALTY_AUDIT_SUBJECT": "acme.audit.checkpoint",
 }
 
 
@@ -100,6 +103,9 @@ def test_every_variable_is_read() -> None:
         rate_limit_per_key=0,
         ready_max_relay_lag_seconds=12.0,
         clock_interval_seconds=0.5,
+        audit_checkpoint_events=500,
+        audit_checkpoint_seconds=5.0,
+        audit_subject="acme.audit.checkpoint",
     )
     # A setting added without a case above would pass unnoticed with its default.
     assert [spec.name for spec in SPECS if getattr(configured, spec.name) == spec.default] == []
