@@ -183,6 +183,9 @@ def _lifespan(settings: Settings, metrics: Metrics, *, lead: bool | None) -> Any
             if services.relay is not None:
                 relay = services.relay
                 metrics.watch(lambda: relay_metrics(relay))
+            if services.segments_relay is not None:
+                segments_relay = services.segments_relay
+                metrics.watch(lambda: relay_metrics(segments_relay, "loyalty_segments_relay"))
             metrics.watch_async(lambda: projection_metrics(services.projections))
             if services.clock is not None:
                 clock = services.clock

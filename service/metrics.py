@@ -109,25 +109,26 @@ def appender_metrics(appender: Any) -> Iterable[Metric]:
     return [batches, events, queued]
 
 
-def relay_metrics(relay: Any) -> Iterable[Metric]:
+def relay_metrics(relay: Any, prefix: str = "loyalty_relay") -> Iterable[Metric]:
+    """A relay's state; `prefix` names its metrics (the segments relay's: loyalty_segments_relay)."""
     status = relay.status()
     gauges = {
-        "loyalty_relay_active": ("1 when this instance is the active relay.", int(status.active)),
-        "loyalty_relay_nats_connected": ("1 when connected to NATS.", int(status.nats_connected)),
-        "loyalty_relay_position": ("Last position published to JetStream.", status.published_position),
-        "loyalty_relay_head_position": ("Last position in the event log.", status.head_position),
-        "loyalty_relay_lag_events": ("Committed events not yet published.", status.lag_events),
-        "loyalty_relay_lag_seconds": ("Age of the oldest unpublished event.", status.lag_seconds),
+        f"{prefix}_active": ("1 when this instance is the active relay.", int(status.active)),
+        f"{prefix}_nats_connected": ("1 when connected to NATS.", int(status.nats_connected)),
+        f"{prefix}_position": ("Last position published to JetStream.", status.published_position),
+        f"{prefix}_head_position": ("Last position in the event log.", status.head_position),
+        f"{prefix}_lag_events": ("Committed events not yet published.", status.lag_events),
+        f"{prefix}_lag_seconds": ("Age of the oldest unpublished event.", status.lag_seconds),
     }
     for name, (doc, value) in gauges.items():
         gauge = GaugeMetricFamily(name, doc)
         gauge.add_metric([], value)
         yield gauge
-    published = CounterMetricFamily("loyalty_relay_published", "Events published by this instance.")
+    published = CounterMetricFamily(f"{prefix}_published", "Events published by this instance.")
     published.add_metric([], status.published)
     yield published
     latency = HistogramMetricFamily(
-        "loyalty_relay_commit_to_ack_seconds", "From an event's commit to its JetStream acknowledgement."
+        f"{prefix}_commit_to_ack_seconds", "From an event's commit to its JetStream acknowledgement."
     )
     buckets = [(str(bound), count) for bound, count in status.ack_latency_buckets]
     latency.add_metric([], [*buckets, ("+Inf", status.ack_latency_count)], status.ack_latency_sum)
