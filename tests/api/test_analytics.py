@@ -24,10 +24,13 @@ import pytest
 from domain.identities import Identity
 from domain.program import PROGRAM_ID
 from projections.segments import SEGMENTS
+from service.bus import segments as segment_feed
 from service.handlers import members
 from service.handlers.commands import Enrol
 from service.handlers.context import CommandContext
 from tests.api.conftest import ADMIN_KEY, Api
+from tests.integration.test_segments import relayed_everything
+from tests.waiting import until as waiting_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -447,5 +450,11 @@ async def test_analytics_equal_a_reference_from_the_raw_events_and_again_after_a
         async with api.services.pool.acquire() as conn:
             # A rebuild announces only what differs from what was announced: here nothing.
             assert await conn.fetchval("SELECT count(*) FROM segment_transitions") == announced
+        # Every change recorded is in the segments stream, once.
+        await waiting_until(lambda: relayed_everything(api.services), what="the segments relay catching up")
+        js = api.services.nats.client.jetstream()
+        info = await js.stream_info(segment_feed.stream_name(api.services.settings))
+        assert info.state.messages == announced > 0
+        assert info.state.last_seq == announced
     except AssertionError as failure:
         raise AssertionError(f"{failure} (workload seed {seed})") from failure
