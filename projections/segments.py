@@ -200,7 +200,10 @@ class SegmentsProjection(MemberProjection):
         differences (ADR 16): what subscribers were told stays true."""
         live_at = await conn.fetchval(f"SELECT max(evaluated_at) FROM {live_table}")
         if live_at is not None:
-            await reevaluate_table(conn, self.table, at=live_at, rules=self.fold.rules.segments)
+            # With the current thresholds too, as the clock decided the live rows.
+            await reevaluate_table(
+                conn, self.table, at=live_at, rules=self.fold.rules.segments, all_thresholds=True
+            )
         differing = await conn.fetch(
             "SELECT coalesce(f.member_id, l.member_id) AS member_id,"
             " coalesce(f.position, l.position) AS position,"
