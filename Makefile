@@ -17,12 +17,13 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 # Extra arguments for `loyalty bench` / pytest, e.g. `make bench ARGS='--duration 30'`.
 ARGS ?=
 
-.PHONY: help install lock lock-check run test lint bench clean distclean
+.PHONY: help install lock lock-check run test browser lint bench clean distclean
 
 help:
 	@echo "make run    - install into $(VENV) if needed, then 'loyalty serve' (embedded PostgreSQL + NATS"
 	@echo "              under .loyalty/ unless LOYALTY_DATABASE_URL / LOYALTY_NATS_URL are set)"
 	@echo "make test   - run the test suite (embedded servers unless LOYALTY_TEST_*_URL are set)"
+	@echo "make browser - install Debian's chromium for the console's browser test (as root; make test does it)"
 	@echo "make lint   - ruff, mypy and the import contracts (the layers)"
 	@echo "make lock   - upgrade $(LOCK) (every pin, or LOCK_UPGRADE='--upgrade-package NAME'); review, test, commit"
 	@echo "make lock-check - fail if $(LOCK) does not satisfy pyproject.toml"
@@ -73,8 +74,20 @@ lock-check: $(VENV)/.installed
 run: $(VENV)/.installed
 	$(BIN)/loyalty serve $(ARGS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest $(ARGS)
+
+# The console's browser test drives Debian's Chromium (ADR 17): installed here when missing and
+# this is root with apt-get (as in CI); otherwise said, and that test is skipped outside CI.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium for the console's browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "NOTICE: /usr/bin/chromium is missing and this is not root: the console's browser test" \
+		     "will be skipped (as root: make browser)"; \
+	fi
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/mypy && $(BIN)/lint-imports --no-cache

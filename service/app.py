@@ -34,6 +34,7 @@ from service.api.privacy import PrivacyController
 from service.api.program import ProgramController
 from service.bus.asyncapi import asyncapi_document
 from service.config import Settings
+from service.console import ROUTES as CONSOLE_ROUTES
 from service.handlers.program import ensure_program
 from service.logs import channel_var, member_id_var, request_id_var
 from service.metrics import (
@@ -216,6 +217,7 @@ def create_app(settings: Settings, *, log_requests: bool = True) -> Litestar:
             HealthController,
             metrics_endpoint,
             asyncapi_endpoint,
+            *CONSOLE_ROUTES,
         ],
         state=State(
             {

@@ -312,7 +312,9 @@ def cmd_audit(settings: Settings, action: str, after: int, output: Path | None) 
         return asyncio.run(verify(resolved) if action == "verify" else export(resolved))
 
 
-def parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
+def parser(*, with_devtools: bool = True) -> argparse.ArgumentParser:
+    """The command line; `with_devtools`: the arguments of `bench` and `demo` (developers' tools,
+    imported only when one of them runs)."""
     p = argparse.ArgumentParser(prog="loyalty", description="The loyalty ledger service.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -379,8 +381,13 @@ def parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
         sub_parser.add_argument("--database-url")
         sub_parser.add_argument("--data-dir", type=Path)
 
+    demo = sub.add_parser("demo", help="seed a realistic program into a running service (for the console)")
+    if with_devtools:
+        from devtools.demo.cli import add_arguments as add_demo_arguments
+
+        add_demo_arguments(demo)
     bench = sub.add_parser("bench", help="load-test a running service")
-    if with_bench:
+    if with_devtools:
         # Only then: the load generator (devtools) is no part of what `serve` imports.
         from devtools.bench.cli import add_arguments as add_bench_arguments
 
@@ -390,7 +397,7 @@ def parser(*, with_bench: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
-    args = parser(with_bench=given[:1] == ["bench"]).parse_args(given)
+    args = parser(with_devtools=given[:1] in (["bench"], ["demo"])).parse_args(given)
     try:
         settings = settings_from_env().with_overrides(
             database_url=getattr(args, "database_url", None),
@@ -427,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         from devtools.bench.cli import run
 
         return run(args)
+    if args.command == "demo":
+        from devtools.demo.cli import run as run_demo
+
+        return run_demo(args, host=settings.host, port=settings.port)
     return 2
 
 

@@ -24,12 +24,12 @@ from .body import canonical
 from .limits import TokenBuckets, retry_after
 from .schemas import IDEMPOTENCY_KEY
 
-PUBLIC_PREFIXES = ("/health", "/schema", "/metrics", "/asyncapi.json")
+PUBLIC_PREFIXES = ("/health", "/schema", "/metrics", "/asyncapi.json", "/console")
 IDEMPOTENCY_HEADER = "idempotency-key"
 
 
 def is_public(path: str) -> bool:
-    """Health, docs, metrics: no key needed (they hold no personal data)."""
+    """Health, docs, metrics, the console's page and files: no key needed (they hold no data)."""
     return path.startswith(PUBLIC_PREFIXES)
 
 
