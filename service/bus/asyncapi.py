@@ -223,6 +223,10 @@ and campaigns), so a consumer can filter by event type, by member, or both.
 - `id` is the event id, also sent as the `Nats-Msg-Id` header; delivery to consumers is at least
   once, so de-duplicate on it (or on `position`).
 - Personal data is never broadcast: identities carry only their `kind`, profiles are left out.
+- `hash` and `globalhash` (extensions, hex) are the event's hash in its stream's chain and the
+  log's global hash at `position` (ADR 14): globalhash = sha256(previous globalhash || position
+  as 8 bytes big-endian || hash), so a subscriber can check the chain of what it received and
+  compare it with the signed checkpoints published on the `audit_checkpoint` channel.
 - Events committed while NATS was unreachable are published, in order, when it returns.
 
 Segment changes (`segment_entered`, `segment_left`) go to a stream of their own, `{stream}_SEGMENTS`,

@@ -42,8 +42,8 @@ AwareDatetime = Annotated[datetime, Meta(tz=True)]
 
 
 class CloudEvent(Struct, Generic[D], kw_only=True, omit_defaults=True):
-    """A CloudEvents 1.0 event (structured JSON); `position`, `streamversion` and `channel`
-    are extension attributes."""
+    """A CloudEvents 1.0 event (structured JSON); `position`, `streamversion`, `channel`,
+    `hash` and `globalhash` are extension attributes."""
 
     # No defaults on the constants, on purpose: `omit_defaults` (so that an absent channel is
     # left out, not sent as null, which CloudEvents forbids) would drop them from every message.
@@ -60,6 +60,11 @@ class CloudEvent(Struct, Generic[D], kw_only=True, omit_defaults=True):
     # The member's (or program's) stream version: per-subject order, no gaps.
     streamversion: int
     channel: str | UnsetType = UNSET
+    # The event's stream hash and the log's global hash at `position` (hex; ADR 14): a subscriber
+    # checks the global chain, globalhash = sha256(previous globalhash || position || hash), and
+    # compares it with the signed checkpoints.
+    hash: str | UnsetType = UNSET
+    globalhash: str | UnsetType = UNSET
 
 
 class RedactedIdentity(Struct, frozen=True, kw_only=True):
@@ -211,6 +216,10 @@ class Envelope(typing.Protocol):
     def recorded_at(self) -> datetime: ...
     @property
     def event(self) -> Any: ...
+    @property
+    def hash(self) -> bytes | None: ...
+    @property
+    def global_hash(self) -> bytes | None: ...
 
 
 def to_cloudevent(recorded: Envelope, *, source: str = DEFAULT_SOURCE) -> CloudEvent[Any]:
@@ -227,6 +236,8 @@ def to_cloudevent(recorded: Envelope, *, source: str = DEFAULT_SOURCE) -> CloudE
         position=recorded.position,
         streamversion=recorded.stream_version,
         channel=recorded.channel if recorded.channel is not None else UNSET,
+        hash=recorded.hash.hex() if recorded.hash is not None else UNSET,
+        globalhash=recorded.global_hash.hex() if recorded.global_hash is not None else UNSET,
     )
 
 

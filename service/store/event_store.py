@@ -32,13 +32,16 @@ class RecordedEvent:
     occurred_at: datetime
     recorded_at: datetime
     event: Any
+    # Its stream hash and the global hash at its position (service/store/chain.py).
+    hash: bytes | None = None
+    global_hash: bytes | None = None
 
 
 MAX_CACHED_KEYS = 200_000  # unwrapped member keys kept in memory; past that the cache restarts
 
 RECORDED_COLUMNS = (  # the columns of a RecordedEvent, in its order but `topic, data`
     "position, event_id, stream_id, stream_version, event_type, topic, data, channel,"
-    " api_key_id, occurred_at, recorded_at"
+    " api_key_id, occurred_at, recorded_at, hash, global_hash"
 )
 
 
@@ -188,6 +191,8 @@ class EventStore:
             occurred_at=r["occurred_at"],
             recorded_at=r["recorded_at"],
             event=event,
+            hash=r["hash"],
+            global_hash=r["global_hash"],
         )
 
     async def stream_version(self, stream_id: UUID) -> int:

@@ -103,7 +103,9 @@ class LogReader:
             stream_id, version, event_type = r[2], r[3], r[4]
             event = decode(stream_id, version, r[5], r[6], key(stream_id))
             recorded.append(
-                RecordedEvent(r[0], r[1], stream_id, version, event_type, r[7], r[8], r[9], r[10], event)
+                RecordedEvent(
+                    r[0], r[1], stream_id, version, event_type, r[7], r[8], r[9], r[10], event, r[11], r[12]
+                )
             )
             if event_type == _FORGOTTEN:
                 forgotten.append(stream_id)

@@ -142,6 +142,26 @@ async def _export(database_url: str, *args: str) -> bytes:
     return out
 
 
+async def test_forgetting_a_member_changes_no_hash_and_the_log_still_verifies(
+    audited: AuditedProgram,
+) -> None:
+    api, auditor = audited.api, audited.auditor
+    before = lines((await api.get("/v1/audit/events", key=auditor, params={"limit": 100_000})).text)
+    privacy = await api.channel_key("dpo", ["privacy"], kind="internal")
+
+    forgotten = await api.post(f"/v1/members/{audited.members[1]}/forget", {}, key=privacy)
+    assert forgotten.status_code in (200, 201), forgotten.text
+
+    after = lines((await api.get("/v1/audit/events", key=auditor, params={"limit": 100_000})).text)
+    # Every event stored before is as it was, byte for byte and hash for hash (its key is gone).
+    assert after[: len(before)] == before
+    assert len(after) > len(before)
+    assert after[len(before)]["type"] == "member_forgotten"
+    verified = (await api.get("/v1/audit/verify", key=auditor)).json()
+    assert verified["ok"] is True
+    assert verified["events_checked"] == len(after)
+
+
 async def test_a_checkpoint_held_by_an_auditor_exposes_a_rewrite_behind_it(
     audited: AuditedProgram, nats_url: str
 ) -> None:

@@ -180,8 +180,8 @@ async def test_every_committed_event_is_published_once_as_a_cloudevent(
 
         async with services.pool.acquire() as conn:
             rows = await conn.fetch(
-                "SELECT position, event_id, stream_id, stream_version, event_type, channel, recorded_at"
-                " FROM events ORDER BY position"
+                "SELECT position, event_id, stream_id, stream_version, event_type, channel, recorded_at,"
+                " hash, global_hash FROM events ORDER BY position"
             )
         assert [r["event_type"] for r in rows] == [
             "program_created",
@@ -204,6 +204,7 @@ async def test_every_committed_event_is_published_once_as_a_cloudevent(
             assert datetime.fromisoformat(body["time"]) == row["recorded_at"]
             assert body["datacontenttype"] == "application/json"
             assert body["position"] == row["position"]
+            assert (body["hash"], body["globalhash"]) == (row["hash"].hex(), row["global_hash"].hex())
             assert body["streamversion"] == row["stream_version"]
             assert body.get("channel") == row["channel"]
             assert "originator_id" not in body["data"]

@@ -41,6 +41,8 @@ class Recorded:
     channel: str | None
     recorded_at: datetime
     event: Any
+    hash: bytes | None = bytes(range(32))
+    global_hash: bytes | None = bytes(range(32, 64))
 
 
 def recorded(event: Any, position: int = 7, channel: str | None = "pos-sh-01") -> Recorded:
@@ -100,6 +102,8 @@ def test_the_envelope_carries_every_cloudevents_attribute() -> None:
         "position",
         "streamversion",
         "channel",
+        "hash",
+        "globalhash",
     ]
     assert message["specversion"] == "1.0"  # constant, yet never dropped by omit_defaults
     assert message["id"] == str(rec.event_id)
@@ -111,6 +115,7 @@ def test_the_envelope_carries_every_cloudevents_attribute() -> None:
     assert message["position"] == 7
     assert message["streamversion"] == 1
     assert message["channel"] == "pos-sh-01"
+    assert (message["hash"], message["globalhash"]) == (rec.hash.hex(), rec.global_hash.hex())  # type: ignore[union-attr]
     assert cloudevents.decode(cloudevents.encode(rec)).id == rec.event_id
 
 
