@@ -37,7 +37,8 @@ from service.handlers.commands import (
 )
 from service.handlers.context import CommandContext
 from service.handlers.errors import InvalidInput
-from service.handlers.results import Outcome
+from service.handlers.results import Earned, Outcome
+from service.handlers.unit_of_work import Command, execute_many
 from service.services import Services
 
 from .auth import command_context, fingerprint, requires
@@ -223,16 +224,67 @@ class BatchController(Controller):
             keys = _keys(item)
             items.append(_Item(index, item, [last[k] for k in keys if k in last], done))
             last.update(dict.fromkeys(keys, done))
-        results = await asyncio.gather(*(self._run(services, ctx, i) for i in items))
-        return BatchOut(results=list(results))
+        # The first item of each member that is an earn (the common case, and what a POS catching
+        # up sends) is decided with the others like it in one pass and appended with them; the
+        # rest run one by one, after the items of their member before them.
+        earns = [i for i in items if not i.after and i.item.op == "earn"]
+        results: list[BatchItemOut | None] = [None] * len(items)
+        one_by_one = [i for i in items if i.after or i.item.op != "earn"]
+        await asyncio.gather(
+            _earns(services, ctx, earns, results), *(self._run(services, ctx, i, results) for i in one_by_one)
+        )
+        return BatchOut(results=[r for r in results if r is not None])
 
-    async def _run(self, services: Services, ctx: CommandContext, queued: _Item) -> BatchItemOut:
+    async def _run(
+        self, services: Services, ctx: CommandContext, queued: _Item, results: list[BatchItemOut | None]
+    ) -> None:
         try:
             for earlier in queued.after:
                 await earlier
-            return await _item(services, ctx, queued.item)
+            results[queued.index] = await _item(services, ctx, queued.item)
         finally:
             queued.done.set_result(None)
+
+
+async def _earns(
+    services: Services, ctx: CommandContext, queued: list[_Item], results: list[BatchItemOut | None]
+) -> None:
+    """Earn items of distinct members, decided together and appended together (execute_many)."""
+    try:
+        commands: list[tuple[int, Command[Earned]]] = []
+        for q in queued:
+            try:
+                command = _earn_item(services, ctx, q.item)
+            except Exception as exc:  # answered per item, or raised again by _refused
+                command = _refused(exc)
+            if isinstance(command, BatchItemOut):
+                results[q.index] = command
+            else:
+                commands.append((q.index, command))
+        outcomes = await execute_many(services, [c for _, c in commands])
+        for (index, _), outcome in zip(commands, outcomes, strict=True):
+            results[index] = _answer(outcome, earn_out)
+    finally:
+        for q in queued:
+            q.done.set_result(None)
+
+
+def _earn_item(services: Services, ctx: CommandContext, item: BatchItemIn) -> Command[Earned] | BatchItemOut:
+    """An earn item as the command its endpoint would run (or the 403 it gets); InvalidInput
+    when it does not fit (the same checks, in the same order, as `_item`)."""
+    if item.member_id is None:
+        raise InvalidInput([("member_id", "required for earn")])
+    body = decode_body(_encode(item.body if item.body is not None else {}), EarnIn)
+    cmd = earn_command(item.member_id, body)
+    scope = "award" if isinstance(cmd, Award) else "earn"
+    if scope not in ctx.scopes:
+        return _forbidden(scope)
+    path = OPERATIONS["earn"].path.format(member_id=item.member_id)
+    # Fingerprinted as the item's own endpoint would be: alone or in a batch, one command.
+    own = replace(
+        ctx, idempotency_key=item.idempotency_key, request_hash=fingerprint("POST", path, canonical(body))
+    )
+    return Command(own, [item.member_id], ledger.earn_decision(services, own, cmd), Earned)
 
 
 async def _item(services: Services, ctx: CommandContext, item: BatchItemIn) -> BatchItemOut:
@@ -247,22 +299,22 @@ async def _item(services: Services, ctx: CommandContext, item: BatchItemIn) -> B
         body = decode_body(_encode(item.body if item.body is not None else {}), operation.body)
         scope = operation.scope(body)
         if scope not in ctx.scopes:
-            return _problem(403, "forbidden", "Forbidden", f"this API key lacks the {scope!r} scope")
+            return _forbidden(scope)
         path = operation.path.format(member_id=target, hold_id=target)
         # Fingerprinted as the item's own endpoint would be: alone or in a batch, one command.
         own = replace(
             ctx, idempotency_key=item.idempotency_key, request_hash=fingerprint("POST", path, canonical(body))
         )
         outcome, render = await operation.run(services, own, target, body)
-    except DomainError as exc:
-        if exc.status >= 500 and exc.status != 503:
-            raise
-        return BatchItemOut(status=exc.status, body=domain_problem(exc))
-    except ClientException as exc:
-        return _problem(400, "malformed_request", "Malformed request", exc.detail)
-    except UNAVAILABLE:
-        detail = f"the database cannot be reached right now; retry in {RETRY_AFTER_SECONDS} s"
-        return _problem(503, "unavailable", "Service unavailable", detail)
+    except Exception as exc:  # answered per item, or raised again by _refused
+        return _refused(exc)
+    return _answer(outcome, render)
+
+
+def _answer(outcome: Outcome[Any] | BaseException, render: Callable[[Any, int], Any]) -> BatchItemOut:
+    """An item's answer: its result rendered as its endpoint renders it, or its refusal."""
+    if isinstance(outcome, BaseException):
+        return _refused(outcome)
     result = outcome.result
     rendered = (
         _decode(result)
@@ -270,6 +322,22 @@ async def _item(services: Services, ctx: CommandContext, item: BatchItemIn) -> B
         else msgspec.to_builtins(render(result, outcome.position))
     )
     return BatchItemOut(status=outcome.status, body=rendered, replayed=outcome.replayed)
+
+
+def _refused(exc: BaseException) -> BatchItemOut:
+    """The problem an item gets for an error; errors that are not the item's own are raised."""
+    if isinstance(exc, DomainError) and not (exc.status >= 500 and exc.status != 503):
+        return BatchItemOut(status=exc.status, body=domain_problem(exc))
+    if isinstance(exc, ClientException):
+        return _problem(400, "malformed_request", "Malformed request", exc.detail)
+    if isinstance(exc, UNAVAILABLE):
+        detail = f"the database cannot be reached right now; retry in {RETRY_AFTER_SECONDS} s"
+        return _problem(503, "unavailable", "Service unavailable", detail)
+    raise exc
+
+
+def _forbidden(scope: str) -> BatchItemOut:
+    return _problem(403, "forbidden", "Forbidden", f"this API key lacks the {scope!r} scope")
 
 
 def _problem(status: int, code: str, title: str, detail: str) -> BatchItemOut:

@@ -3,6 +3,7 @@ history reads. Holds are in holds.py."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 from uuid import UUID
@@ -64,6 +65,14 @@ def business_time(
 
 async def earn(services: Services, ctx: CommandContext, cmd: EarnPurchase | Award) -> Outcome[Earned]:
     """Earn points for a purchase (once per order, program-wide), or award them."""
+    return await execute(services, ctx, [cmd.member_id], earn_decision(services, ctx, cmd), Earned)
+
+
+def earn_decision(
+    services: Services, ctx: CommandContext, cmd: EarnPurchase | Award
+) -> Callable[[UnitOfWork], Awaitable[Earned]]:
+    """How `earn` decides (for `execute()`, or for `execute_many()` in a batch); InvalidInput
+    at once for a business time outside the accepted window."""
     occurred_at = (
         business_time(cmd.occurred_at, now=ctx.now, max_backdate_days=services.settings.max_backdate_days)
         if isinstance(cmd, EarnPurchase)
@@ -110,7 +119,7 @@ async def earn(services: Services, ctx: CommandContext, cmd: EarnPurchase | Awar
             balance=member.balance(now=ctx.now, rules=rules),
         )
 
-    return await execute(services, ctx, [cmd.member_id], decide, Earned)
+    return decide
 
 
 async def quote(services: Services, query: QuotePurchase, *, now: datetime, channel: str) -> Quote:

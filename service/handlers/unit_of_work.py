@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
 
 from eventsourcing.persistence import StoredEvent
@@ -30,6 +31,7 @@ from service.store import appender as store
 from service.store.appender import (
     AppendRejected,
     AppendRequest,
+    Committed,
     HoldClaim,
     IdempotencyRecord,
     IdentityClaim,
@@ -253,6 +255,91 @@ async def execute(
             # Another instance changed the stream: back off a little, with jitter, and retry.
             await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311
     raise Busy("the member is being changed by many commands at once; retry")
+
+
+@dataclass(frozen=True, slots=True)
+class Command(Generic[R]):
+    """One command of `execute_many`: what `execute()` takes."""
+
+    ctx: CommandContext
+    streams: list[UUID]
+    decide: Callable[[UnitOfWork], Awaitable[R]]
+    result_type: type[R]
+    status: int = 201
+
+
+async def execute_many(
+    services: Services, commands: Sequence[Command[Any]]
+) -> list[Outcome[Any] | BaseException]:
+    """`execute()` of many commands at once (a batch): each one's outcome, or the error that
+    refused it, in order.
+
+    The commands whose streams are free (and no earlier command of these takes) are decided one
+    after the other with no wait, their members read in one pass, and appended together, so a
+    hundred of them share a group commit or two. Any of them that does not simply succeed
+    (refused, a stream that moved, a stream busy with another request) runs through
+    `execute()` afterwards, which gives it every answer a command alone would get (the first
+    answer of a retried key, a decision on fresh state, the wait for its streams).
+    """
+    repository = services.repository
+    outcomes: list[Outcome[Any] | BaseException | None] = [None] * len(commands)
+    later: list[int] = []
+    async with repository.locked_now(s for c in commands for s in c.streams) as free:
+        taken: set[UUID] = set()
+        await repository.preload(Member, (s for c in commands for s in c.streams if s in free))
+        attempts: list[tuple[int, UnitOfWork, Any, AppendRequest]] = []
+        try:
+            for i, command in enumerate(commands):
+                if not free.issuperset(command.streams) or taken.intersection(command.streams):
+                    later.append(i)
+                    continue
+                taken.update(command.streams)
+                uow = UnitOfWork(services, command.ctx)
+                try:
+                    result = await command.decide(uow)
+                    request = await uow.request(result, command.status)
+                except DomainError:
+                    _forget(repository, uow, changed_only=True)
+                    later.append(i)  # execute() says why, or answers a retry with its first answer
+                    continue
+                except BaseException:
+                    _forget(repository, uow, changed_only=False)
+                    raise
+                attempts.append((i, uow, result, request))
+            appended = await services.appender.append_many([request for *_, request in attempts])
+        except BaseException:
+            for _, uow, _, _ in attempts:
+                _forget(repository, uow, changed_only=False)
+            raise
+        for (i, uow, result, _), outcome in zip(attempts, appended, strict=True):
+            command = commands[i]
+            if isinstance(outcome, Committed):
+                for aggregate in uow.aggregates():
+                    repository.keep(aggregate)
+                outcomes[i] = Outcome(command.status, result, outcome.last_position)
+                continue
+            _forget(repository, uow, changed_only=False)
+            if isinstance(outcome, Replayed):
+                first = kept(outcome.response, command.result_type)
+                outcomes[i] = Outcome(outcome.status, first, outcome.position, replayed=True)
+            elif isinstance(outcome, StreamConflict):
+                later.append(i)
+            elif isinstance(outcome, AppendRejected):
+                outcomes[i] = _refusal(outcome, command.ctx)
+            else:
+                outcomes[i] = outcome
+    if later:
+        later.sort()  # in the batch's order: commands of one stream keep theirs
+        done = await asyncio.gather(
+            *(
+                execute(services, c.ctx, c.streams, c.decide, c.result_type, status=c.status)
+                for c in (commands[i] for i in later)
+            ),
+            return_exceptions=True,
+        )
+        for i, outcome in zip(later, done, strict=True):
+            outcomes[i] = outcome
+    return [o if o is not None else RuntimeError("not run") for o in outcomes]
 
 
 async def _stale(services: Services, uow: UnitOfWork) -> bool:

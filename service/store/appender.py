@@ -215,6 +215,18 @@ class Appender:
         self._queue.put_nowait(_Pending(request, future))
         return await future
 
+    async def append_many(self, requests: Sequence[AppendRequest]) -> list[Outcome | BaseException]:
+        """Queue many requests at once (so they share group commits) and wait for all of them:
+        each one's Outcome, or the exception that refused it (one refused fails no other)."""
+        if self._task is None:
+            raise RuntimeError("appender is not running")
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[Outcome]] = []
+        for request in requests:
+            futures.append(loop.create_future())
+            self._queue.put_nowait(_Pending(request, futures[-1]))
+        return await asyncio.gather(*futures, return_exceptions=True)
+
     async def _run(self) -> None:
         slots = asyncio.Semaphore(self._in_flight)
         while True:

@@ -86,18 +86,66 @@ class FastJSONTranscoder(JSONTranscoder):
     json's object_hook calls Python for every JSON object; here msgspec parses in C and only
     the `{"_type_", "_data_"}` objects are turned into their types, inner ones first (as the
     hook does). The library's own datetime, Decimal and UUID transcodings are called as the
-    functions they wrap. Encoding is the library's.
+    functions they wrap. Encoding writes the library's bytes with msgspec (`encode`).
     """
 
     _parse = staticmethod(msgspec.json.Decoder().decode)
+    _write = staticmethod(msgspec.json.Encoder().encode)
 
     def __init__(self) -> None:
         super().__init__()
         self._revivers: dict[str, Callable[[Any], Any]] = {}
+        self._wrappers: dict[type, Callable[[Any], Any]] = {}
+        self._instants: dict[tuple[datetime, Any], str] = {}
+        self._iso = False  # datetimes are written by the library's DatetimeAsISO
 
     def register(self, transcoding: Transcoding) -> None:
         super().register(transcoding)
         self._revivers[transcoding.name] = _SHORTCUTS.get(type(transcoding), transcoding.decode)
+        self._wrappers[transcoding.type] = transcoding.encode
+        if transcoding.type is datetime:
+            self._iso = type(transcoding) is DatetimeAsISO
+
+    def encode(self, obj: Any) -> bytes:
+        """The library's bytes, written by msgspec: each value of a registered type becomes its
+        `{"_type_", "_data_"}` object first (as the library's `default` hook makes it), then
+        msgspec writes JSON as `json` does here (no whitespace, non-ASCII as UTF-8, the same
+        escapes). A value whose JSON could differ (a float, a subclass, a key that is not a
+        string) or that it does not know takes the library's path."""
+        try:
+            return self._write(self._plain(obj))
+        except (_NotPlain, RecursionError):
+            return super().encode(obj)
+
+    def _plain(self, obj: Any) -> Any:
+        kind = type(obj)
+        if kind is dict:
+            plain = {}
+            for key, value in obj.items():
+                if type(key) is not str:
+                    raise _NotPlain
+                kind = type(value)
+                plain[key] = value if kind in _SCALARS else self._plain(value)
+            return plain
+        if kind in _SCALARS:
+            return obj
+        if kind is list or kind is tuple:
+            return [value if type(value) in _SCALARS else self._plain(value) for value in obj]
+        if kind is datetime and self._iso:
+            # The same few instants recur (an event's `at`, `timestamp`, its business times;
+            # a batch's items share the request's time), and isoformat() is slow (printf).
+            # Keyed with the zone too: equal instants in two zones are written differently.
+            instant = (obj, obj.tzinfo)
+            text = self._instants.get(instant)
+            if text is None:
+                if len(self._instants) >= 4096:
+                    self._instants.clear()
+                text = self._instants[instant] = obj.isoformat()
+            return {"_type_": "datetime_iso", "_data_": text}
+        wrap = self._wrappers.get(kind)
+        if wrap is None:
+            raise _NotPlain
+        return {"_type_": self.types[kind].name, "_data_": self._plain(wrap(obj))}
 
     def decode(self, data: bytes) -> Any:
         return self.revive(self._parse(data))
@@ -141,6 +189,14 @@ class FastJSONTranscoder(JSONTranscoder):
                 value = self._revive_list(value)
             out.append(value)
         return out
+
+
+# Values JSON writes the same from json and msgspec, as they are (not floats: their text differs).
+_SCALARS = frozenset((str, int, bool, type(None)))
+
+
+class _NotPlain(Exception):
+    """A value the msgspec path of FastJSONTranscoder.encode leaves to the library."""
 
 
 # The library's transcodings that only wrap a constructor (same result, no method call).

@@ -136,6 +136,40 @@ class EventStore:
         ]
         return snapshot, events
 
+    async def load_many(self, stream_ids: list[UUID]) -> dict[UUID, tuple[Any, list[Any]]]:
+        """`load()` of many streams in three queries (keys, snapshots, events) for all of them."""
+        async with self.pool.acquire() as conn:
+            keys = await self.load_keys(conn, stream_ids)
+            snapshots = {
+                r["stream_id"]: r
+                for r in await conn.fetch(
+                    "SELECT stream_id, stream_version, topic, data FROM snapshots"
+                    " WHERE stream_id = ANY($1::uuid[])",
+                    stream_ids,
+                )
+            }
+            rows = await conn.fetch(
+                "SELECT e.stream_id, e.stream_version, e.topic, e.data"
+                " FROM unnest($1::uuid[], $2::integer[]) AS t(stream_id, after)"
+                " JOIN events e ON e.stream_id = t.stream_id AND e.stream_version > t.after"
+                " ORDER BY e.stream_id, e.stream_version",
+                stream_ids,
+                [snapshots[s]["stream_version"] if s in snapshots else 0 for s in stream_ids],
+            )
+        loaded: dict[UUID, tuple[Any, list[Any]]] = {}
+        for stream_id in stream_ids:
+            row = snapshots.get(stream_id)
+            snapshot = None
+            if row is not None:
+                stored = StoredEvent(stream_id, row["stream_version"], row["topic"], row["data"])
+                snapshot = self.codec.decode(stored, keys[stream_id])
+            loaded[stream_id] = (snapshot, [])
+        for r in rows:
+            stream_id = r["stream_id"]
+            stored = StoredEvent(stream_id, r["stream_version"], r["topic"], r["data"])
+            loaded[stream_id][1].append(self.codec.decode(stored, keys[stream_id]))
+        return loaded
+
     async def save_snapshot(self, snapshot: Any) -> None:
         """Keep the newest snapshot of a stream (an older one never replaces a newer)."""
         async with self.pool.acquire() as conn:

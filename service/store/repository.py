@@ -59,6 +59,42 @@ class Repository:
                 if lock.users == 0:
                     self._locks.pop(stream_id, None)
 
+    @contextlib.asynccontextmanager
+    async def locked_now(self, stream_ids: Iterable[UUID]) -> AsyncIterator[set[UUID]]:
+        """Hold the in-process locks of those of these streams that are free now (no waiting):
+        yields the ones taken. A batch decides those at once and leaves the rest to `locked()`."""
+        held: dict[UUID, _Lock] = {}
+        try:
+            for stream_id in stream_ids:
+                if stream_id in held or stream_id in self._locks:  # held or awaited by another
+                    continue
+                lock = self._locks[stream_id] = _Lock()
+                lock.users = 1
+                held[stream_id] = lock
+                await lock.acquire()  # free and nobody waiting: returns at once
+            yield set(held)
+        finally:
+            for stream_id, lock in held.items():
+                if lock.locked():
+                    lock.release()
+                lock.users -= 1
+                if lock.users == 0:
+                    self._locks.pop(stream_id, None)
+
+    async def preload(self, cls: type[Any], stream_ids: Iterable[UUID]) -> None:
+        """Put the aggregates of these streams that are not cached into the cache, all read in
+        one pass (a few queries for all of them instead of a few each)."""
+        missing = [s for s in dict.fromkeys(stream_ids) if s not in self._cache]
+        if not missing:
+            return
+        for snapshot, events in (await self.store.load_many(missing)).values():
+            aggregate = replay(cls, snapshot, events)
+            if aggregate is None:
+                continue
+            if len(events) >= SNAPSHOT_AFTER:
+                await self.store.save_snapshot(aggregate.Snapshot.take(aggregate))
+            self.keep(aggregate)
+
     def is_cached(self, stream_id: UUID) -> bool:
         """Whether the stream's aggregate would come from this process's cache (not the store)."""
         return stream_id in self._cache
