@@ -261,7 +261,10 @@ async def _earns(
                 results[q.index] = command
             else:
                 commands.append((q.index, command))
-        outcomes = await execute_many(services, [c for _, c in commands])
+        try:
+            outcomes = await execute_many(services, [c for _, c in commands])
+        except Exception as exc:  # e.g. the database went away: each item says so, as alone
+            outcomes = [exc] * len(commands)
         for (index, _), outcome in zip(commands, outcomes, strict=True):
             results[index] = _answer(outcome, earn_out)
     finally:
