@@ -7,6 +7,8 @@ import asyncio
 import json
 import logging
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import date
 
@@ -44,12 +46,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 async def seed(
-    url: str, admin_key: str, *, members: int, seed: int, concurrency: int, day: date | None
+    url: str,
+    admin_key: str,
+    *,
+    members: int,
+    seed: int,
+    concurrency: int,
+    day: date | None,
+    announce: Callable[[str], None] | None = None,
 ) -> Report:
     """Seed the plan of `seed` and `members` into the service at `url`; what it accepted."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    program = plan(seed, members, today=day)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        return await Seeder(client, admin_key, plan(seed, members, today=day), concurrency=concurrency).run()
+        return await Seeder(client, admin_key, program, concurrency=concurrency, announce=announce).run()
 
 
 def render(report: Report, url: str) -> str:
@@ -63,6 +73,8 @@ def render(report: Report, url: str) -> str:
         f"  refunds           {report.refunds:>9,}  {report.points_refunded:>12,} points taken back",
         f"  redemptions       {report.redemptions:>9,}  {report.points_redeemed:>12,} points redeemed",
         f"  campaign          {report.campaign or 'none (the service has no campaigns)'}",
+        "  steps             "
+        + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in report.steps.items()),
     ]
     for what, count in sorted(report.refused.items()):
         lines.append(f"  refused: {what} x{count}")
@@ -81,6 +93,13 @@ def run(args: argparse.Namespace, *, host: str, port: int) -> int:
         raise SystemExit(
             "loyalty demo: give --admin-key (or set LOYALTY_ADMIN_KEY): `loyalty keys create` makes one"
         )
+
+    def announce(key: str) -> None:
+        # Early, on stderr: the console can be watched while the program is seeded.
+        print(
+            f"seeding; watch it arrive: open {url.rstrip('/')}/console, sign in with {key}", file=sys.stderr
+        )
+
     try:
         report = asyncio.run(
             seed(
@@ -90,6 +109,7 @@ def run(args: argparse.Namespace, *, host: str, port: int) -> int:
                 seed=args.seed,
                 concurrency=args.concurrency,
                 day=args.day,
+                announce=None if args.json else announce,
             )
         )
     except DemoFailed as exc:

@@ -51,6 +51,7 @@ class Report:
     first_position: int = 0
     last_position: int = 0
     seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)  # seconds each step took
 
     def refuse(self, what: str, status: int, body: Any) -> None:
         code = body.get("type", "").rsplit("/", 1)[-1] if isinstance(body, dict) else ""
@@ -59,8 +60,17 @@ class Report:
 
 
 class Seeder:
-    def __init__(self, client: httpx.AsyncClient, admin_key: str, plan: Plan, *, concurrency: int) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        admin_key: str,
+        plan: Plan,
+        *,
+        concurrency: int,
+        announce: Callable[[str], None] | None = None,
+    ) -> None:
         self.client = client
+        self.announce = announce  # told the console key as soon as there is one
         self.admin_key = admin_key
         self.plan = plan
         self.concurrency = concurrency
@@ -105,14 +115,22 @@ class Seeder:
     async def run(self) -> Report:
         started = time.monotonic()
         self.report.first_position = await self.position()
-        await self.channels()
-        await self.campaign()
-        await self.members()
-        await self.purchases([p for p in self.plan.purchases], "purchase")
-        await self.duplicates()
-        await self.refunds()
-        await self.redemptions()
-        await self.merges()
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("channels", self.channels),
+            ("campaign", self.campaign),
+            ("members", self.members),
+            ("purchases", lambda: self.purchases(self.plan.purchases, "purchase")),
+            ("duplicates", self.duplicates),
+            ("refunds", self.refunds),
+            ("redemptions", self.redemptions),
+            ("merges", self.merges),
+        ]
+        for name, step in steps:
+            began = time.monotonic()
+            await step()
+            self.report.steps[name] = round(time.monotonic() - began, 2)
+            if name == "channels" and self.announce is not None and self.report.console_key:
+                self.announce(self.report.console_key)
         self.report.last_position = await self.position()
         self.report.seconds = time.monotonic() - started
         return self.report

@@ -444,10 +444,12 @@ async function loadCampaign(campaignId) {
         datasets: [
           { label: "members reached", data: r.variants.map((v) => v.members), backgroundColor: PALETTE[0] },
           { label: "earns", data: r.variants.map((v) => v.earns), backgroundColor: PALETTE[2] },
-          { label: "bonus points", data: r.variants.map((v) => v.bonus_points), backgroundColor: PALETTE[1] },
-          { label: "revenue", data: r.variants.map((v) => Number(v.revenue)), backgroundColor: PALETTE[4] },
+          { label: "bonus points", data: r.variants.map((v) => v.bonus_points), backgroundColor: PALETTE[1], yAxisID: "money" },
+          { label: "revenue", data: r.variants.map((v) => Number(v.revenue)), backgroundColor: PALETTE[4], yAxisID: "money" },
         ],
       },
+      // Members and earns on the left, points and money on the right: they would flatten the counts.
+      options: { scales: { y: { beginAtZero: true }, money: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false } } } },
     });
   } catch (error) {
     tell(explain(error, "Campaign results"), true);
