@@ -297,8 +297,8 @@ class ChainVerifier:
             return self._result(signed)
         while until is None or self.position < until:
             rows = await conn.fetch(
-                f"SELECT {_COLUMNS} FROM events WHERE position > $1 AND position <= $2"
-                " ORDER BY position LIMIT $3",
+                f"SELECT position, stream_id, stream_version, {chain.CONTENT_SQL}, hash, global_hash"
+                " FROM events WHERE position > $1 AND position <= $2 ORDER BY position LIMIT $3",
                 self.position,
                 until if until is not None else 2**63 - 1,
                 page,
@@ -357,7 +357,7 @@ class ChainVerifier:
             self._complete = False
         if self._complete:
             return
-        missing = list({r[2] for r in rows} - self._streams.keys())
+        missing = list({r[1] for r in rows} - self._streams.keys())
         if not missing:
             return
         found = await conn.fetch(
@@ -374,10 +374,9 @@ class ChainVerifier:
 
     def _check(self, rows: Sequence[Any], signed: dict[int, bytes]) -> Break | None:
         streams, position, previous = self._streams, self.position, self.global_hash
-        content, stream_hash, global_hash = chain.content, chain.stream_hash, chain.global_hash
+        stream_hash, global_hash = chain.stream_hash, chain.global_hash
         new = (0, chain.GENESIS)
-        for row in rows:
-            at, stream_id, version = row[0], row[2], row[3]
+        for at, stream_id, version, content, stored_hash, stored_global in rows:
             if at != position + 1:
                 self.position, self.global_hash = position, previous
                 return Break(
@@ -399,8 +398,8 @@ class ChainVerifier:
                     f"the stream's event before this one is version {last_version}, not {version - 1}:"
                     " an event of the stream was deleted, inserted or moved",
                 )
-            event_hash = stream_hash(last_hash, content(*row[1:13]))
-            if event_hash != row[13]:
+            event_hash = stream_hash(last_hash, content)
+            if event_hash != stored_hash:
                 self.position, self.global_hash = position, previous
                 return Break(
                     at,
@@ -411,7 +410,7 @@ class ChainVerifier:
                     " or it was put there without its hash",
                 )
             chained = global_hash(previous, at, event_hash)
-            if chained != row[14]:
+            if chained != stored_global:
                 self.position, self.global_hash = position, previous
                 return Break(
                     at,

@@ -101,6 +101,35 @@ def row_content(row: Any) -> bytes:
     )
 
 
+def _text_sql(column: str) -> str:
+    utf8 = f"convert_to({column}, 'UTF8')"
+    return f"int4send(octet_length({utf8})) || {utf8}"
+
+
+def _optional_sql(column: str) -> str:
+    return f"coalesce({_text_sql(column)}, int4send(-1))"
+
+
+# `content` computed by PostgreSQL from a row of `events` (one expression; a test proves it equal
+# to `content`): the verifier reads it instead of the columns, which halves what it costs.
+CONTENT_SQL = " || ".join(
+    (
+        "uuid_send(event_id)",
+        "uuid_send(stream_id)",
+        "int4send(stream_version)",
+        _text_sql("event_type"),
+        _text_sql("topic"),
+        "int4send(octet_length(data)) || data",
+        _optional_sql("channel"),
+        _optional_sql("api_key_id"),
+        _optional_sql("correlation_id"),
+        _optional_sql("causation_id"),
+        "timestamptz_send(occurred_at)",
+        "timestamptz_send(recorded_at)",
+    )
+)
+
+
 def stream_hash(previous: bytes, event_content: bytes) -> bytes:
     """The stream chain's hash of an event, after `previous` (GENESIS for a stream's first)."""
     return sha256(previous + event_content).digest()
@@ -121,4 +150,12 @@ def checkpoint_message(position: int, global_hash_at: bytes, signed_at: datetime
 _UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-__all__ = ["GENESIS", "checkpoint_message", "content", "global_hash", "row_content", "stream_hash"]
+__all__ = [
+    "CONTENT_SQL",
+    "GENESIS",
+    "checkpoint_message",
+    "content",
+    "global_hash",
+    "row_content",
+    "stream_hash",
+]

@@ -105,8 +105,10 @@ async def test_migration_0010_computes_the_hashes_the_appender_computes(database
         # When 0010 runs.
         await migrate(conn)
 
-        # Then every event's hashes are the ones chain.py computes over the stored row.
-        stored = await conn.fetch("SELECT * FROM events ORDER BY position")
+        # Then every event's hashes are the ones chain.py computes over the stored row (and the
+        # bytes hashed are those PostgreSQL computes with CONTENT_SQL, which verify reads).
+        stored = await conn.fetch(f"SELECT {chain.CONTENT_SQL} AS content, * FROM events ORDER BY position")
+        assert all(row["content"] == chain.row_content(row) for row in stored)
         heads: dict[uuid.UUID, bytes] = {}
         previous = chain.GENESIS
         for row in stored:
