@@ -25,7 +25,7 @@ from domain.errors import DomainError
 from domain.events import event_type
 from domain.identities import Identity
 from domain.member import Member
-from domain.program import Program
+from domain.program import PROGRAM_ID, Program
 from service.services import Services
 from service.store import appender as store
 from service.store.appender import (
@@ -46,6 +46,9 @@ from .errors import Busy, IdempotencyKeyReused, IdentityTaken, OrderTaken, Unkno
 from .results import Outcome, Result, keep, kept, kept_member
 
 MAX_ATTEMPTS = 8
+# Program changes (a guard's stream moving on) an attempt may meet besides; each one is a new
+# version of the rules or campaigns, so this bounds nothing a real program does in a second.
+MAX_GUARD_CHANGES = 64
 
 R = TypeVar("R", bound=Result)
 
@@ -66,7 +69,7 @@ class UnitOfWork:
         self._new_keys: dict[UUID, bytes] = {}
         self.event_ids: list[UUID] = []  # of the events recorded, in order (grown by event_id)
         self.cached: list[UUID] = []  # members taken from this process's cache (maybe stale)
-        self._guards: set[UUID] = set()  # streams read, not written, whose version must hold
+        self.guards: set[UUID] = set()  # streams read, not written, whose version must hold
 
     async def member(self, member_id: UUID) -> Member:
         """The member, at its latest version; UnknownMember if there is none."""
@@ -87,12 +90,17 @@ class UnitOfWork:
         exactly what was in force at its commit (else it decides again on the new version)."""
         program = await self.program()
         self._loaded.setdefault(program.id, (program, program.version))
-        self._guards.add(program.id)
+        self.guards.add(program.id)
         return program
 
     async def program_for_change(self) -> Program:
-        """The program, to be changed by this command (so its version is checked)."""
-        program = await self.program()
+        """The program, to be changed by this command (so its version is checked): a copy of its
+        own, read from the store, never the cached one that other commands read while this one
+        is in flight (they would decide on changes not committed, with a version that the
+        append of another instance's change could match). Committed, it replaces the cached one."""
+        program = await self._services.repository.load(Program, PROGRAM_ID)
+        if program is None:
+            raise LookupError("the program has not been created (start-up does that)")
         self._loaded.setdefault(program.id, (program, program.version))
         return program
 
@@ -150,7 +158,7 @@ class UnitOfWork:
         for stream_id, (aggregate, version) in self._loaded.items():
             pending = aggregate.collect_events()
             if not pending:
-                if stream_id in self._guards:
+                if stream_id in self.guards:
                     expected[stream_id] = version
                 continue
             expected[stream_id] = version
@@ -214,15 +222,23 @@ async def execute(
     appender checks it under the append lock, which costs no extra round trip.
     """
     repository = services.repository
-    for attempt in range(MAX_ATTEMPTS):
+    attempt = program_changes = 0
+    while attempt < MAX_ATTEMPTS:
+        attempt += 1
         async with repository.locked(streams):
             uow = UnitOfWork(services, ctx)
             try:
                 result = await decide(uow)
                 outcome = await services.appender.append(await uow.request(result, status))
-            except StreamConflict:
+            except StreamConflict as changed:
                 _forget(repository, uow, changed_only=False)
                 conflict = True
+                if changed.stream_id in uow.guards and program_changes < MAX_GUARD_CHANGES:
+                    # The program changed under the command (new rules, a campaign started or
+                    # ended): that is progress, not contention; decide again on the new version.
+                    program_changes += 1
+                    attempt -= 1
+                    continue
             except AppendRejected as rejected:
                 # The appender checked the idempotency key before the claims: no replay here.
                 _forget(repository, uow, changed_only=False)
@@ -249,11 +265,14 @@ async def execute(
                     first = await _kept(services, outcome.response, result_type)
                     return Outcome(outcome.status, first, outcome.position, replayed=True)  # type: ignore[arg-type]
                 for aggregate in uow.aggregates():
-                    repository.keep(aggregate)
+                    # A guard was only read: caching it again could put back a copy that a
+                    # change committed meanwhile has made stale.
+                    if aggregate.id not in uow.guards:
+                        repository.keep(aggregate)
                 return Outcome(status, result, outcome.last_position)
         if conflict:
             # Another instance changed the stream: back off a little, with jitter, and retry.
-            await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))  # noqa: S311
+            await asyncio.sleep(random.uniform(0, 0.002 * 2 ** (attempt - 1)))  # noqa: S311
     raise Busy("the member is being changed by many commands at once; retry")
 
 

@@ -114,6 +114,12 @@ class Repository:
         self.keep(aggregate)
         return aggregate  # type: ignore[no-any-return]
 
+    async def load(self, cls: type[A], stream_id: UUID) -> A | None:
+        """The aggregate at its latest version, read from the store into a copy of its own
+        (not cached: `keep` it once its changes are committed)."""
+        snapshot, events = await self.store.load(stream_id)
+        return replay(cls, snapshot, events)  # type: ignore[no-any-return]
+
     async def as_of(self, cls: type[A], stream_id: UUID, until: datetime) -> A | None:
         """The aggregate as it was at `until` (replayed from the start, never cached)."""
         _, events = await self.store.load(stream_id, until=until)
