@@ -16,6 +16,7 @@ from litestar.di import Provide
 from litestar.exceptions import HTTPException
 from litestar.types import ASGIApp, Receive, Scope, Send
 
+from service import tracing
 from service.api.access import AccessController
 from service.api.analytics import AnalyticsController
 from service.api.audit import AuditController
@@ -93,6 +94,7 @@ def _front(metrics: Metrics, gate: Gate | None, *, log_requests: bool) -> Any:
             channel_var.set(None)
             member_id_var.set(None)
             status = 500
+            traced = tracing.request(scope["method"], headers.get(b"traceparent"))  # None when off
 
             async def send_wrapper(message: Any) -> None:
                 nonlocal status
@@ -118,6 +120,8 @@ def _front(metrics: Metrics, gate: Gate | None, *, log_requests: bool) -> Any:
                 seconds = time.perf_counter() - started
                 route = scope.get("path_template") or "unmatched"
                 metrics.observe_request(scope["method"], route, status, seconds)
+                if traced is not None:
+                    traced.end(route, status)
                 if log_requests:
                     _log_request(scope, status, seconds, request_id)
 
@@ -178,7 +182,12 @@ def _lifespan(settings: Settings, metrics: Metrics, *, lead: bool | None) -> Any
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with open_services(settings, lead=lead) as services:
+        tracing.start(settings.otlp_endpoint)
+        async with contextlib.AsyncExitStack() as stack:
+            # After the services, so that their last spans go out; in a thread: it may wait for
+            # the collector.
+            stack.push_async_callback(asyncio.to_thread, tracing.stop)
+            services = await stack.enter_async_context(open_services(settings, lead=lead))
             await ensure_program(services)
             metrics.watch(lambda: appender_metrics(services.appender))
             if services.relay is not None:

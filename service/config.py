@@ -313,6 +313,17 @@ class Settings:
         ),
     ] = "loyalty.audit.checkpoint"
 
+    otlp_endpoint: Annotated[
+        str | None,
+        Setting(
+            variable="LOYALTY_OTLP_ENDPOINT",
+            meaning="OTLP/HTTP collector the traces are exported to (e.g. http://otel-collector:4318);"
+            " unset, tracing is off and a request's own traceparent passes through to its events",
+            pattern="https?://.+",
+            accepts="an http:// or https:// URL",
+        ),
+    ] = None
+
     def __post_init__(self) -> None:
         for spec in SPECS:
             value = getattr(self, spec.name)

@@ -65,6 +65,9 @@ class CloudEvent(Struct, Generic[D], kw_only=True, omit_defaults=True):
     # compares it with the signed checkpoints.
     hash: str | UnsetType = UNSET
     globalhash: str | UnsetType = UNSET
+    # W3C trace context of the event's cause (CloudEvents distributed-tracing extension): a
+    # subscriber continues that trace. Absent when its cause was not traced.
+    traceparent: str | UnsetType = UNSET
 
 
 class RedactedIdentity(Struct, frozen=True, kw_only=True):
@@ -220,6 +223,7 @@ class Envelope(typing.Protocol):
     def hash(self) -> bytes | None: ...
     @property
     def global_hash(self) -> bytes | None: ...
+    def traceparent(self) -> str | None: ...
 
 
 def to_cloudevent(recorded: Envelope, *, source: str = DEFAULT_SOURCE) -> CloudEvent[Any]:
@@ -238,6 +242,7 @@ def to_cloudevent(recorded: Envelope, *, source: str = DEFAULT_SOURCE) -> CloudE
         channel=recorded.channel if recorded.channel is not None else UNSET,
         hash=recorded.hash.hex() if recorded.hash is not None else UNSET,
         globalhash=recorded.global_hash.hex() if recorded.global_hash is not None else UNSET,
+        traceparent=recorded.traceparent or UNSET,
     )
 
 

@@ -26,6 +26,7 @@ from domain.events import event_type
 from domain.identities import Identity
 from domain.member import Member
 from domain.program import PROGRAM_ID, Program
+from service import tracing
 from service.services import Services
 from service.store import appender as store
 from service.store.appender import (
@@ -195,7 +196,12 @@ class UnitOfWork:
         return AppendRequest(
             events=events,
             expected=expected,
-            metadata=Metadata(channel=ctx.channel, api_key_id=ctx.api_key_id, correlation_id=ctx.request_id),
+            metadata=Metadata(
+                channel=ctx.channel,
+                api_key_id=ctx.api_key_id,
+                correlation_id=ctx.request_id,
+                traceparent=tracing.current_traceparent(),
+            ),
             idempotency=idempotency,
             order_claims=self.order_claims,
             identity_claims=self.identity_claims,
@@ -221,6 +227,18 @@ async def execute(
     may no longer fit the balance; a retried earn finds its order taken): on the happy path the
     appender checks it under the append lock, which costs no extra round trip.
     """
+    with tracing.span(decide.__qualname__.partition(".")[0]):  # the use case's function
+        return await _execute(services, ctx, streams, decide, result_type, status)
+
+
+async def _execute(
+    services: Services,
+    ctx: CommandContext,
+    streams: list[UUID],
+    decide: Callable[[UnitOfWork], Awaitable[R]],
+    result_type: type[R],
+    status: int,
+) -> Outcome[R]:
     repository = services.repository
     attempt = program_changes = 0
     while attempt < MAX_ATTEMPTS:
@@ -229,7 +247,8 @@ async def execute(
             uow = UnitOfWork(services, ctx)
             try:
                 result = await decide(uow)
-                outcome = await services.appender.append(await uow.request(result, status))
+                with tracing.span("append"):  # its events carry this span's traceparent
+                    outcome = await services.appender.append(await uow.request(result, status))
             except StreamConflict as changed:
                 _forget(repository, uow, changed_only=False)
                 conflict = True

@@ -57,6 +57,7 @@ class Metadata:
     api_key_id: str | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
+    traceparent: str | None = None  # W3C trace context (service/tracing.py); not hashed
 
 
 @dataclass(frozen=True, slots=True)
@@ -458,6 +459,7 @@ class _Plan:
         ]
         events = [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * 12
         hashes, global_hashes = self._hashes(rows)
+        traceparents = [r.metadata.traceparent for r in requests for _ in r.events]
         last = rows[-1][0] if rows else 0
         idem_rows = [self.responses[id(r)] for r in requests if id(r) in self.responses]
         orders = [(o, m, r.metadata.channel) for r in requests for o, m in r.order_claims]
@@ -487,6 +489,7 @@ class _Plan:
             [pos for _, pos in holds],
             hashes,
             global_hashes,
+            traceparents,
         )
         releases = [c for r in requests for c in r.identity_releases]
         if releases:
@@ -576,10 +579,11 @@ WITH
   new_events AS (
     INSERT INTO events (position, event_id, stream_id, stream_version, event_type, topic, data,
                         channel, api_key_id, correlation_id, causation_id, occurred_at, hash,
-                        global_hash)
+                        global_hash, traceparent)
     SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::uuid[], $4::integer[], $5::text[],
                          $6::text[], $7::bytea[], $8::text[], $9::text[], $10::text[],
-                         $11::text[], $12::timestamptz[], $31::bytea[], $32::bytea[])),
+                         $11::text[], $12::timestamptz[], $31::bytea[], $32::bytea[],
+                         $33::text[])),
   new_keys AS (
     INSERT INTO idempotency_keys (channel, key, request_hash, status, response, position)
     SELECT * FROM unnest($13::text[], $14::text[], $15::bytea[], $16::smallint[], $17::bytea[],

@@ -35,13 +35,14 @@ class RecordedEvent:
     # Its stream hash and the global hash at its position (service/store/chain.py).
     hash: bytes | None = None
     global_hash: bytes | None = None
+    traceparent: str | None = None  # W3C trace context of its cause (service/tracing.py)
 
 
 MAX_CACHED_KEYS = 200_000  # unwrapped member keys kept in memory; past that the cache restarts
 
 RECORDED_COLUMNS = (  # the columns of a RecordedEvent, in its order but `topic, data`
     "position, event_id, stream_id, stream_version, event_type, topic, data, channel,"
-    " api_key_id, occurred_at, recorded_at, hash, global_hash"
+    " api_key_id, occurred_at, recorded_at, hash, global_hash, traceparent"
 )
 
 
@@ -227,6 +228,7 @@ class EventStore:
             event=event,
             hash=r["hash"],
             global_hash=r["global_hash"],
+            traceparent=r["traceparent"],
         )
 
     async def stream_version(self, stream_id: UUID) -> int:

@@ -104,7 +104,19 @@ class LogReader:
             event = decode(stream_id, version, r[5], r[6], key(stream_id))
             recorded.append(
                 RecordedEvent(
-                    r[0], r[1], stream_id, version, event_type, r[7], r[8], r[9], r[10], event, r[11], r[12]
+                    r[0],
+                    r[1],
+                    stream_id,
+                    version,
+                    event_type,
+                    r[7],
+                    r[8],
+                    r[9],
+                    r[10],
+                    event,
+                    r[11],
+                    r[12],
+                    r[13],
                 )
             )
             if event_type == _FORGOTTEN:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -43,6 +43,7 @@ class Recorded:
     event: Any
     hash: bytes | None = bytes(range(32))
     global_hash: bytes | None = bytes(range(32, 64))
+    traceparent: str | None = None
 
 
 def recorded(event: Any, position: int = 7, channel: str | None = "pos-sh-01") -> Recorded:
@@ -84,6 +85,15 @@ def member_events() -> list[Any]:
 
 def body(event: Any, **kw: Any) -> dict[str, Any]:
     return json.loads(cloudevents.encode(recorded(event, **kw)))
+
+
+def test_a_traced_cause_is_carried_as_the_distributed_tracing_extension() -> None:
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    traced = replace(recorded(member_events()[0]), traceparent=traceparent)
+
+    assert json.loads(cloudevents.encode(traced))["traceparent"] == traceparent
+    assert cloudevents.decode(cloudevents.encode(traced)).traceparent == traceparent
+    assert "traceparent" not in json.loads(cloudevents.encode(recorded(member_events()[0])))
 
 
 def test_the_envelope_carries_every_cloudevents_attribute() -> None:

@@ -44,6 +44,7 @@ EVERY_VARIABLE = {
     "LOYALTY_AUDIT_CHECKPOINT_EVENTS": "500",
     "LOYALTY_AUDIT_CHECKPOINT_SECONDS": "5",
     "LOYALTY_AUDIT_SUBJECT": "acme.audit.checkpoint",
+    "LOYALTY_OTLP_ENDPOINT": "http://otel-collector:4318",
 }
 
 
@@ -106,6 +107,7 @@ def test_every_variable_is_read() -> None:
         audit_checkpoint_events=500,
         audit_checkpoint_seconds=5.0,
         audit_subject="acme.audit.checkpoint",
+        otlp_endpoint="http://otel-collector:4318",
     )
     # A setting added without a case above would pass unnoticed with its default.
     assert [spec.name for spec in SPECS if getattr(configured, spec.name) == spec.default] == []

@@ -1,0 +1,185 @@
+"""Tracing: a trace started by an HTTP earn goes through the use case and the append, is exported
+by OTLP, and continues in a NATS subscriber that reads the event's `traceparent`; with tracing
+off (the default) a caller's own traceparent passes through to its events."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import nats
+import pytest
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from service.app import create_app
+from service.bus import cloudevents
+from service.config import Settings
+from tests.api.conftest import Api, Pos, serving, settings_for
+from tests.waiting import until
+
+
+@dataclass(frozen=True)
+class ExportedSpan:
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    name: str
+    attributes: dict[str, Any]
+
+
+class Collector:
+    """An OTLP/HTTP trace receiver on loopback: keeps every span posted to /v1/traces."""
+
+    def __init__(self) -> None:
+        self.spans: list[ExportedSpan] = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                for resource_spans in request.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        collector.spans += [
+                            ExportedSpan(
+                                s.trace_id.hex(),
+                                s.span_id.hex(),
+                                s.parent_span_id.hex(),
+                                s.name,
+                                {a.key: a.value for a in s.attributes},
+                            )
+                            for s in scope_spans.spans
+                        ]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def named(self, name: str) -> ExportedSpan:
+        [found] = [s for s in self.spans if s.name == name]
+        return found
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    running = Collector()
+    yield running
+    running.close()
+
+
+def caller_traceparent() -> tuple[str, str, str]:
+    """A caller's trace: (traceparent header, trace id, its span id)."""
+    trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
+    return f"00-{trace_id}-{span_id}-01", trace_id, span_id
+
+
+async def earn(api: Api, key: str, member_id: str, headers: dict[str, str]) -> Any:
+    response = await api.client.post(
+        f"/v1/members/{member_id}/earn",
+        json={"order_ref": uuid.uuid4().hex, "amount": "12.00", "currency": "CNY"},
+        headers={"Authorization": f"Bearer {key}", "Idempotency-Key": uuid.uuid4().hex, **headers},
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def published(settings: Settings, nats_url: str, member_id: str) -> cloudevents.CloudEvent[Any]:
+    """What a subscriber reads: the member's last points_earned CloudEvent on the stream."""
+    subject = cloudevents.nats_subject("points_earned", uuid.UUID(member_id), settings.subject_prefix)
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+
+        async def last() -> Any:
+            try:
+                return await js.get_last_msg(settings.stream_name, subject)
+            except NotFoundError:
+                return None
+
+        message = await until(last, what="the event on the stream")
+    finally:
+        await nc.close()
+    return cloudevents.decode(message.data)
+
+
+async def test_a_trace_started_by_an_http_earn_continues_in_a_nats_subscriber(
+    database_url: str, nats_url: str, collector: Collector
+) -> None:
+    settings = replace(settings_for(database_url, nats_url), otlp_endpoint=collector.url)
+    traceparent, trace_id, caller_span = caller_traceparent()
+    app = create_app(settings, log_requests=False)
+    async with serving(app) as client:
+        api = Api(client, app)
+        key = await api.channel_key("app-1", ["read", "earn", "members"], kind="app")
+        member_id = await api.enrol(key)
+        await earn(api, key, member_id, {"traceparent": traceparent})
+        event = await published(settings, nats_url, member_id)
+
+        # A subscriber continues the trace from the event it read.
+        exporter = InMemorySpanExporter()
+        subscriber = TracerProvider()
+        subscriber.add_span_processor(SimpleSpanProcessor(exporter))
+        assert event.traceparent
+        parent = TraceContextTextMapPropagator().extract({"traceparent": event.traceparent})
+        with subscriber.get_tracer("subscriber").start_as_current_span(
+            "process points_earned", context=parent, kind=trace.SpanKind.CONSUMER
+        ):
+            pass
+    # Stopped: the service exported what it had left.
+    server = collector.named("POST /v1/members/{member_id}/earn")
+    handler = next(s for s in collector.spans if s.parent_span_id == server.span_id)
+    append = next(s for s in collector.spans if s.parent_span_id == handler.span_id and s.name == "append")
+    assert (server.trace_id, server.parent_span_id) == (trace_id, caller_span)
+    assert (handler.trace_id, handler.name) == (trace_id, "earn")
+    assert event.traceparent == f"00-{trace_id}-{append.span_id}-01"
+    [consumed] = exporter.get_finished_spans()
+    assert consumed.context is not None
+    assert consumed.parent is not None
+    assert (f"{consumed.context.trace_id:032x}", f"{consumed.parent.span_id:016x}") == (
+        trace_id,
+        append.span_id,
+    )
+    # Names and attributes carry route templates, never a member's id.
+    assert all(member_id not in f"{s.name}{s.attributes}" for s in collector.spans)
+    assert server.attributes["http.response.status_code"].int_value == 201
+
+
+async def test_with_tracing_off_a_callers_traceparent_passes_through_to_the_events(
+    pos: Pos, nats_url: str
+) -> None:
+    api = pos.api
+    settings: Settings = api.services.settings
+    assert settings.otlp_endpoint is None
+    traced, untraced, garbled = [await api.enrol(pos.key) for _ in range(3)]
+    traceparent, _, _ = caller_traceparent()
+
+    await earn(api, pos.key, traced, {"traceparent": traceparent})
+    await earn(api, pos.key, untraced, {})
+    await earn(api, pos.key, garbled, {"traceparent": "00-not-a-trace-01"})
+
+    assert (await published(settings, nats_url, traced)).traceparent == traceparent
+    assert not (await published(settings, nats_url, untraced)).traceparent
+    assert not (await published(settings, nats_url, garbled)).traceparent
