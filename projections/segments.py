@@ -122,11 +122,23 @@ def changes(
     ]
 
 
-async def record_transitions(conn: asyncpg.Connection, transitions: Sequence[Transition]) -> None:
+async def record_transitions(
+    conn: asyncpg.Connection, transitions: Sequence[Transition], *, count: bool = True
+) -> None:
     """Append to the outbox (inside the caller's transaction, which holds the checkpoint) and
-    wake the segments relay at commit."""
+    wake the segments relay at commit; with `count`, move `segment_counts` by them too."""
     if not transitions:
         return
+    if count:
+        deltas: dict[str, int] = {}
+        for t in transitions:
+            deltas[t.segment] = deltas.get(t.segment, 0) + (1 if t.entered else -1)
+        await conn.execute(
+            "INSERT INTO segment_counts (segment, members) SELECT * FROM unnest($1::text[], $2::bigint[])"
+            " ON CONFLICT (segment) DO UPDATE SET members = segment_counts.members + EXCLUDED.members",
+            list(deltas),
+            list(deltas.values()),
+        )
     last = await conn.fetchval(
         "INSERT INTO segment_transitions (transition_id, member_id, segment, entered, at, position)"
         " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::boolean[], $5::timestamptz[],"
@@ -173,13 +185,14 @@ class SegmentsProjection(MemberProjection):
         before = {
             r["member_id"]: r
             for r in await conn.fetch(
-                f"SELECT member_id, evaluated_at, {', '.join(_FLAGS)} FROM {self.table}"
+                f"SELECT member_id, status, channels, evaluated_at, {', '.join(_FLAGS)} FROM {self.table}"
                 " WHERE member_id = ANY($1::uuid[])",
                 list(touched),
             )
         }
         rows: list[tuple[Any, ...]] = []
         transitions: list[Transition] = []
+        journeys: dict[tuple[str, str, int], int] = {}
         for member_id, t in touched.items():
             old = before.get(member_id)
             # As of when the ledger recorded the event, and never back in time (the clock may
@@ -190,10 +203,26 @@ class SegmentsProjection(MemberProjection):
             rows.append(_row(member_id, facts, flags, t.rules.segments, at, t.member.version, t.position))
             previous = _NO_SEGMENTS if old is None else tuple(old[f] for f in _FLAGS)
             transitions += changes(member_id, previous, flags, at, t.position)
+            if old is not None and (key := _journey(old["status"], tuple(_decode(old["channels"])))):
+                journeys[key] = journeys.get(key, 0) - 1
+            if key := _journey(facts.status, facts.channels):
+                journeys[key] = journeys.get(key, 0) + 1
         # Rows in one statement: the flags are computed above, the columns are the class's.
         await conn.execute(self._upsert, *(list(column) for column in zip(*rows, strict=True)))
         if self.announces:
             await record_transitions(conn, transitions)
+            moved = {k: n for k, n in journeys.items() if n}
+            if moved:
+                await conn.execute(
+                    "INSERT INTO journey_counts (first_channel, next_channel, channels, members)"
+                    " SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::bigint[])"
+                    " ON CONFLICT (first_channel, next_channel, channels)"
+                    " DO UPDATE SET members = journey_counts.members + EXCLUDED.members",
+                    [k[0] for k in moved],
+                    [k[1] for k in moved],
+                    [k[2] for k in moved],
+                    list(moved.values()),
+                )
 
     async def before_swap(self, conn: asyncpg.Connection, live_table: str) -> None:
         """Decide the rebuilt rows at the instant the live ones were, then announce only the
@@ -223,13 +252,39 @@ class SegmentsProjection(MemberProjection):
                 r["at"],
                 r["position"],
             )
-        await record_transitions(conn, transitions)
+        await record_transitions(conn, transitions, count=False)
+        await count_afresh(conn, self.table)
 
     def row(self, t: Touched) -> tuple[Any, ...]:
         facts = Facts.of(t.member)
         at = max(t.at, t.recorded_at)
         flags = segments_at(facts, at, t.rules.segments)
         return _row(t.member.id, facts, flags, t.rules.segments, at, t.member.version, t.position)
+
+
+def _journey(status: str, channels: tuple[str, ...]) -> tuple[str, str, int] | None:
+    """A row's key in `journey_counts` (None: not counted; only active members are)."""
+    if status != MemberStatus.ACTIVE or not channels:
+        return None
+    return channels[0], channels[1] if len(channels) > 1 else "", len(channels)
+
+
+async def count_afresh(conn: asyncpg.Connection, table: str) -> None:
+    """`segment_counts` and `journey_counts` computed from `table` (a rebuilt one, at its swap)."""
+    await conn.execute("DELETE FROM segment_counts")
+    await conn.execute(
+        "INSERT INTO segment_counts (segment, members) SELECT * FROM unnest($1::text[], ARRAY["
+        + ", ".join(f"(SELECT count(*) FROM {table} WHERE in_{s})" for s in SEGMENTS)
+        + "]::bigint[])",
+        list(SEGMENTS),
+    )
+    await conn.execute("DELETE FROM journey_counts")
+    await conn.execute(
+        "INSERT INTO journey_counts (first_channel, next_channel, channels, members)"
+        " SELECT channels->>0, coalesce(channels->>1, ''), jsonb_array_length(channels), count(*)"
+        f" FROM {table}"
+        " WHERE status = 'active' AND jsonb_array_length(channels) > 0 GROUP BY 1, 2, 3"
+    )
 
 
 def _row(
@@ -336,11 +391,12 @@ async def reevaluate(
 
 
 async def segment_counts(conn: Any) -> dict[str, int]:
-    """Members in each segment (connection or pool)."""
-    row = await conn.fetchrow(
-        f"SELECT {', '.join(f'count(*) FILTER (WHERE in_{s}) AS {s}' for s in SEGMENTS)} FROM segments"
-    )
-    return {s: int(row[s]) for s in SEGMENTS}
+    """Members in each segment (connection or pool), as kept with the rows."""
+    found = {
+        r["segment"]: int(r["members"])
+        for r in await conn.fetch("SELECT segment, members FROM segment_counts")
+    }
+    return {s: found.get(s, 0) for s in SEGMENTS}
 
 
 async def segment_members(conn: Any, segment: str, *, after: UUID | None, limit: int) -> list[UUID]:
@@ -374,17 +430,20 @@ class Journeys:
 
 
 async def journeys(conn: Any) -> Journeys:
-    """From the `segments` rows of active members (their channels, first use first)."""
-    counts = await conn.fetch(
-        "SELECT jsonb_array_length(channels) AS n, count(*) AS members FROM segments"
-        " WHERE status = 'active' GROUP BY 1 ORDER BY 1"
+    """From `journey_counts`, kept with the `segments` rows of active members."""
+    rows = await conn.fetch(
+        "SELECT first_channel, next_channel, channels, members FROM journey_counts WHERE members > 0"
+        " ORDER BY channels, first_channel, next_channel"
     )
-    pairs = await conn.fetch(
-        "SELECT channels->>0 AS first, channels->>1 AS next, count(*) AS members FROM segments"
-        " WHERE status = 'active' AND jsonb_array_length(channels) > 0"
-        " GROUP BY 1, 2 ORDER BY 1, 2 NULLS FIRST"
-    )
-    return Journeys(
-        by_channel_count={int(r["n"]): int(r["members"]) for r in counts},
-        first_to_next={(r["first"], r["next"]): int(r["members"]) for r in pairs},
-    )
+    by_count: dict[int, int] = {}
+    pairs: dict[tuple[str, str | None], int] = {}
+    for r in rows:
+        n, key = int(r["channels"]), (r["first_channel"], r["next_channel"] or None)
+        by_count[n] = by_count.get(n, 0) + int(r["members"])
+        pairs[key] = pairs.get(key, 0) + int(r["members"])
+    return Journeys(by_channel_count=by_count, first_to_next=dict(sorted(pairs.items(), key=_pair_order)))
+
+
+def _pair_order(item: tuple[tuple[str, str | None], int]) -> tuple[str, bool, str]:
+    (first, nxt), _ = item
+    return first, nxt is not None, nxt or ""

@@ -36,6 +36,22 @@ CREATE INDEX segments_at_risk ON segments (member_id) WHERE in_at_risk;
 CREATE INDEX segments_dormant ON segments (member_id) WHERE in_dormant;
 CREATE INDEX segments_multi_channel ON segments (member_id) WHERE in_multi_channel;
 
+-- Members per segment, and active members per (first channel, next channel or '' for none,
+-- number of channels): kept in the transactions that change `segments` rows (from their
+-- transitions and facts), and computed afresh when a rebuilt table is swapped in, so the
+-- analytics read a few rows instead of scanning one row per member.
+CREATE TABLE segment_counts (
+    segment             text        PRIMARY KEY,
+    members             bigint      NOT NULL
+);
+CREATE TABLE journey_counts (
+    first_channel       text        NOT NULL,
+    next_channel        text        NOT NULL,
+    channels            integer     NOT NULL,
+    members             bigint      NOT NULL,
+    PRIMARY KEY (first_channel, next_channel, channels)
+);
+
 -- The outbox of segment changes: written in the transaction that changes a `segments` row
 -- (the projection's batch, the clock's re-evaluation, a rebuild's swap), all of which lock the
 -- projection's checkpoint first, so `sequence` is assigned and committed in order. The segments
