@@ -247,3 +247,77 @@ async def _rewrite(database_url: str, *, position: int) -> None:
 
 
 __all__ = ["ADMIN_KEY"]
+
+
+async def test_one_checkpointer_leads_and_a_restart_loses_and_repeats_nothing(
+    database_url: str, nats_url: str
+) -> None:
+    settings = dataclasses.replace(
+        settings_for(database_url, nats_url), audit_checkpoint_events=3, audit_checkpoint_seconds=3600.0
+    )
+    # Two instances on one database: one checkpointer leads.
+    first, second = create_app(settings, log_requests=False), create_app(settings, log_requests=False)
+    async with serving(first) as one, serving(second) as two:
+        instances = [Api(one, first), Api(two, second)]
+        await until(
+            lambda: sum(a.services.checkpointer.leading for a in instances) == 1, what="one checkpoint leader"
+        )
+        await until(lambda: any(a.services.checkpointer.leading for a in instances))
+        pos = await instances[0].channel_key("pos-1", ["earn", "members"])
+        for n in range(2):
+            member_id = await instances[n].enrol(pos)
+            await instances[n].post(
+                f"/v1/members/{member_id}/earn",
+                {"order_ref": f"R-{n}", "amount": "5", "currency": "CNY"},
+                key=pos,
+            )
+        head = await instances[0].last_position()
+        await until(
+            lambda: instances[0].services.pool.fetchval(
+                "SELECT max(position) = $1 FROM audit_checkpoints", head
+            ),
+            what="a checkpoint at the head",
+        )
+        assert sum(a.services.checkpointer.taken for a in instances) == await instances[
+            0
+        ].services.pool.fetchval("SELECT count(*) FROM audit_checkpoints")
+
+    # As if the leader died between storing its last checkpoint and publishing it.
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE audit_checkpoints SET published = false WHERE position = $1", head)
+        before = await conn.fetch("SELECT position, signature FROM audit_checkpoints ORDER BY position")
+    finally:
+        await conn.close()
+    client = await nats.connect(nats_url)
+    received: list[dict[str, Any]] = []
+
+    async def keep(msg: Any) -> None:
+        received.append(json.loads(msg.data))
+
+    await client.subscribe(settings.audit_subject, cb=keep)
+    try:
+        restarted = create_app(settings, log_requests=False)
+        async with serving(restarted) as three:
+            api = Api(three, restarted)
+            # The new leader publishes what was not, and goes on from the last checkpoint.
+            await until(lambda: [c["position"] for c in received] == [head], what="the pending checkpoint")
+            for n in range(2):  # 4 events: at least one more checkpoint
+                member_id = await api.enrol(pos)
+                await api.post(
+                    f"/v1/members/{member_id}/earn",
+                    {"order_ref": f"S-{n}", "amount": "5", "currency": "CNY"},
+                    key=pos,
+                )
+            await until(lambda: len(received) > 1, what="the next checkpoint")
+            assert received[1]["position"] > head
+            after = await api.services.pool.fetch(
+                "SELECT position, signature FROM audit_checkpoints ORDER BY position"
+            )
+            auditor = await api.channel_key("audit-firm", ["audit"], kind="partner")
+            verified = (await api.get("/v1/audit/verify", key=auditor)).json()
+    finally:
+        await client.close()
+    assert [tuple(r) for r in after[: len(before)]] == [tuple(r) for r in before]  # nothing re-signed
+    assert verified["ok"] is True
+    assert verified["checkpoints_checked"] == len(after)
