@@ -227,7 +227,7 @@ async def execute(
     may no longer fit the balance; a retried earn finds its order taken): on the happy path the
     appender checks it under the append lock, which costs no extra round trip.
     """
-    with tracing.span(decide.__qualname__.partition(".")[0]):  # the use case's function
+    with tracing.span(result_type.__name__):  # the use case, by what it answers (Earned)
         return await _execute(services, ctx, streams, decide, result_type, status)
 
 

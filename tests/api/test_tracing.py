@@ -153,7 +153,7 @@ async def test_a_trace_started_by_an_http_earn_continues_in_a_nats_subscriber(
     handler = next(s for s in collector.spans if s.parent_span_id == server.span_id)
     append = next(s for s in collector.spans if s.parent_span_id == handler.span_id and s.name == "append")
     assert (server.trace_id, server.parent_span_id) == (trace_id, caller_span)
-    assert (handler.trace_id, handler.name) == (trace_id, "earn")
+    assert (handler.trace_id, handler.name) == (trace_id, "Earned")
     assert event.traceparent == f"00-{trace_id}-{append.span_id}-01"
     [consumed] = exporter.get_finished_spans()
     assert consumed.context is not None
