@@ -1,0 +1,195 @@
+"""Campaigns over HTTP: a story from creation to results, validation naming the field and
+writing nothing, a window opening later, ending, and the campaign events on NATS as CloudEvents."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import nats
+
+from tests.api.conftest import ADMIN_KEY, Api, Pos
+from tests.waiting import until
+
+
+def window(
+    *, starts_in: timedelta = timedelta(hours=-1), lasts: timedelta = timedelta(days=7)
+) -> dict[str, str]:
+    starts = datetime.now(UTC) + starts_in
+    return {"starts_at": starts.isoformat(), "ends_at": (starts + lasts).isoformat()}
+
+
+async def published(api: Api, types: set[str]) -> list[dict[str, Any]]:
+    """The CloudEvents on the stream whose type is one of `types` (once all have arrived)."""
+    nc = await nats.connect(api.services.settings.nats_url, max_reconnect_attempts=0)
+    try:
+        js = nc.jetstream()
+        stream = api.services.settings.stream_name
+        info = await js.stream_info(stream)
+        events = [
+            json.loads((await js.get_msg(stream, seq=s)).data) for s in range(1, info.state.last_seq + 1)
+        ]
+    finally:
+        await nc.close()
+    return [e for e in events if e["type"] in types]
+
+
+async def test_a_campaign_from_creation_to_its_results_per_variant(pos: Pos) -> None:
+    api = pos.api
+    ops = await api.channel_key("hq", ["rules", "read", "analytics"], kind="internal")
+    app = await api.channel_key("app-1", ["read", "earn"], kind="app")
+    body = {
+        "name": "Tea week",
+        **window(),
+        "channels": ["app-1"],
+        "categories": ["tea"],
+        "cap_per_member": 300,
+        "variants": [
+            {"name": "double", "weight": 1, "multiplier": "2"},
+            {"name": "flat", "weight": 1, "bonus_points": 50},
+        ],
+    }
+    created = await api.post("/v1/campaigns", body, key=ops)
+    assert created.status_code == 201, created.text
+    campaign = created.json()
+    campaign_id = campaign["campaign_id"]
+    assert campaign["status"] == "live"
+    assert campaign["campaign"]["name"] == "Tea week"
+
+    member_id = await api.enrol(pos.key)
+    offers = (await api.get(f"/v1/members/{member_id}/campaigns", key=pos.key)).json()["campaigns"]
+    (offer,) = offers
+    assert offer["campaign_id"] == campaign_id
+    assert offer["variant"] in ("double", "flat")
+    assert offer["remaining"] == 300
+
+    purchase = {
+        "order_ref": "APP-1",
+        "amount": "120.00",
+        "currency": "CNY",
+        "items": [
+            {"sku": "T-1", "category": "tea", "amount": "80.00", "quantity": 2},
+            {"sku": "M-1", "category": "mugs", "amount": "40.00"},
+        ],
+    }
+    quote = await api.post("/v1/quotes/earn", {**purchase, "member_id": member_id}, key=app)
+    earned = await api.post(f"/v1/members/{member_id}/earn", purchase, key=app)
+    assert earned.status_code == 201, earned.text
+    bonus = 80 if offer["variant"] == "double" else 50
+    assert earned.json()["breakdown"] == [
+        {"rule": "base", "points": 120},
+        {"rule": "campaign", "points": bonus, "campaign_id": campaign_id, "variant": offer["variant"]},
+    ]
+    assert quote.json()["breakdown"] == earned.json()["breakdown"]
+    # The same purchase at the POS: the campaign is for the app only.
+    at_pos = await api.post(f"/v1/members/{member_id}/earn", {**purchase, "order_ref": "POS-1"}, key=pos.key)
+    assert [p["rule"] for p in at_pos.json()["breakdown"]] == ["base"]
+
+    results = await api.get(
+        f"/v1/analytics/campaigns/{campaign_id}", key=ops, params={"min_position": at_pos.json()["position"]}
+    )
+    assert results.status_code == 200, results.text
+    assert results.json()["variants"] == [
+        {"variant": offer["variant"], "members": 1, "earns": 1, "bonus_points": bonus, "revenue": "120.00"}
+    ]
+
+    ended = await api.post(f"/v1/campaigns/{campaign_id}/end", None, key=ops)
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["status"] == "ended"
+    again = await api.post(f"/v1/campaigns/{campaign_id}/end", None, key=ops)
+    assert again.status_code == 409
+    assert again.json()["type"].endswith("/campaign_ended")
+    assert (await api.get(f"/v1/members/{member_id}/campaigns", key=pos.key)).json()["campaigns"] == []
+
+    # Both events reach NATS as CloudEvents on the program's subject.
+    events = await until(lambda: _both(api), what="campaign_started and campaign_ended on the stream")
+    started, finished = events
+    assert started["type"] == "loyalty.campaign_started.v1"
+    assert started["subject"] == "program"
+    assert started["specversion"] == "1.0"
+    assert started["data"]["campaign_id"] == campaign_id
+    assert started["data"]["campaign"]["variants"][1]["bonus_points"] == 50
+    assert finished["type"] == "loyalty.campaign_ended.v1"
+    assert finished["data"]["campaign_id"] == campaign_id
+
+
+async def _both(api: Api) -> list[dict[str, Any]] | None:
+    events = await published(api, {"loyalty.campaign_started.v1", "loyalty.campaign_ended.v1"})
+    return events if len(events) == 2 else None
+
+
+async def test_an_invalid_campaign_names_each_field_and_writes_nothing(api: Api) -> None:
+    before = await api.last_position()
+    body = {
+        "name": "Broken",
+        **window(starts_in=timedelta(days=2), lasts=timedelta(days=-1)),
+        "multiplier": "2",
+        "bonus_points": 10,
+        "channels": ["nowhere"],
+        "tiers": ["platinum"],
+        "variants": [{"name": "a", "weight": 0}],
+    }
+    refused = await api.post("/v1/campaigns", body, key=ADMIN_KEY)
+    assert refused.status_code == 422, refused.text
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert {e["field"] for e in refused.json()["errors"]} == {
+        "ends_at",
+        "bonus_points",
+        "channels[0]",
+        "tiers[0]",
+        "variants[0].weight",
+    }
+    typo = await api.post("/v1/campaigns", {**body, "multiplyer": "2"}, key=ADMIN_KEY)
+    assert typo.status_code in (400, 422)
+    assert "multiplyer" in typo.text
+    assert await api.last_position() == before
+    assert (await api.get("/v1/campaigns", key=ADMIN_KEY)).json()["campaigns"] == []
+
+
+async def test_a_campaign_whose_window_opens_later_applies_from_then(pos: Pos) -> None:
+    api = pos.api
+    later = await api.post(
+        "/v1/campaigns",
+        {"name": "Weekend", **window(starts_in=timedelta(days=1)), "bonus_points": 30},
+        key=ADMIN_KEY,
+    )
+    assert later.status_code == 201, later.text
+    assert later.json()["status"] == "scheduled"
+    member_id = await api.enrol(pos.key)
+    today = {"order_ref": "W-1", "amount": "10.00", "currency": "CNY"}
+    assert [
+        p["rule"]
+        for p in (await api.post(f"/v1/members/{member_id}/earn", today, key=pos.key)).json()["breakdown"]
+    ] == ["base"]
+    listed = (await api.get("/v1/campaigns", key=pos.key)).json()["campaigns"]
+    assert [c["status"] for c in listed] == ["scheduled"]
+    tomorrow = (datetime.now(UTC) + timedelta(days=1, hours=1)).isoformat()
+    assert (await api.get("/v1/campaigns", key=pos.key, params={"active_at": tomorrow})).json()[
+        "campaigns"
+    ] == listed
+    assert (
+        await api.get("/v1/campaigns", key=pos.key, params={"active_at": datetime.now(UTC).isoformat()})
+    ).json()["campaigns"] == []
+    # One that opens in a moment: quotes (which write nothing) show when it has, and the earn
+    # that follows applies it, with no event recorded at the opening.
+    soon = await api.post(
+        "/v1/campaigns",
+        {"name": "Flash", **window(starts_in=timedelta(seconds=1)), "bonus_points": 7},
+        key=ADMIN_KEY,
+    )
+    assert soon.json()["status"] == "scheduled"
+    position = await api.last_position()
+
+    async def opened() -> bool:
+        quote = await api.post("/v1/quotes/earn", {**today, "member_id": member_id}, key=pos.key)
+        return any(p.get("campaign_id") == soon.json()["campaign_id"] for p in quote.json()["breakdown"])
+
+    await until(opened, within=10, what="the flash campaign's window to open")
+    assert await api.last_position() == position
+    earned = await api.post(f"/v1/members/{member_id}/earn", {**today, "order_ref": "W-2"}, key=pos.key)
+    assert earned.json()["breakdown"][-1] == {
+        "rule": "campaign",
+        "points": 7,
+        "campaign_id": soon.json()["campaign_id"],
+    }
