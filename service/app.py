@@ -42,6 +42,7 @@ from service.metrics import (
     CONTENT_TYPE,
     Metrics,
     appender_metrics,
+    checkpoint_metrics,
     clock_metrics,
     projection_metrics,
     relay_metrics,
@@ -200,6 +201,9 @@ def _lifespan(settings: Settings, metrics: Metrics, *, lead: bool | None) -> Any
             if services.clock is not None:
                 clock = services.clock
                 metrics.watch(lambda: clock_metrics(clock))
+            if services.checkpointer is not None:
+                checkpointer = services.checkpointer
+                metrics.watch(lambda: checkpoint_metrics(checkpointer))
             app.state.services = services
             yield
 

@@ -195,3 +195,24 @@ def clock_metrics(clock: Any) -> Iterable[Metric]:
         gauge = GaugeMetricFamily(name, doc)
         gauge.add_metric([], value)
         yield gauge
+
+
+def checkpoint_metrics(checkpointer: Any) -> Iterable[Metric]:
+    """The audit checkpoints (service/checkpoints.py): signed here, and whether the log verifies."""
+    counter = CounterMetricFamily("loyalty_audit_checkpoints", "Audit checkpoints this instance signed.")
+    counter.add_metric([], checkpointer.taken)
+    yield counter
+    gauges = {
+        "loyalty_audit_checkpoints_active": (
+            "1 when this instance takes the checkpoints.",
+            int(checkpointer.leading),
+        ),
+        "loyalty_audit_chain_broken": (
+            "1 when the leader found a break in the log's hash chains (nothing is signed then; see its log).",
+            int(checkpointer.broken is not None),
+        ),
+    }
+    for name, (doc, value) in gauges.items():
+        gauge = GaugeMetricFamily(name, doc)
+        gauge.add_metric([], value)
+        yield gauge

@@ -220,6 +220,18 @@ async def test_a_checkpoint_held_by_an_auditor_exposes_a_rewrite_behind_it(
                                                                              "limit": 1})).text)  # fmt: skip
     assert now_at[0]["global_hash"] != held["global_hash"]
 
+    # The service itself signs nothing more: its checkpointer finds the break as the log grows.
+    for n in range(EVERY):
+        await api.post(
+            f"/v1/members/{audited.members[0]}/earn",
+            {"order_ref": f"C-{n}", "amount": "10.00", "currency": "CNY"},
+            key=audited.pos,
+        )
+    checkpointer = api.services.checkpointer
+    await until(lambda: checkpointer.broken is not None, what="the checkpointer to find the break")
+    assert "loyalty_audit_chain_broken 1.0" in (await api.client.get("/metrics")).text
+    assert (await api.get("/v1/audit/checkpoints", key=auditor)).json()["checkpoints"] == listed
+
 
 async def _rewrite(database_url: str, *, position: int) -> None:
     """Change the event at `position` and recompute every hash from there on."""
