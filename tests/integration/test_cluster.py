@@ -6,7 +6,8 @@ stream with three replicas on a three-node JetStream cluster. During a bounded e
 stream's leader node, the follower leading the relay and one API instance are killed (SIGKILL);
 holds expire meanwhile, for the clock to release. Afterwards every acknowledged earn is in the
 log once, every committed event in the stream once and in order, each expired hold released
-once, the projections equal a rebuild from the log, and the killed parts rejoin.
+once, the hash chains verify with the checkpoints the leaders signed, the projections equal a
+rebuild from the log, and the killed parts rejoin.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import json
 import os
 import secrets
 import subprocess
@@ -225,6 +227,8 @@ async def test_a_cluster_losing_a_nats_node_the_leading_follower_and_an_api_inst
             "LOYALTY_ADMIN_KEY": ADMIN_KEY,
             "LOYALTY_LOG_FORMAT": "json",
             "LOYALTY_CLOCK_INTERVAL_SECONDS": "0.2",
+            "LOYALTY_AUDIT_CHECKPOINT_EVENTS": "100",
+            "LOYALTY_AUDIT_CHECKPOINT_SECONDS": "0.5",
         }
         apis = [Instance("serve", env, tmp_path / f"api{i}.log") for i in range(2)]
         followers = [Instance("follow", env, tmp_path / f"follower{i}.log") for i in range(2)]
@@ -307,9 +311,15 @@ async def test_a_cluster_losing_a_nats_node_the_leading_follower_and_an_api_inst
             )
             assert released == Counter(holds)
 
-            # Stopped cleanly; then the projections equal a rebuild from the log.
+            # Stopped cleanly; the hash chains hold, with the checkpoints the leaders signed.
             for instance in [*apis, *followers]:
                 assert instance.stop() == 0, instance.log.read_text()[-5000:]
+            verified = audit_verify(env)
+            assert verified["ok"] is True, verified
+            assert verified["events_checked"] == len(log_ids)
+            assert verified["checkpoints_checked"] >= 2  # signed by whichever follower led
+
+            # The projections equal a rebuild from the log.
             live = {name: await _table(conn, name) for name in PROJECTIONS}
             keyring = Keyring(parse_master_key(master_key))
             pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
@@ -325,6 +335,16 @@ async def test_a_cluster_losing_a_nats_node_the_leading_follower_and_an_api_inst
                 if instance.process is not None and instance.process.poll() is None:
                     instance.kill()
             await conn.close()
+
+
+def audit_verify(env: dict[str, str]) -> dict[str, Any]:
+    """`loyalty audit verify`: its report (exit code 0 when the chains hold)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service.cli", "audit", "verify"], env=env, capture_output=True, check=False
+    )
+    report: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    assert done.returncode == (0 if report["ok"] else 1), done.stderr.decode()[-3000:]
+    return report
 
 
 async def _relay_leader(followers: list[Instance]) -> Instance | None:
