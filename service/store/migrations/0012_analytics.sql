@@ -83,6 +83,20 @@ CREATE TABLE liability (
     PRIMARY KEY (member_id, kind, item)
 );
 CREATE INDEX liability_holds ON liability (member_id) WHERE kind = 'hold';
+CREATE INDEX liability_lots_available ON liability (available_at) WHERE kind = 'lot';
+CREATE INDEX liability_lots_expires ON liability (expires_at) WHERE kind = 'lot';
+
+-- The items added up by kind and, for lots, by the UTC hours of their available_at and
+-- expires_at ('infinity': never; '-infinity' for the other kinds). Kept in the transactions
+-- that change `liability` rows, computed afresh when a rebuilt table is swapped in. The totals at
+-- an instant are these sums, but for the lots in the hours around it, read one by one.
+CREATE TABLE liability_sums (
+    kind                text        NOT NULL,
+    available_hour      timestamptz NOT NULL,
+    expires_hour        timestamptz NOT NULL,
+    points              bigint      NOT NULL,
+    PRIMARY KEY (kind, available_hour, expires_hour)
+);
 
 -- `channel_days`: per UTC day, channel and member, what the member did through the channel.
 -- Additive: each event adds to its row once (the projection skips what its checkpoint passed).
