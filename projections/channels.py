@@ -102,6 +102,13 @@ class ChannelsProjection(MemberProjection):
             f"INSERT INTO {table} ({names}) SELECT * FROM unnest({casts})"
             f" ON CONFLICT (day, channel, member_id) DO UPDATE SET {adds}"
         )
+        totals = ", ".join(f"{c} = channel_totals.{c} + EXCLUDED.{c}" for c in _SUMS)
+        total_casts = ", ".join(f"${i}::{t}[]" for i, t in enumerate(("date", "text", *_TYPES), start=1))
+        self._add_totals = (
+            f"INSERT INTO channel_totals (day, channel, {', '.join(_SUMS)})"
+            f" SELECT * FROM unnest({total_casts})"
+            f" ON CONFLICT (day, channel) DO UPDATE SET {totals}"
+        )
 
     async def write(
         self, conn: asyncpg.Connection, touched: Mapping[UUID, Touched], *, after: int = 0
@@ -116,6 +123,24 @@ class ChannelsProjection(MemberProjection):
         # In key order: parallel rebuild workers never wait on each other's rows in a cycle.
         rows = [(*key, *(getattr(d, s) for s in _SUMS)) for key, d in sorted(days.items())]
         await conn.execute(self._add, *(list(column) for column in zip(*rows, strict=True)))
+        if self.table != self.kind:
+            return  # a rebuild's table: its totals are computed at its swap
+        totals: dict[tuple[date, str], list[Any]] = {}
+        for day, channel, _, *sums in rows:
+            found = totals.get((day, channel))
+            totals[(day, channel)] = (
+                sums if found is None else [a + b for a, b in zip(found, sums, strict=True)]
+            )
+        lines = [(*key, *sums) for key, sums in sorted(totals.items())]
+        await conn.execute(self._add_totals, *(list(column) for column in zip(*lines, strict=True)))
+
+    async def before_swap(self, conn: asyncpg.Connection, live_table: str) -> None:
+        """The totals of the rebuilt table replace the live ones'."""
+        await conn.execute("DELETE FROM channel_totals")
+        await conn.execute(
+            f"INSERT INTO channel_totals (day, channel, {', '.join(_SUMS)})"
+            f" SELECT day, channel, {', '.join(f'sum({c})' for c in _SUMS)} FROM {self.table} GROUP BY 1, 2"
+        )
 
     def row(self, t: Touched) -> tuple[Any, ...]:
         raise NotImplementedError("rows are added to per event: see write()")
@@ -140,19 +165,26 @@ class ChannelFigures:
 
 async def channel_figures(conn: Any, since: date | None, until: date | None) -> list[ChannelFigures]:
     """Per channel, the figures of the days from `since` to `until` (both included; None: open)."""
+    within = "($1::date IS NULL OR day >= $1) AND ($2::date IS NULL OR day <= $2)"
     rows = await conn.fetch(
-        "SELECT channel,"
-        " count(DISTINCT member_id) FILTER (WHERE purchases > 0 OR redemptions > 0) AS active_members,"
-        f" {', '.join(f'sum({c}) AS {c}' for c in _SUMS)}"
-        " FROM channel_days WHERE ($1::date IS NULL OR day >= $1) AND ($2::date IS NULL OR day <= $2)"
-        " GROUP BY channel ORDER BY channel",
+        f"SELECT channel, {', '.join(f'sum({c}) AS {c}' for c in _SUMS)}"
+        f" FROM channel_totals WHERE {within} GROUP BY channel ORDER BY channel",
         since,
         until,
     )
+    active = {
+        r["channel"]: int(r["members"])
+        for r in await conn.fetch(
+            "SELECT channel, count(DISTINCT member_id) AS members FROM channel_days"
+            f" WHERE (purchases > 0 OR redemptions > 0) AND {within} GROUP BY channel",
+            since,
+            until,
+        )
+    }
     return [
         ChannelFigures(
             channel=r["channel"],
-            active_members=r["active_members"],
+            active_members=active.get(r["channel"], 0),
             enrolments=int(r["enrolments"]),
             purchases=int(r["purchases"]),
             revenue=r["revenue"],

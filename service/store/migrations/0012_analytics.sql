@@ -116,3 +116,22 @@ CREATE TABLE channel_days (
     points_reversed     bigint      NOT NULL DEFAULT 0,
     PRIMARY KEY (day, channel, member_id)
 );
+-- Active members in a range are counted from these (an index-only scan where it can).
+CREATE INDEX channel_days_active ON channel_days (day, channel, member_id) WHERE purchases > 0 OR redemptions > 0;
+
+-- The same added up per day and channel: kept in the transactions that add to `channel_days`,
+-- computed afresh when a rebuilt table is swapped in; a range's sums read one row a day.
+CREATE TABLE channel_totals (
+    day                 date        NOT NULL,
+    channel             text        NOT NULL,
+    enrolments          bigint      NOT NULL DEFAULT 0,
+    purchases           bigint      NOT NULL DEFAULT 0,
+    revenue             numeric     NOT NULL DEFAULT 0,
+    refunded            numeric     NOT NULL DEFAULT 0,
+    redemptions         bigint      NOT NULL DEFAULT 0,
+    points_earned       bigint      NOT NULL DEFAULT 0,
+    points_redeemed     bigint      NOT NULL DEFAULT 0,
+    points_expired      bigint      NOT NULL DEFAULT 0,
+    points_reversed     bigint      NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, channel)
+);
