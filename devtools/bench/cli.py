@@ -30,6 +30,7 @@ import sys
 import time
 import uuid
 
+from devtools.bench.campaigns import end_campaigns, start_campaigns
 from devtools.bench.driver import Plan, event_loop_runner, run_load
 from devtools.bench.followers import FollowerWatch
 from devtools.bench.followers import render as render_followers
@@ -109,6 +110,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         " service's host at port + 1, the `loyalty follow` process of `serve`; give --url itself"
         " with LOYALTY_FOLLOWERS=inline)",
     )
+    p.add_argument(
+        "--campaigns",
+        type=int,
+        default=0,
+        help="live campaigns every earn of the run matches (multiplier, bonus, A/B variants, minimum,"
+        " cap; started with the admin key on the bench's channel, ended after the run) (%(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
 
 
@@ -132,6 +140,14 @@ def run(args: argparse.Namespace) -> int:
             run_id=run_id,
         )
     )
+    campaign_ids: list[str] = []
+    if args.campaigns > 0:
+        if not admin_key:
+            raise SystemExit("--campaigns needs --admin-key (or LOYALTY_ADMIN_KEY) to start them")
+        channel = None if args.key else f"bench-{run_id}"
+        campaign_ids = event_loop_runner()(
+            start_campaigns(target, admin_key, args.campaigns, channel, run_id)
+        )
     plan = Plan(
         host=target.host,
         port=target.port,
@@ -153,7 +169,12 @@ def run(args: argparse.Namespace) -> int:
         duration=args.duration,
     )
     followers.start()
-    result = run_load(plan, args.processes)
+    try:
+        result = run_load(plan, args.processes)
+    finally:
+        if campaign_ids:
+            assert admin_key is not None
+            event_loop_runner()(end_campaigns(target, admin_key, campaign_ids, run_id))
     config = {
         "url": args.url,
         "mix": args.mix,
@@ -170,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         "python": platform.python_version(),
         "timeout": args.timeout,
         "batch_size": args.batch_size,
+        "campaigns": len(campaign_ids),
     }
     summary = summarise(config, result)
     summary["followers"] = followers.report()
