@@ -9,9 +9,10 @@ from decimal import Decimal
 from uuid import UUID, uuid4
 
 import pytest
+from eventsourcing.domain import Snapshot
 
 from domain.campaigns import Campaign, CampaignVariant, variant_of
-from domain.errors import CampaignAlreadyEnded, CampaignNotFound, InvalidCampaign
+from domain.errors import CampaignAlreadyEnded, CampaignNotFound, InvalidCampaign, MemberMerged
 from domain.member import Member
 from domain.member_values import PurchaseItem
 from domain.program import Program
@@ -250,6 +251,10 @@ def test_what_campaigns_paid_replays_and_moves_with_a_merge() -> None:
     target.merge(source=source, at=T0 + DAY, channel="crm", rules=DEFAULT_RULES)
     assert target.campaign_paid() == {cid: 120}
     assert source.campaign_paid() == {}
+    # A merged member is quoted nothing and offered nothing, as it would earn nothing.
+    with pytest.raises(MemberMerged):
+        earn(source, program, "10")
+    assert source.campaign_offers(offers=program.offers(), now=T0) == []
     # Over the cap already: the next earn pays nothing for this campaign.
     assert campaign_points(earn(target, program, "10", when=T0 + 2 * DAY)) == [0]
 
@@ -277,3 +282,19 @@ def test_a_program_with_campaigns_replays_through_the_store_format() -> None:
     again = replay([m.to_domain_event(m.to_stored_event(e)) for e in program.collect_events()])
     assert again.campaigns == program.campaigns
     assert [r.campaign_id for r in again.offers()] == [first]
+
+
+def test_snapshots_keep_campaigns_and_what_they_paid() -> None:
+    program, (cid, _) = program_with(
+        campaign(cap_per_member=300), campaign(name="flat", bonus_points=5, multiplier=None)
+    )
+    program.end_campaign(campaign_id=cid, at=T0, channel="ops")
+    member = enrolled_member()
+    earn(member, program, "100", order_ref="O-1")
+    member.reverse_earn(order_ref="O-1", amount=Decimal(40), at=T0 + DAY, channel="pos", rules=program.rules)
+    m = mapper()
+    for aggregate in (program, member):
+        aggregate.collect_events()
+        restored = m.to_domain_event(m.to_stored_event(Snapshot.take(aggregate))).mutate(None)
+        assert restored == aggregate
+    assert member.campaign_paid() == {program.offers()[0].campaign_id: 3}  # 5, less 40 % of it rounded down
