@@ -5,8 +5,11 @@
 #   scripts/bench/before_after.sh BEFORE_COMMIT AFTER_COMMIT
 # Needs servers of your own: LOYALTY_BENCH_DATABASE_URL (a postgresql:// URL of a role that may
 # create databases) and LOYALTY_BENCH_NATS_URL. Options via env: ROUNDS (3), DURATION (30),
-# WARMUP (5), CONCURRENCY (64), MEMBERS (1000), BATCH (1; 0 leaves the batch runs out), OUT
-# (results folder), BASELINES. Run it detached (setsid nohup ... &) for a long sitting.
+# WARMUP (5), CONCURRENCY (64), MEMBERS (1000), BATCH (1; 0 leaves the batch runs out, 2 runs
+# them on the before-code too), SETUP (10: about the seconds the generator takes to enrol the
+# members; each run's CPU split is taken over DURATION - 6 s from WARMUP + SETUP + 1 s, inside the
+# measured window while SETUP is right within 4 s), OUT (results folder), BASELINES.
+# Run it detached (setsid nohup ... &) for a long sitting.
 # The load generator is this work tree's `loyalty bench` for both, so only the service differs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -51,14 +54,28 @@ serve() {  # serve COMMIT DATABASE -> pid
 stop() { kill -TERM "$(cat "$OUT/pid")"; while kill -0 "$(cat "$OUT/pid")" 2>/dev/null; do sleep 0.2; done; }
 bench() {  # bench NAME MIX [extra args]
   local name=$1 mix=$2; shift 2
+  # The cores each process used over the measured window (after the warm-up; the members are
+  # enrolled before it), beside the run.
+  LOYALTY_DATA_DIR="$OUT" "$here/cpu_split.sh" "$((WARMUP + ${SETUP:-10} + 1))" "$((DURATION - 6))" "$(cat "$OUT/pid")" \
+    >"$OUT/$name.cpu" 2>&1 &
+  local split=$!
   LOYALTY_ADMIN_KEY=bench-admin-key-change-me "$REPO/.venv/bin/loyalty" bench --url "http://127.0.0.1:$PORT" \
     --mix "$mix" -c "$CONCURRENCY" -T "$DURATION" --warmup "$WARMUP" --members "$MEMBERS" --json "$@" >"$OUT/$name.json"
-  python3 - "$OUT/$name.json" "$name" <<'PY'
-import json, sys
+  wait "$split" || true
+  python3 - "$OUT/$name.json" "$name" "$OUT/$name.cpu" <<'PY'
+import json, re, sys
 d = json.load(open(sys.argv[1]))
 lat = d["latency_ms"]
-print(f"  {sys.argv[2]}: {d['throughput']} req/s, {d.get('commands_per_second', d['throughput'])} commands/s,"
+rate = d.get('commands_per_second', d['throughput'])
+print(f"  {sys.argv[2]}: {d['throughput']} req/s, {rate} commands/s,"
       f" p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, errors {d['errors']}")
+for h in d.get("followers", {}).get("histograms", []):
+    print(f"    {h['what']}: p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms")
+# cores, and CPU microseconds per command (the split's window is within the measured one)
+for line in open(sys.argv[3]):
+    m = re.match(r"\s+(.+?)\s+(-?[0-9.]+) cores", line)
+    if m and rate:
+        print(f"    {m.group(1):<28}{float(m.group(2)):5.2f} cores {float(m.group(2)) / rate * 1e6:7.0f} us/command")
 PY
   [ "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["errors"])' "$OUT/$name.json")" = 0 ] \
     || echo "  ($name had errors: see $OUT/$name.json)"
@@ -66,9 +83,11 @@ PY
 
 for r in $(seq "$ROUNDS"); do
   echo "== round $r"
-  serve "$before" "bench_before_$r"; bench "before-earn-$r" earn=1; stop
+  serve "$before" "bench_before_$r"; bench "before-earn-$r" earn=1
+  if [ "${BATCH:-1}" = 2 ]; then CONCURRENCY=8 bench "before-batch-$r" batch=1 --batch-size 100; fi
+  stop
   serve "$after" "bench_after_$r"; bench "after-earn-$r" earn=1
-  if [ "${BATCH:-1}" = 1 ]; then CONCURRENCY=8 bench "after-batch-$r" batch=1 --batch-size 100; fi
+  if [ "${BATCH:-1}" != 0 ]; then CONCURRENCY=8 bench "after-batch-$r" batch=1 --batch-size 100; fi
   stop
   r64=$(psql $pg_opts -d postgres -qc "CREATE DATABASE bench" 2>/dev/null; psql $pg_opts -d bench -qf "$BASELINES/schema.sql"; \
     pgbench $pg_opts -n -M prepared -f "$BASELINES/append.sql" -c 64 -j 2 -T 20 bench 2>&1 | grep -oP 'tps = \K[0-9.]+')

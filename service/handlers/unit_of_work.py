@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 from uuid import UUID, uuid4
@@ -312,24 +312,80 @@ async def execute_many(
     """`execute()` of many commands at once (a batch): each one's outcome, or the error that
     refused it, in order.
 
-    The commands whose streams are free (and no earlier command of these takes) are decided one
-    after the other with no wait, their members read in one pass, and appended together, so a
-    hundred of them share a group commit or two. Any of them that does not simply succeed
-    (refused, a stream that moved, a stream busy with another request) runs through
-    `execute()` afterwards, which gives it every answer a command alone would get (the first
-    answer of a retried key, a decision on fresh state, the wait for its streams).
+    In rounds: the commands whose streams are free are decided one after the other with no
+    wait, their members read in one pass, and appended together, so a hundred of them share a
+    group commit or two; those whose streams another request holds wait for the next round
+    (after that request's commit). A command that does not simply succeed (refused, or its
+    stream moved) runs through `execute()` afterwards, which gives it every answer a command
+    alone would get (the first answer of a retried key, a decision on fresh state), and so do
+    the commands of a stream still busy after the last round. The commands of one stream keep
+    their order throughout.
     """
-    repository = services.repository
     outcomes: list[Outcome[Any] | BaseException | None] = [None] * len(commands)
-    later: list[int] = []
-    async with repository.locked_now(s for c in commands for s in c.streams) as free:
-        taken: set[UUID] = set()
-        await repository.preload(Member, (s for c in commands for s in c.streams if s in free))
+    alone = _Alone()
+    pending = list(range(len(commands)))
+    for _ in range(ROUNDS):
+        pending = await _round(services, commands, pending, outcomes, alone)
+        if not pending:
+            break
+        # Wait for the request holding the first busy stream to let it go (its commit).
+        async with services.repository.locked(commands[pending[0]].streams):
+            pass
+    for i in pending:
+        alone.add(i, commands[i])
+    if alone.indexes:
+        done = await asyncio.gather(
+            *(
+                execute(services, c.ctx, c.streams, c.decide, c.result_type, status=c.status)
+                for c in (commands[i] for i in sorted(alone.indexes))
+            ),
+            return_exceptions=True,
+        )
+        for i, outcome in zip(sorted(alone.indexes), done, strict=True):
+            outcomes[i] = outcome
+    return [o if o is not None else RuntimeError("not run") for o in outcomes]
+
+
+ROUNDS = 4  # of execute_many, before the commands of streams still busy run one by one
+
+
+@dataclass(slots=True)
+class _Alone:
+    """The commands execute_many leaves to execute(), and their streams: a later command of one
+    of those streams follows them there, so that each stream's commands keep their order."""
+
+    indexes: list[int] = field(default_factory=list)
+    streams: set[UUID] = field(default_factory=set)
+
+    def add(self, index: int, command: Command[Any]) -> None:
+        self.indexes.append(index)
+        self.streams.update(command.streams)
+
+
+async def _round(
+    services: Services,
+    commands: Sequence[Command[Any]],
+    pending: list[int],
+    outcomes: list[Outcome[Any] | BaseException | None],
+    alone: _Alone,
+) -> list[int]:
+    """One round of execute_many over `pending`: decides and appends the commands it can, and
+    returns those whose streams were busy."""
+    repository = services.repository
+    busy: list[int] = []
+    async with repository.locked_now(s for i in pending for s in commands[i].streams) as free:
+        await repository.preload(Member, (s for i in pending for s in commands[i].streams if s in free))
+        taken: set[UUID] = set()  # streams of this round's commands (decided, or waiting)
         attempts: list[tuple[int, UnitOfWork, Any, AppendRequest]] = []
         try:
-            for i, command in enumerate(commands):
+            for i in pending:
+                command = commands[i]
+                if alone.streams.intersection(command.streams):
+                    alone.add(i, command)
+                    continue
                 if not free.issuperset(command.streams) or taken.intersection(command.streams):
-                    later.append(i)
+                    busy.append(i)
+                    taken.update(command.streams)
                     continue
                 taken.update(command.streams)
                 uow = UnitOfWork(services, command.ctx)
@@ -338,7 +394,7 @@ async def execute_many(
                     request = await uow.request(result, command.status)
                 except DomainError:
                     _forget(repository, uow, changed_only=True)
-                    later.append(i)  # execute() says why, or answers a retry with its first answer
+                    alone.add(i, command)  # execute() says why, or answers a retry with its first answer
                     continue
                 except BaseException:
                     _forget(repository, uow, changed_only=False)
@@ -361,23 +417,12 @@ async def execute_many(
                 first = kept(outcome.response, command.result_type)
                 outcomes[i] = Outcome(outcome.status, first, outcome.position, replayed=True)
             elif isinstance(outcome, StreamConflict):
-                later.append(i)
+                alone.add(i, command)
             elif isinstance(outcome, AppendRejected):
                 outcomes[i] = _refusal(outcome, command.ctx)
             else:
                 outcomes[i] = outcome
-    if later:
-        later.sort()  # in the batch's order: commands of one stream keep theirs
-        done = await asyncio.gather(
-            *(
-                execute(services, c.ctx, c.streams, c.decide, c.result_type, status=c.status)
-                for c in (commands[i] for i in later)
-            ),
-            return_exceptions=True,
-        )
-        for i, outcome in zip(later, done, strict=True):
-            outcomes[i] = outcome
-    return [o if o is not None else RuntimeError("not run") for o in outcomes]
+    return busy
 
 
 async def _stale(services: Services, uow: UnitOfWork) -> bool:

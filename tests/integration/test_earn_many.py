@@ -11,6 +11,7 @@ from uuid import UUID
 
 import pytest_asyncio
 
+from domain.errors import DuplicateOrder
 from domain.identities import Identity
 from service.config import Settings
 from service.handlers import ledger, members
@@ -150,3 +151,19 @@ async def test_refusals_and_retries_are_answered_as_for_a_command_alone(services
     assert isinstance(reused, IdempotencyKeyReused)
     assert isinstance(unknown, UnknownMember)
     assert await services.store.last_position() == position  # nothing written
+
+
+async def test_commands_of_one_member_keep_their_order(services: Services) -> None:
+    (alice,) = await enrol(services, 1)
+
+    outcomes = await execute_many(
+        services,
+        [earn(services, alice, "O-1"), earn(services, alice, "O-1"), earn(services, alice, "O-2")],
+    )
+
+    first, refused, second = outcomes
+    assert isinstance(refused, DuplicateOrder)  # decided after the first, which it found
+    assert isinstance(first, Outcome)
+    assert isinstance(second, Outcome)
+    assert first.position < second.position
+    assert (first.result.balance.lifetime_earned, second.result.balance.lifetime_earned) == (10, 20)
