@@ -409,12 +409,13 @@ async def _round(
             command = commands[i]
             if isinstance(outcome, Committed):
                 for aggregate in uow.aggregates():
-                    repository.keep(aggregate)
+                    if aggregate.id not in uow.guards:  # only read (see _execute)
+                        repository.keep(aggregate)
                 outcomes[i] = Outcome(command.status, result, outcome.last_position)
                 continue
             _forget(repository, uow, changed_only=False)
             if isinstance(outcome, Replayed):
-                first = kept(outcome.response, command.result_type)
+                first = await _kept(services, outcome.response, command.result_type)
                 outcomes[i] = Outcome(outcome.status, first, outcome.position, replayed=True)
             elif isinstance(outcome, StreamConflict):
                 alone.add(i, command)

@@ -13,9 +13,10 @@ import pytest_asyncio
 
 from domain.errors import DuplicateOrder
 from domain.identities import Identity
+from domain.rules import DEFAULT_RULES
 from service.config import Settings
 from service.handlers import ledger, members
-from service.handlers.commands import EarnPurchase, Enrol
+from service.handlers.commands import Award, EarnPurchase, Enrol
 from service.handlers.context import CommandContext
 from service.handlers.errors import IdempotencyKeyReused, OrderTaken, UnknownMember
 from service.handlers.program import ensure_program
@@ -167,3 +168,25 @@ async def test_commands_of_one_member_keep_their_order(services: Services) -> No
     assert isinstance(second, Outcome)
     assert first.position < second.position
     assert (first.result.balance.lifetime_earned, second.result.balance.lifetime_earned) == (10, 20)
+
+
+async def test_a_retried_award_decided_again_is_answered_with_its_first_answer(services: Services) -> None:
+    (alice,) = await enrol(services, 1)
+    retried = ctx(key="award-1")
+    award = Award(member_id=alice, points=5, reason="welcome")
+
+    def command() -> Command[Earned]:
+        return Command(retried, [alice], ledger.earn_decision(services, retried, award), Earned)
+
+    (first,) = await execute_many(services, [command()])
+    position = await services.store.last_position()
+    (again,) = await execute_many(services, [command()])  # decided again: the key is found at append
+
+    assert isinstance(first, Outcome)
+    assert isinstance(again, Outcome)
+    assert again.replayed
+    assert (again.position, again.result) == (first.position, first.result)
+    assert await services.store.last_position() == position
+    assert (await services.repository.member(alice)).balance(
+        now=retried.now, rules=DEFAULT_RULES
+    ).available == 5
