@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import ClassVar
 from uuid import UUID
 
 from eventsourcing.domain import event
@@ -87,8 +88,10 @@ _NO_TALLIES: dict[str, CampaignTally] = {}
 class Member(LedgerAggregate):
     """A member of the program: commands decide, `@event` methods only record."""
 
-    # Snapshot state attributes holding personal data; the store encrypts exactly these.
+    # Snapshot state attributes holding personal data; the store encrypts exactly these, and
+    # reads them as these values once the member's key is shredded.
     personal_fields = ("identities", "profile")
+    shredded_values: ClassVar[dict[str, object]] = {"identities": [], "profile": None}
 
     MemberEnrolled = events.MemberEnrolled
     IdentityLinked = events.IdentityLinked

@@ -13,6 +13,7 @@ shredded) decodes as None.
 from __future__ import annotations
 
 import base64
+import copy
 import dataclasses
 import operator
 import types
@@ -386,9 +387,13 @@ class EventCodec:
         if isinstance(event, Snapshot):
             aggregate_cls = resolve_topic(event.topic)
             state = event.state
+            # Unreadable (the key was shredded): what the aggregate declares its field holds then
+            # (its identities an empty list, not None: the aggregate goes on using them).
+            shredded = getattr(aggregate_cls, "shredded_values", {})
             for name in getattr(aggregate_cls, "personal_fields", ()):
                 if name in state:
-                    state[name] = self._open(event.originator_id, member_key, state[name])
+                    value = self._open(event.originator_id, member_key, state[name])
+                    state[name] = copy.deepcopy(shredded.get(name)) if value is None else value
         else:
             for name in _personal_fields(event):
                 value = self._open(event.originator_id, member_key, getattr(event, name))

@@ -116,3 +116,16 @@ def test_a_forgotten_members_snapshot_needs_no_key_and_reads_back_empty() -> Non
 
     assert (restored.identities, restored.profile) == ([], None)
     assert restored.balance(now=T0, rules=DEFAULT_RULES) == member.balance(now=T0, rules=DEFAULT_RULES)
+
+
+def test_a_snapshot_taken_before_the_key_was_shredded_reads_back_with_no_identities() -> None:
+    member = joined("phone", "13812345678")
+    buy(member, "300", order_ref="POS-1", channel="app")
+    codec = EventCodec(Keyring(bytes(32)))
+    key = bytes(range(32))
+
+    stored = codec.encode(Snapshot.take(member), key)
+    restored = codec.decode(stored, None).mutate(None)  # the key is gone since
+
+    assert (restored.identities, restored.profile) == ([], None)
+    assert restored.balance(now=T0, rules=DEFAULT_RULES) == member.balance(now=T0, rules=DEFAULT_RULES)
