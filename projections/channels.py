@@ -165,20 +165,25 @@ class ChannelFigures:
 
 async def channel_figures(conn: Any, since: date | None, until: date | None) -> list[ChannelFigures]:
     """Per channel, the figures of the days from `since` to `until` (both included; None: open)."""
-    within = "($1::date IS NULL OR day >= $1) AND ($2::date IS NULL OR day <= $2)"
+    # Only the bounds given: `$1 IS NULL OR day >= $1` would keep the planner off the indexes.
+    bounds = [
+        (f"day {op} ${i}", v)
+        for i, (op, v) in enumerate((b for b in ((">=", since), ("<=", until)) if b[1] is not None), start=1)
+    ]
+    within = " AND ".join(["true", *(c for c, _ in bounds)])
+    args = [v for _, v in bounds]
     rows = await conn.fetch(
         f"SELECT channel, {', '.join(f'sum({c}) AS {c}' for c in _SUMS)}"
         f" FROM channel_totals WHERE {within} GROUP BY channel ORDER BY channel",
-        since,
-        until,
+        *args,
     )
     active = {
         r["channel"]: int(r["members"])
         for r in await conn.fetch(
-            "SELECT channel, count(DISTINCT member_id) AS members FROM channel_days"
-            f" WHERE (purchases > 0 OR redemptions > 0) AND {within} GROUP BY channel",
-            since,
-            until,
+            # DISTINCT in a subquery is hashed; count(DISTINCT ...) sorts (4x slower here).
+            "SELECT channel, count(*) AS members FROM (SELECT DISTINCT channel, member_id FROM channel_days"
+            f" WHERE (purchases > 0 OR redemptions > 0) AND {within}) AS active GROUP BY channel",
+            *args,
         )
     }
     return [
