@@ -56,7 +56,10 @@ async def seed(
     announce: Callable[[str], None] | None = None,
 ) -> Report:
     """Seed the plan of `seed` and `members` into the service at `url`; what it accepted."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # Idle connections are dropped before the service would close them (its keep-alive is 5 s).
+    limits = httpx.Limits(
+        max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0
+    )
     program = plan(seed, members, today=day)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         return await Seeder(client, admin_key, program, concurrency=concurrency, announce=announce).run()

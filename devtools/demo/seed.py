@@ -22,6 +22,7 @@ import httpx
 from .plan import CURRENCY, Plan, Purchase
 
 BATCH = 500
+ATTEMPTS = 5  # per request, when the connection broke or the service said to retry
 CHANNEL_SCOPES = ["read", "earn", "redeem", "members"]
 CONSOLE_SCOPES = ["read", "analytics"]
 CONSOLE_CHANNEL = ("console", "Operations console", "internal")
@@ -83,13 +84,29 @@ class Seeder:
         return "-".join(["demo", str(self.plan.seed), self.plan.anchor.date().isoformat(), *map(str, parts)])
 
     async def post(self, path: str, body: Any, *, key: str, idem: str) -> tuple[int, Any]:
-        response = await self.client.post(
-            path, json=body, headers={"Authorization": f"Bearer {key}", "Idempotency-Key": idem}
-        )
+        headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": idem}
+        response = await self.send("POST", path, json=body, headers=headers)
         try:
             return response.status_code, response.json()
         except ValueError:
             return response.status_code, response.text
+
+    async def send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request, sent again (it is idempotent: every POST carries its key) when the
+        connection broke (a kept-alive connection the server closed as it was reused) or the
+        service asked to retry (429, 503, after their Retry-After)."""
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                response = await self.client.request(method, path, **kwargs)
+            except httpx.TransportError:
+                if attempt == ATTEMPTS:
+                    raise
+                await asyncio.sleep(0.2 * attempt)
+                continue
+            if response.status_code not in (429, 503) or attempt == ATTEMPTS:
+                return response
+            await asyncio.sleep(min(float(response.headers.get("Retry-After", "1")), 10.0))
+        raise AssertionError("unreachable")
 
     async def many(
         self, calls: Iterable[Callable[[], Awaitable[None]]], concurrency: int | None = None
@@ -137,12 +154,12 @@ class Seeder:
 
     async def position(self) -> int:
         """The log's head, as the service reports it (its readiness check reads it)."""
-        response = await self.client.get("/health/ready")
+        response = await self.send("GET", "/health/ready")
         body = response.json()
         return int(body.get("checks", {}).get("database", {}).get("position", 0))
 
     async def channels(self) -> None:
-        probe = await self.client.get("/v1/channels", headers={"Authorization": f"Bearer {self.admin_key}"})
+        probe = await self.send("GET", "/v1/channels", headers={"Authorization": f"Bearer {self.admin_key}"})
         if probe.status_code != 200:
             raise DemoFailed(f"the admin key was refused ({probe.status_code}): give a key with scope admin")
         wanted = [(c.id, c.name, c.kind) for c in self.plan.channels] + [CONSOLE_CHANNEL]
