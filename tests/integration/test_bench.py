@@ -8,6 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
+from projections.registry import PROJECTIONS
 from tests.service_process import ADMIN_KEY, Service
 
 
@@ -40,8 +41,7 @@ async def test_bench_reports_throughput_latency_and_the_followers_delays(service
     delays = {(row["metric"], row["labels"]): row for row in report["followers"]["histograms"]}
     assert set(delays) == {
         ("loyalty_relay_commit_to_ack_seconds", ""),
-        ("loyalty_projection_commit_to_applied_seconds", "projection=balances"),
-        ("loyalty_projection_commit_to_applied_seconds", "projection=members"),
+        *(("loyalty_projection_commit_to_applied_seconds", f"projection={name}") for name in PROJECTIONS),
     }
     for row in delays.values():
         assert row["count"] > 0, row

@@ -11,6 +11,8 @@ import sys
 
 import asyncpg
 
+from projections.registry import PROJECTIONS
+
 MASTER_KEY = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
 
 
@@ -66,7 +68,7 @@ async def test_migrate_keys_and_projections_commands(database_url: str, nats_url
     assert sorted(scopes) == ["admin", "read"]
     assert stored == hashlib.sha256(key.encode()).digest()  # only its hash is kept
     assert status.returncode == 0, status.stderr
-    assert {line.split()[0] for line in status.stdout.splitlines()[1:]} == {"balances", "members"}
+    assert {line.split()[0] for line in status.stdout.splitlines()[1:]} == set(PROJECTIONS)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert rebuilt.stdout.startswith("rebuilt balances")
     assert "1 process(es)" in rebuilt.stdout
