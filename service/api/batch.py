@@ -8,8 +8,9 @@ decoded body), so a command sent once alone and once in a batch with the same ke
 command, and retrying a whole batch replays every item that was applied.
 
 Items run in order for each member (and each hold); items of different members run at once, so
-their appends share group commits (ADR 2): a batch of 100 earns for 100 members is a handful of
-transactions, not 100.
+their appends share group commits (ADR 2). The first earn of each member is decided with the
+others in one pass (`execute_many`, ADR 19): a batch of 100 earns for 100 members is one or two
+group commits, not 100 commands.
 """
 
 from __future__ import annotations
@@ -282,11 +283,7 @@ def _earn_item(services: Services, ctx: CommandContext, item: BatchItemIn) -> Co
     scope = "award" if isinstance(cmd, Award) else "earn"
     if scope not in ctx.scopes:
         return _forbidden(scope)
-    path = OPERATIONS["earn"].path.format(member_id=item.member_id)
-    # Fingerprinted as the item's own endpoint would be: alone or in a batch, one command.
-    own = replace(
-        ctx, idempotency_key=item.idempotency_key, request_hash=fingerprint("POST", path, canonical(body))
-    )
+    own = _own(ctx, item, OPERATIONS["earn"].path.format(member_id=item.member_id), body)
     return Command(own, [item.member_id], ledger.earn_decision(services, own, cmd), Earned)
 
 
@@ -303,15 +300,19 @@ async def _item(services: Services, ctx: CommandContext, item: BatchItemIn) -> B
         scope = operation.scope(body)
         if scope not in ctx.scopes:
             return _forbidden(scope)
-        path = operation.path.format(member_id=target, hold_id=target)
-        # Fingerprinted as the item's own endpoint would be: alone or in a batch, one command.
-        own = replace(
-            ctx, idempotency_key=item.idempotency_key, request_hash=fingerprint("POST", path, canonical(body))
-        )
+        own = _own(ctx, item, operation.path.format(member_id=target, hold_id=target), body)
         outcome, render = await operation.run(services, own, target, body)
     except Exception as exc:  # answered per item, or raised again by _refused
         return _refused(exc)
     return _answer(outcome, render)
+
+
+def _own(ctx: CommandContext, item: BatchItemIn, path: str, body: Any) -> CommandContext:
+    """The item's own context: its key, and fingerprinted as its endpoint's request would be
+    (alone or in a batch, one command)."""
+    return replace(
+        ctx, idempotency_key=item.idempotency_key, request_hash=fingerprint("POST", path, canonical(body))
+    )
 
 
 def _answer(outcome: Outcome[Any] | BaseException, render: Callable[[Any, int], Any]) -> BatchItemOut:
