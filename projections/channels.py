@@ -102,11 +102,15 @@ class ChannelsProjection(MemberProjection):
             f"INSERT INTO {table} ({names}) SELECT * FROM unnest({casts})"
             f" ON CONFLICT (day, channel, member_id) DO UPDATE SET {adds}"
         )
+        # The live table's rows and the day's totals in one statement (one round trip a batch).
         totals = ", ".join(f"{c} = channel_totals.{c} + EXCLUDED.{c}" for c in _SUMS)
-        total_casts = ", ".join(f"${i}::{t}[]" for i, t in enumerate(("date", "text", *_TYPES), start=1))
-        self._add_totals = (
-            f"INSERT INTO channel_totals (day, channel, {', '.join(_SUMS)})"
-            f" SELECT * FROM unnest({total_casts})"
+        self._add_with_totals = (
+            f"WITH r ({names}) AS (SELECT * FROM unnest({casts})),"
+            f" added AS (INSERT INTO {table} ({names}) SELECT * FROM r"
+            f" ON CONFLICT (day, channel, member_id) DO UPDATE SET {adds})"
+            f" INSERT INTO channel_totals (day, channel, {', '.join(_SUMS)})"
+            f" SELECT day, channel, {', '.join(f'sum({c})' for c in _SUMS)}"
+            " FROM r GROUP BY 1, 2 ORDER BY 1, 2"
             f" ON CONFLICT (day, channel) DO UPDATE SET {totals}"
         )
 
@@ -122,17 +126,9 @@ class ChannelsProjection(MemberProjection):
             return
         # In key order: parallel rebuild workers never wait on each other's rows in a cycle.
         rows = [(*key, *(getattr(d, s) for s in _SUMS)) for key, d in sorted(days.items())]
-        await conn.execute(self._add, *(list(column) for column in zip(*rows, strict=True)))
-        if self.table != self.kind:
-            return  # a rebuild's table: its totals are computed at its swap
-        totals: dict[tuple[date, str], list[Any]] = {}
-        for day, channel, _, *sums in rows:
-            found = totals.get((day, channel))
-            totals[(day, channel)] = (
-                sums if found is None else [a + b for a, b in zip(found, sums, strict=True)]
-            )
-        lines = [(*key, *sums) for key, sums in sorted(totals.items())]
-        await conn.execute(self._add_totals, *(list(column) for column in zip(*lines, strict=True)))
+        # A rebuild's table: its totals are computed at its swap.
+        statement = self._add_with_totals if self.table == self.kind else self._add
+        await conn.execute(statement, *(list(column) for column in zip(*rows, strict=True)))
 
     async def before_swap(self, conn: asyncpg.Connection, live_table: str) -> None:
         """The totals of the rebuilt table replace the live ones'."""

@@ -60,6 +60,16 @@ class LiabilityProjection(MemberProjection):
         names = ", ".join(c for c, _ in self.columns)
         casts = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(self.columns, start=1))
         self._insert = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({casts})"
+        # The live table's items and the sums they move in one statement (one round trip).
+        n = len(self.columns)
+        self._insert_with_sums = (
+            f"WITH items AS ({self._insert})"
+            " INSERT INTO liability_sums (kind, available_hour, expires_hour, points)"
+            f" SELECT * FROM unnest(${n + 1}::text[], ${n + 2}::timestamptz[], ${n + 3}::timestamptz[],"
+            f" ${n + 4}::bigint[])"
+            " ON CONFLICT (kind, available_hour, expires_hour)"
+            " DO UPDATE SET points = liability_sums.points + EXCLUDED.points"
+        )
 
     async def write(
         self, conn: asyncpg.Connection, touched: Mapping[UUID, Touched], *, after: int = 0
@@ -72,10 +82,11 @@ class LiabilityProjection(MemberProjection):
             " RETURNING kind, points, available_at, expires_at",
             list(touched),
         )
-        if rows:
-            await conn.execute(self._insert, *(list(column) for column in zip(*rows, strict=True)))
-        if self.table != self.kind:
-            return  # a rebuild's table: its sums are computed at its swap
+        columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in self.columns]
+        if self.table != self.kind:  # a rebuild's table: its sums are computed at its swap
+            if rows:
+                await conn.execute(self._insert, *columns)
+            return
         sums: dict[tuple[str, datetime, datetime], int] = {}
         for r in old:
             if r["kind"] != "hold":
@@ -86,14 +97,12 @@ class LiabilityProjection(MemberProjection):
                 key = _sum_key(kind, available_at, expires_at)
                 sums[key] = sums.get(key, 0) + points
         moved = {k: n for k, n in sums.items() if n}
-        if moved:
+        if rows or moved:
             # In key order: never two transactions waiting on each other's rows in a cycle.
             keys = sorted(moved)
             await conn.execute(
-                "INSERT INTO liability_sums (kind, available_hour, expires_hour, points)"
-                " SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::bigint[])"
-                " ON CONFLICT (kind, available_hour, expires_hour)"
-                " DO UPDATE SET points = liability_sums.points + EXCLUDED.points",
+                self._insert_with_sums,
+                *columns,
                 [k[0] for k in keys],
                 [k[1] for k in keys],
                 [k[2] for k in keys],

@@ -126,31 +126,33 @@ async def record_transitions(
     conn: asyncpg.Connection, transitions: Sequence[Transition], *, count: bool = True
 ) -> None:
     """Append to the outbox (inside the caller's transaction, which holds the checkpoint) and
-    wake the segments relay at commit; with `count`, move `segment_counts` by them too."""
+    wake the segments relay at commit; with `count`, move `segment_counts` by them too. One
+    statement."""
     if not transitions:
         return
+    deltas: dict[str, int] = {}
     if count:
-        deltas: dict[str, int] = {}
         for t in transitions:
             deltas[t.segment] = deltas.get(t.segment, 0) + (1 if t.entered else -1)
-        await conn.execute(
-            "INSERT INTO segment_counts (segment, members) SELECT * FROM unnest($1::text[], $2::bigint[])"
-            " ON CONFLICT (segment) DO UPDATE SET members = segment_counts.members + EXCLUDED.members",
-            list(deltas),
-            list(deltas.values()),
-        )
-    last = await conn.fetchval(
-        "INSERT INTO segment_transitions (transition_id, member_id, segment, entered, at, position)"
+    await conn.execute(
+        "WITH recorded AS (INSERT INTO segment_transitions"
+        " (transition_id, member_id, segment, entered, at, position)"
         " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::boolean[], $5::timestamptz[],"
-        " $6::bigint[]) RETURNING sequence",
+        " $6::bigint[]) RETURNING sequence),"
+        " counted AS (INSERT INTO segment_counts (segment, members)"
+        " SELECT * FROM unnest($7::text[], $8::bigint[])"
+        " ON CONFLICT (segment) DO UPDATE SET members = segment_counts.members + EXCLUDED.members)"
+        " SELECT pg_notify($9, max(sequence)::text) FROM recorded",
         [uuid.uuid4() for _ in transitions],
         [t.member_id for t in transitions],
         [t.segment for t in transitions],
         [t.entered for t in transitions],
         [t.at for t in transitions],
         [t.position for t in transitions],
+        list(deltas),
+        list(deltas.values()),
+        NOTIFY_CHANNEL,
     )
-    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(last))
 
 
 class SegmentsProjection(MemberProjection):
