@@ -83,7 +83,8 @@ browser:
 	@if [ -x /usr/bin/chromium ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		echo "installing Debian's chromium for the console's browser test"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "NOTICE: installing chromium failed (no network to Debian's mirrors?): the console's browser test will say so"; \
 	else \
 		echo "NOTICE: /usr/bin/chromium is missing and this is not root: the console's browser test" \
 		     "will be skipped (as root: make browser)"; \
