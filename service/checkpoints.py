@@ -10,9 +10,10 @@ the clock) takes a checkpoint when the log has grown by `every_events` since the
 - Never uncommitted data: it reads the log on its own connection, which sees only committed
   events, and positions are committed in order (ADR 2).
 - Restart-safe: the table is its whole state. A new leader starts from the last stored
-  checkpoint (checking the log still holds its hash there), publishes first every checkpoint
-  not yet marked published, and a second leader's checkpoint at the same position is refused by
-  the primary key.
+  checkpoint (its signature checked; the log after it must chain from its hash, which the leader
+  keeps in memory, so a row altered or deleted later does not move it), publishes first every
+  checkpoint not yet marked published, and a second leader's checkpoint at the same position is
+  refused by the primary key.
 - Published on NATS (`audit_subject`, core NATS: subscribers keep their own copies) after it is
   stored, and marked published once the server has it (a flush); while NATS is away they wait.
 """
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from service.services import Services
-from service.store.audit import ChainVerifier, Checkpoint, Verification, latest_checkpoint
+from service.store.audit import Break, ChainVerifier, Checkpoint, Verification, latest_checkpoint
 from service.store.chain import checkpoint_message
 from service.store.follower import Leadership, Session, sleep_unless
 
@@ -90,7 +91,7 @@ class Checkpointer:
         conn, lock = session.conn, session.lock
         async with lock:
             last = await latest_checkpoint(conn)
-        verifier = await self._verifier(session, last)
+        verifier = self._verifier(last)
         last_at = time.monotonic()  # a new leader waits one interval before a time-based one
         while not self._stopping.is_set():
             session.check()
@@ -98,6 +99,11 @@ class Checkpointer:
             async with lock:
                 head = await conn.fetchval("SELECT coalesce(max(position), 0) FROM events")
             since = head - (last.position if last is not None else 0)
+            if since < 0 and last is not None:  # the log lost events a checkpoint covers
+                broken = Break(
+                    head + 1, None, None, "truncated", f"the log ends at {head}, before {last.position}"
+                )
+                self._report(Verification(last.position, head, last.global_hash, 0, 0, broken))
             waited = time.monotonic() - last_at
             due = since >= self.every_events or (since > 0 and waited >= self.every_seconds)
             if due and verifier is not None:
@@ -112,18 +118,25 @@ class Checkpointer:
                     self._report(result)
                     verifier = None
             elif verifier is None and due:
-                verifier = await self._verifier(session, last)  # try again from the last checkpoint
+                verifier = self._verifier(last)  # try again from the last checkpoint
             await sleep_unless(self._stopping, self.interval)
 
-    async def _verifier(self, session: Session, last: Checkpoint | None) -> ChainVerifier | None:
-        async with session.lock:
-            verifier = await ChainVerifier.resumed(
-                session.conn, last.position if last else 0, public_key=self.public_key
+    def _verifier(self, last: Checkpoint | None) -> ChainVerifier | None:
+        """A verifier going on from `last` as this leader knows it (signed: the table's copy may
+        have been altered or deleted since), or None (reported) when `last` is not ours."""
+        if last is None:
+            return ChainVerifier(public_key=self.public_key)
+        if not last.signed_by(self.public_key):
+            broken = Break(
+                last.position,
+                None,
+                None,
+                "checkpoint_signature",
+                "the last checkpoint is not signed by this key",
             )
-        if isinstance(verifier, Verification):
-            self._report(verifier)
+            self._report(Verification(last.position, last.position, last.global_hash, 0, 0, broken))
             return None
-        return verifier
+        return ChainVerifier(after=last.position, global_hash=last.global_hash, public_key=self.public_key)
 
     def _report(self, result: Verification) -> None:
         """A break: logged, nothing signed; the next due check verifies again from the last

@@ -254,13 +254,28 @@ def cmd_replay(settings: Settings, until: str, schema: str | None) -> int:
         return asyncio.run(run(resolved))
 
 
-def cmd_audit(settings: Settings, action: str, after: int, output: Path | None) -> int:
-    """`loyalty audit verify` (exit 1 at a break) / `export` (JSON Lines to stdout or a file)."""
+def cmd_audit(
+    settings: Settings, action: str, after: int, output: Path | None, held_file: Path | None = None
+) -> int:
+    """`loyalty audit verify` (exit 1 at a break; `--checkpoints FILE`: checkpoints the auditor
+    kept, as JSON Lines) / `export` (JSON Lines to stdout or a file)."""
     import asyncpg
     import msgspec
 
-    from service.store.audit import ChainVerifier, Verification, audit_lines
+    from service.store.audit import ChainVerifier, Checkpoint, SignedCheckpoint, Verification, audit_lines
     from service.store.keys import Keyring, parse_master_key
+
+    held: list[Checkpoint] = []
+    if held_file is not None:
+        decode = msgspec.json.Decoder(SignedCheckpoint).decode
+        try:
+            held = [
+                Checkpoint.from_wire(decode(line))
+                for line in held_file.read_bytes().splitlines()
+                if line.strip()
+            ]
+        except (OSError, ValueError, msgspec.DecodeError) as exc:
+            raise SystemExit(f"loyalty: --checkpoints {held_file}: {exc}") from None
 
     async def verify(resolved: Settings) -> int:
         assert resolved.database_url is not None
@@ -271,7 +286,7 @@ def cmd_audit(settings: Settings, action: str, after: int, output: Path | None) 
             public_key = key.public_key().public_bytes_raw()
         conn = await asyncpg.connect(resolved.database_url)
         try:
-            verifier = await ChainVerifier.resumed(conn, after, public_key=public_key)
+            verifier = await ChainVerifier.resumed(conn, after, public_key=public_key, held=held)
             result = verifier if isinstance(verifier, Verification) else await verifier.run(conn)
         finally:
             await conn.close()
@@ -282,7 +297,7 @@ def cmd_audit(settings: Settings, action: str, after: int, output: Path | None) 
             "position": result.position,
             "global_hash": result.global_hash.hex(),
             "events_checked": result.events_checked,
-            "checkpoints_checked": result.checkpoints_checked if public_key else None,
+            "checkpoints_checked": result.checkpoints_checked,
             "break": None if broken is None else {
                 "position": broken.position,
                 "stream": broken.stream,
@@ -374,6 +389,11 @@ def parser(*, with_devtools: bool = True) -> argparse.ArgumentParser:
     )
     export = audit_sub.add_parser("export", help="the log with its hashes as JSON Lines")
     export.add_argument("--output", "-o", type=Path, help="a file to write (default: stdout)")
+    verify.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="signed checkpoints you kept (JSON Lines, as published on NATS): each is checked too",
+    )
     for sub_parser in (verify, export):
         sub_parser.add_argument(
             "--after", type=int, default=0, help="start after this position (a checkpoint's)"
@@ -429,7 +449,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "replay":
         return cmd_replay(settings, args.until, args.schema)
     if args.command == "audit":
-        return cmd_audit(settings, args.audit_command, args.after, getattr(args, "output", None))
+        return cmd_audit(
+            settings,
+            args.audit_command,
+            args.after,
+            getattr(args, "output", None),
+            getattr(args, "checkpoints", None),
+        )
     if args.command == "bench":
         from devtools.bench.cli import run
 

@@ -156,6 +156,17 @@ class Checkpoint:
     def message(self) -> bytes:
         return chain.checkpoint_message(self.position, self.global_hash, self.signed_at)
 
+    @classmethod
+    def from_wire(cls, wire: SignedCheckpoint) -> Checkpoint:
+        """A checkpoint as published (an auditor's copy); ValueError when it is malformed."""
+        return cls(
+            wire.position,
+            bytes.fromhex(wire.global_hash),
+            wire.signed_at,
+            base64.b64decode(wire.public_key, validate=True),
+            base64.b64decode(wire.signature, validate=True),
+        )
+
     def wire(self) -> SignedCheckpoint:
         return SignedCheckpoint(
             position=self.position,
@@ -237,14 +248,23 @@ class ChainVerifier:
     """Recomputes the chains page by page; see the module docstring.
 
     `after`/`global_hash`: where to start and the global hash there (GENESIS at 0).
-    `public_key`: the key checkpoints must be signed with; None checks no checkpoint.
+    `public_key`: the key checkpoints must be signed with; None checks no stored checkpoint.
+    `held`: checkpoints kept elsewhere (an auditor's copies, from NATS or an earlier read),
+    checked like the stored ones (with `public_key`, else the key each names): a rewrite is
+    caught by them even when the stored checkpoints were deleted too.
     A verifier can be run again later (the checkpointer does): it goes on where it stopped.
     """
 
     def __init__(
-        self, *, after: int = 0, global_hash: bytes = chain.GENESIS, public_key: bytes | None = None
+        self,
+        *,
+        after: int = 0,
+        global_hash: bytes = chain.GENESIS,
+        public_key: bytes | None = None,
+        held: Sequence[Checkpoint] = (),
     ) -> None:
         self.after = after
+        self.held = list(held)
         self.position = after
         self.global_hash = global_hash
         self.public_key = public_key
@@ -255,12 +275,17 @@ class ChainVerifier:
 
     @classmethod
     async def resumed(
-        cls, conn: asyncpg.Connection, after: int, *, public_key: bytes | None = None
+        cls,
+        conn: asyncpg.Connection,
+        after: int,
+        *,
+        public_key: bytes | None = None,
+        held: Sequence[Checkpoint] = (),
     ) -> ChainVerifier | Verification:
         """A verifier starting after `after`, from the global hash stored there, or a failed
         Verification when that position holds no event or disagrees with its checkpoint."""
         if after == 0:
-            return cls(public_key=public_key)
+            return cls(public_key=public_key, held=held)
         row = await conn.fetchrow(
             "SELECT e.global_hash, c.global_hash AS signed FROM (SELECT $1::bigint AS position) AS p"
             " LEFT JOIN events e ON e.position = p.position"
@@ -280,7 +305,7 @@ class ChainVerifier:
                 f"the global hash at {after} is not the one its checkpoint signed",
             )
             return Verification(after, after, stored, 0, 0, broken)
-        return cls(after=after, global_hash=signed or stored, public_key=public_key)
+        return cls(after=after, global_hash=signed or stored, public_key=public_key, held=held)
 
     async def run(
         self,
@@ -335,11 +360,10 @@ class ChainVerifier:
 
     async def _checkpoints(self, conn: asyncpg.Connection) -> dict[int, bytes] | Break:
         """Signed global hashes after where it stands, each signature checked."""
-        if self.public_key is None:
-            return {}
+        stored = [] if self.public_key is None else await checkpoints(conn, after=self.position)
         found: dict[int, bytes] = {}
-        for checkpoint in await checkpoints(conn, after=self.position):
-            if not checkpoint.signed_by(self.public_key):
+        for checkpoint in [*stored, *(c for c in self.held if c.position > self.position)]:
+            if not checkpoint.signed_by(self.public_key or checkpoint.public_key):
                 return Break(
                     checkpoint.position,
                     None,
@@ -347,7 +371,15 @@ class ChainVerifier:
                     "checkpoint_signature",
                     f"the checkpoint at {checkpoint.position} is not signed by the service's key",
                 )
-            found[checkpoint.position] = checkpoint.global_hash
+            if found.setdefault(checkpoint.position, checkpoint.global_hash) != checkpoint.global_hash:
+                return Break(
+                    checkpoint.position,
+                    None,
+                    None,
+                    "checkpoint",
+                    f"two checkpoints signed at {checkpoint.position} name different global hashes:"
+                    " the stored one was replaced",
+                )
         return found
 
     async def _load_streams(self, conn: asyncpg.Connection, rows: Sequence[Any]) -> None:

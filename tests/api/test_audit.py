@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -131,14 +132,23 @@ def _content(line: dict[str, Any], payload: bytes) -> bytes:
     )  # fmt: skip
 
 
-async def _export(database_url: str, *args: str) -> bytes:
+async def _cli(database_url: str, *args: str, master_key: str | None = None) -> tuple[int, bytes]:
+    """`loyalty audit ARGS` on the test's database: its exit code and its stdout."""
     env = {**os.environ, "LOYALTY_DATABASE_URL": database_url, "LOYALTY_NATS_URL": "nats://127.0.0.1:1"}
+    if master_key is not None:
+        env["LOYALTY_MASTER_KEY"] = master_key
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.cli", "audit", "export", *args,
+        sys.executable, "-m", "service.cli", "audit", *args,
         env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, err = await process.communicate()
-    assert process.returncode == 0, err.decode()
+    assert process.returncode in (0, 1), err.decode()
+    return process.returncode, out
+
+
+async def _export(database_url: str, *args: str) -> bytes:
+    code, out = await _cli(database_url, "export", *args)
+    assert code == 0
     return out
 
 
@@ -163,7 +173,7 @@ async def test_forgetting_a_member_changes_no_hash_and_the_log_still_verifies(
 
 
 async def test_a_checkpoint_held_by_an_auditor_exposes_a_rewrite_behind_it(
-    audited: AuditedProgram, nats_url: str
+    audited: AuditedProgram, nats_url: str, tmp_path: Path
 ) -> None:
     api, auditor = audited.api, audited.auditor
     subject = api.services.settings.audit_subject
@@ -232,6 +242,24 @@ async def test_a_checkpoint_held_by_an_auditor_exposes_a_rewrite_behind_it(
     assert "loyalty_audit_chain_broken 1.0" in (await api.client.get("/metrics")).text
     assert (await api.get("/v1/audit/checkpoints", key=auditor)).json()["checkpoints"] == listed
 
+    # Even with the stored checkpoints deleted too (the chains then verify), the auditor's copies
+    # expose the rewrite: `loyalty audit verify --checkpoints` checks them as it goes.
+    await api.services.pool.execute("DELETE FROM audit_checkpoints")
+    assert (await api.get("/v1/audit/verify", key=auditor)).json()["ok"] is True
+    kept = tmp_path / "checkpoints.jsonl"
+    kept.write_text("".join(json.dumps(c) + "\n" for c in received))
+    code, out = await _cli(
+        audited.database_url,
+        "verify",
+        "--checkpoints",
+        str(kept),
+        master_key=api.services.settings.master_key,
+    )
+    assert code == 1
+    report = json.loads(out)
+    assert report["ok"] is False
+    assert report["break"]["reason"] == "checkpoint"
+
 
 async def _rewrite(database_url: str, *, position: int) -> None:
     """Change the event at `position` and recompute every hash from there on."""
@@ -265,7 +293,7 @@ async def test_one_checkpointer_leads_and_a_restart_loses_and_repeats_nothing(
     database_url: str, nats_url: str
 ) -> None:
     settings = dataclasses.replace(
-        settings_for(database_url, nats_url), audit_checkpoint_events=3, audit_checkpoint_seconds=3600.0
+        settings_for(database_url, nats_url), audit_checkpoint_events=3, audit_checkpoint_seconds=1.0
     )
     # Two instances on one database: one checkpointer leads.
     first, second = create_app(settings, log_requests=False), create_app(settings, log_requests=False)
