@@ -104,8 +104,8 @@ class Instance:
         raise AssertionError(f"{name} not in /metrics of {self.command} on {self.port}")
 
     async def leads_everything(self) -> bool:
-        """This follower leads the relay, the clock and every projection."""
-        names = ["loyalty_relay_active", "loyalty_clock_active"]
+        """This follower leads the relay, the clock, the audit checkpoints and every projection."""
+        names = ["loyalty_relay_active", "loyalty_clock_active", "loyalty_audit_checkpoints_active"]
         names += [f'loyalty_projection_leading{{projection="{p}"}}' for p in PROJECTIONS]
         try:
             return all([await self.metric(name) == 1 for name in names])
@@ -271,9 +271,9 @@ async def test_a_cluster_losing_a_nats_node_the_leading_follower_and_an_api_inst
                 await until(survivor.leads_everything, what="the other follower to take over")
 
             # The killed parts come back and rejoin.
-            cluster.restart(killed_node)
-            leader.start()
+            leader.start()  # starting (a few seconds) while the NATS node restarts
             apis[0].start()
+            cluster.restart(killed_node)
             await until(apis[0].ready, within=60, what="the killed API instance back")
             await until(leader.ready, within=60, what="the killed follower back")
             async with httpx.AsyncClient(timeout=10) as client:
