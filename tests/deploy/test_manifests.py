@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 import re
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -234,3 +237,31 @@ def test_the_dockerfile_installs_hash_checked_and_runs_as_a_user() -> None:
     assert user is not None
     assert int(user.group(1)) != 0
     assert "pip install" not in final
+
+
+def test_the_wheel_the_image_installs_holds_every_file_the_service_reads(tmp_path: Path) -> None:
+    """The image installs the project's wheel, not the source tree: every data file (migrations,
+    the console's assets) must be in it, or the image would start without them."""
+    # setuptools' build directory (ignored by git) would lend stale copies to the wheel.
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation"),
+            *("--disable-pip-version-check", "--wheel-dir", str(tmp_path), str(ROOT)),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    [wheel] = tmp_path.glob("loyalty_ledger-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packaged = set(archive.namelist())
+    data_files = {
+        path.relative_to(ROOT).as_posix()
+        for package in ("domain", "service", "projections")
+        for path in (ROOT / package).rglob("*")
+        if path.is_file() and path.suffix not in (".py", ".pyc") and "__pycache__" not in path.parts
+    }
+    assert data_files
+    assert data_files <= packaged, sorted(data_files - packaged)
+    assert "service/store/migrations/0001_event_store.sql" in packaged
