@@ -8,7 +8,8 @@
 # WARMUP (5), CONCURRENCY (64), MEMBERS (1000), BATCH (1; 0 leaves the batch runs out, 2 runs
 # them on the before-code too), SETUP (10: about the seconds the generator takes to enrol the
 # members; each run's CPU split is taken over DURATION - 6 s from WARMUP + SETUP + 1 s, inside the
-# measured window while SETUP is right within 4 s), OUT (results folder), BASELINES.
+# measured window while SETUP is right within 4 s; PG_PID and NATS_PID, the servers' pids, keep
+# other servers on a shared machine out of it), OUT (results folder), BASELINES.
 # Run it detached (setsid nohup ... &) for a long sitting.
 # The load generator is this work tree's `loyalty bench` for both, so only the service differs.
 set -euo pipefail
@@ -56,7 +57,7 @@ bench() {  # bench NAME MIX [extra args]
   local name=$1 mix=$2; shift 2
   # The cores each process used over the measured window (after the warm-up; the members are
   # enrolled before it), beside the run.
-  LOYALTY_DATA_DIR="$OUT" "$here/cpu_split.sh" "$((WARMUP + ${SETUP:-10} + 1))" "$((DURATION - 6))" "$(cat "$OUT/pid")" \
+  LOYALTY_DATA_DIR="$OUT" PG_PID="${PG_PID:-}" NATS_PID="${NATS_PID:-}" "$here/cpu_split.sh" "$((WARMUP + ${SETUP:-10} + 1))" "$((DURATION - 6))" "$(cat "$OUT/pid")" \
     >"$OUT/$name.cpu" 2>&1 &
   local split=$!
   LOYALTY_ADMIN_KEY=bench-admin-key-change-me "$REPO/.venv/bin/loyalty" bench --url "http://127.0.0.1:$PORT" \

@@ -5,7 +5,8 @@
 # Serves TREE's code (a `git archive` of a commit, or this work tree: .) under
 # `valgrind --tool=callgrind --instr-atstart=no` on a fresh database of LOYALTY_BENCH_DATABASE_URL
 # (and LOYALTY_BENCH_NATS_URL), drives it with this tree's `loyalty bench --mix batch=1`
-# (8 connections, 100 earns a batch, MEMBERS members, default 300), turns instrumentation on after
+# (8 connections, 100 earns a batch, MEMBERS members, default 300; MIX=earn=1 C=16 drives single
+# earns instead), turns instrumentation on after
 # WARM seconds (default 150: the members are enrolled by then) for SECONDS (60), and prints the
 # instructions of the request process (the follower process and the servers run natively)
 # divided by the points_earned events committed meanwhile. PYTHONHASHSEED is fixed. Under
@@ -39,7 +40,7 @@ for _ in $(seq 600); do curl -fs "http://127.0.0.1:$PORT/health/ready" >/dev/nul
 ) &
 window=$!
 LOYALTY_ADMIN_KEY=bench-admin-key-change-me "$REPO/.venv/bin/loyalty" bench --url "http://127.0.0.1:$PORT" \
-  --mix batch=1 --batch-size 100 -c 8 -T $((secs + warm + 10)) --warmup 0 --members "${MEMBERS:-300}" \
+  --mix "${MIX:-batch=1}" --batch-size 100 -c "${C:-8}" -T $((secs + warm + 10)) --warmup 0 --members "${MEMBERS:-300}" \
   --timeout 120 --json >"$OUT/$label.json"
 wait "$window"
 kill -TERM "$service"; wait "$service" || true

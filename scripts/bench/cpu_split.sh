@@ -3,7 +3,9 @@
 # Sleeps DELAY, then samples /proc for SECONDS; prints cores used by the service (SERVER_PID and
 # its descendants but the follower process, default the pid in $LOYALTY_DATA_DIR/bench-serve.pid),
 # the follower process (`loyalty follow`), PostgreSQL,
-# nats-server, `loyalty bench`, everything else, and the machine's total busy fraction.
+# nats-server, `loyalty bench`, everything else, and the machine's total busy fraction. With
+# PG_PID and NATS_PID (the benchmark's own postmaster and nats-server), other servers on the
+# machine count as `other`.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 delay=${1:-5}; secs=${2:-30}; server=${3:-$(cat "$LOYALTY_DATA_DIR/bench-serve.pid")}
@@ -33,20 +35,24 @@ def machine():
     idle = v[3] + v[4]
     return sum(v), idle
 
+# On a shared machine, only the benchmark's own servers count as such when their pids are given
+# (PG_PID: the postmaster, whose children are the backends; NATS_PID), and only the service's own
+# follower process (a child of it) as the followers.
+pg_pid, nats_pid = int(os.environ.get("PG_PID") or 0), int(os.environ.get("NATS_PID") or 0)
+
 def group(pid, table):
-    comm, cmd, _, _ = table[pid]
+    comm, cmd, ppid, _ = table[pid]
     if comm == "postgres" or cmd.startswith("postgres"):
-        return "postgresql"
+        return "postgresql" if not pg_pid or pg_pid in (pid, ppid) else "other"
     if "nats-server" in comm or "nats-server" in cmd:
-        return "nats-server"
+        return "nats-server" if not nats_pid or pid == nats_pid else "other"
     if comm == "pgbench":
         return "pgbench"
-    p = pid
+    p, follower = pid, False
     while p in table and p > 1:
-        if "service.cli follow" in table[p][1] or "loyalty follow" in table[p][1]:
-            return "followers (loyalty follow)"
+        follower = follower or "service.cli follow" in table[p][1] or "loyalty follow" in table[p][1]
         if p == server:
-            return "service (uvicorn/python)"
+            return "followers (loyalty follow)" if follower else "service (uvicorn/python)"
         if "loyalty bench" in table[p][1]:
             return "loyalty bench (generator)"
         p = table[p][2]
