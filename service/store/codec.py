@@ -359,6 +359,10 @@ class EventCodec:
         self, stream_id: UUID, version: int, topic: str, data: bytes, member_key: bytes | None
     ) -> Any:
         """`decode` of a stored event given as its columns (no StoredEvent is built when typed)."""
+        if type(stream_id) is not UUID:
+            # asyncpg's own UUID class (a stream id read from a row): it would become the
+            # aggregate's id, which later events carry, and only uuid.UUID is transcoded.
+            stream_id = UUID(int=stream_id.int)
         try:
             cls, typed, personal = self._typed[topic]
         except KeyError:
