@@ -22,7 +22,8 @@ async def test_members_a_batch_loaded_and_refused_can_be_merged(pos: Pos) -> Non
                        for member, ref in ((source, "M-1"), (target, "M-2"))]}  # fmt: skip
     answered = await api.post("/v1/batch", batch, key=pos.key)
     assert answered.status_code == 200, answered.text
-    assert [r["body"]["type"].rsplit("/", 1)[-1] for r in answered.json()["results"]] == ["duplicate_order"] * 2
+    refusals = [r["body"]["type"].rsplit("/", 1)[-1] for r in answered.json()["results"]]
+    assert refusals == ["duplicate_order", "duplicate_order"]
 
     merger = await api.channel_key("crm", ["members", "privacy", "read"], kind="internal")
     merged = await api.post(f"/v1/members/{target}/merge", {"source_member_id": source}, key=merger)
