@@ -3,6 +3,7 @@ parts a purchase earns from the campaigns live in the program (SPEC §3)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime
@@ -162,6 +163,17 @@ def _check_reward(
         problem(f"{path}bonus_points", f"must be between {minimum_bonus} and {MAX_BONUS_POINTS}")
 
 
+def _bonus_of(base: int, multiplier: Decimal) -> int:
+    """floor(base x (multiplier - 1)), in integers (the same value, without Decimal rounding)."""
+    numerator, denominator = _extra(multiplier)
+    return base * numerator // denominator
+
+
+@functools.lru_cache(maxsize=1024)
+def _extra(multiplier: Decimal) -> tuple[int, int]:
+    return (multiplier - 1).as_integer_ratio()
+
+
 def variant_of(campaign_id: UUID, member_id: UUID, variants: list[CampaignVariant]) -> CampaignVariant | None:
     """The member's variant: a keyed hash (BLAKE2b keyed by the campaign id) of the member id,
     placed on the variants' cumulative weights. A pure function of the two ids (ADR 13)."""
@@ -223,7 +235,7 @@ def campaign_parts(
         multiplier, bonus = c.multiplier, c.bonus_points
         if variant is not None and (variant.multiplier is not None or variant.bonus_points is not None):
             multiplier, bonus = variant.multiplier, variant.bonus_points
-        points = floor_points(campaign_base * (multiplier - 1)) if multiplier is not None else bonus or 0
+        points = _bonus_of(campaign_base, multiplier) if multiplier is not None else bonus or 0
         if c.cap_per_member is not None:
             points = min(points, max(0, c.cap_per_member - paid.get(offer.campaign_id, 0)))
         parts.append(

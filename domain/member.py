@@ -837,20 +837,38 @@ class Member(LedgerAggregate):
         if lot.points > paid:
             self.lots.append(lot if not paid else replace(lot, points=lot.points - paid))
 
-    def _tally_earn(self, breakdown: list[BreakdownPart], amount: Decimal) -> None:
-        tallies = dict(self.campaign_tallies)
+    def _tally_earn(self, breakdown: list[BreakdownPart], amount: Decimal) -> dict[str, int]:
+        """Count a purchase's campaign parts in the tallies; its parts by tally key."""
+        used: dict[str, int] = {}
+        tallies: dict[str, CampaignTally] | None = None
         for part in breakdown:
             if part.campaign_id is None:
                 continue
+            if tallies is None:
+                tallies = dict(self.campaign_tallies)
             key = _tally_key(part.campaign_id, part.variant)
-            tally = tallies.get(key) or CampaignTally(campaign_id=part.campaign_id, variant=part.variant)
-            tallies[key] = replace(
-                tally,
-                earns=tally.earns + 1,
-                points=tally.points + part.points,
-                revenue=tally.revenue + amount,
+            used[key] = part.points
+            tally = tallies.get(key)
+            tallies[key] = (
+                CampaignTally(
+                    campaign_id=part.campaign_id,
+                    variant=part.variant,
+                    earns=1,
+                    points=part.points,
+                    revenue=amount,
+                )
+                if tally is None
+                else CampaignTally(
+                    campaign_id=tally.campaign_id,
+                    variant=tally.variant,
+                    earns=tally.earns + 1,
+                    points=tally.points + part.points,
+                    revenue=tally.revenue + amount,
+                )
             )
-        self.campaign_tallies = tallies
+        if tallies is not None:
+            self.campaign_tallies = tallies
+        return used
 
     def _tally_refund(self, order: OrderRecord, amount: Decimal) -> None:
         """A refund of `amount` of `order` takes its campaign parts back in proportion
@@ -967,9 +985,7 @@ class Member(LedgerAggregate):
             self.accruals.append(Accrual(occurred_at=occurred_at, points=points))
         self.lifetime_earned += points
         if order_ref is not None and amount is not None and currency is not None:
-            used = {
-                _tally_key(p.campaign_id, p.variant): p.points for p in breakdown if p.campaign_id is not None
-            }
+            used = self._tally_earn(breakdown, amount)
             self.orders[order_ref] = OrderRecord(
                 amount=amount,
                 currency=currency,
@@ -978,8 +994,6 @@ class Member(LedgerAggregate):
                 occurred_at=occurred_at,
                 campaigns=used,
             )
-            if used:
-                self._tally_earn(breakdown, amount)
         # A purchase is the member's own activity (at its business time); an award is not.
         if source == "purchase":
             self._touch(when=occurred_at, channel=channel)

@@ -1,4 +1,5 @@
-"""CPU cost of campaigns in one earn's decision and encoding, in-process (no I/O): the earn
+"""CPU cost of campaigns in one earn's decision and encoding, in-process (no I/O; CPU time of
+this process, so a busy machine inflates it less than wall time): the earn
 decided on a member (quote, campaigns, tallies, tier) and its events encoded as the store
 encodes them, with the 5 campaigns `loyalty bench --campaigns 5` starts, against none.
 Rounds alternate; prints the median microseconds per earn of each and their ratio.
@@ -52,7 +53,7 @@ def per_earn(program: Program, earns: int, codec: EventCodec, key: bytes) -> flo
             rules=program.rules,
         )
         member.collect_events()
-        started = time.perf_counter()
+        started = time.process_time()
         for i in range(first, min(first + 20, earns)):
             member.earn_purchase(
                 order_ref=f"O-{i}",
@@ -69,7 +70,7 @@ def per_earn(program: Program, earns: int, codec: EventCodec, key: bytes) -> flo
             )
             for event in member.collect_events():
                 codec.encode(event, key)
-        spent += time.perf_counter() - started
+        spent += time.process_time() - started
     return spent / earns * 1e6
 
 
