@@ -81,8 +81,7 @@ SELECT t->>'variant' AS variant,
        coalesce(sum((t->>'points')::bigint), 0)::bigint AS bonus_points,
        coalesce(sum((t->>'revenue')::numeric), 0) AS revenue
 FROM campaign_members, jsonb_array_elements(campaigns) AS t
-WHERE campaigns @> jsonb_build_array(jsonb_build_object('campaign_id', $1::text))
-  AND t->>'campaign_id' = $1::text
+WHERE t->>'campaign_id' = $1::text
 GROUP BY 1
 ORDER BY 1 NULLS FIRST
 """
