@@ -27,7 +27,8 @@ IDEMPOTENCY_KEY = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 RETRY_AFTER = "Retry-After"
 
-# POSTs that write nothing (a question with a body): no Idempotency-Key, no 409.
+# POSTs that write nothing (a question with a body): no Idempotency-Key; a 409 only where the command
+# they ask about would refuse (a quote for a merged or forgotten member, as its earn).
 READ_ONLY_POSTS = frozenset({"/v1/quotes/earn"})
 # Operations that find something by a value in the query or body, so answer 404 without a path id.
 FINDS = frozenset({("GET", "/v1/members/lookup"), ("POST", "/v1/quotes/earn")})
@@ -183,7 +184,7 @@ def _tell_truth(path: str, method: str, operation: dict[str, Any], handler: HTTP
     statuses |= {403} if scopes else set()
     statuses |= {400, 413, 415} if has_body else set()
     statuses |= {404} if has_path_id or (method, path) in FINDS else set()
-    statuses |= {409} if command else set()
+    statuses |= {409} if command or path in READ_ONLY_POSTS else set()
     statuses |= {422} if has_input else set()
     for code in sorted(statuses):
         responses[str(code)] = _problem_response(code)

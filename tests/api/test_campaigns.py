@@ -193,3 +193,19 @@ async def test_a_campaign_whose_window_opens_later_applies_from_then(pos: Pos) -
         "points": 7,
         "campaign_id": soon.json()["campaign_id"],
     }
+
+
+async def test_a_quote_for_a_merged_member_is_409_as_its_earn_would_be(api: Api) -> None:
+    target, source = await api.enrol(ADMIN_KEY), await api.enrol(ADMIN_KEY)
+    merged = await api.post(f"/v1/members/{target}/merge", {"source_member_id": source}, key=ADMIN_KEY)
+    assert merged.status_code == 201, merged.text
+    purchase = {"order_ref": "M-1", "amount": "10.00", "currency": "CNY"}
+    before = await api.last_position()
+    quote = await api.post("/v1/quotes/earn", {**purchase, "member_id": source}, key=ADMIN_KEY)
+    earn = await api.post(f"/v1/members/{source}/earn", purchase, key=ADMIN_KEY)
+    assert (quote.status_code, earn.status_code) == (409, 409)
+    assert quote.json()["type"] == earn.json()["type"]
+    assert quote.json()["type"].endswith("/member_merged")
+    assert await api.last_position() == before
+    offers = await api.get(f"/v1/members/{source}/campaigns", key=ADMIN_KEY)
+    assert offers.json()["campaigns"] == []

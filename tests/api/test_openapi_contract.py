@@ -102,6 +102,7 @@ async def test_every_command_requires_an_idempotency_key_and_says_when_it_replay
 
     quote = document["paths"]["/v1/quotes/earn"]["post"]
     assert "Idempotency-Key" not in {p["name"] for p in quote.get("parameters", [])}  # writes nothing
+    assert "409" in quote["responses"]  # a merged or forgotten member, as the earn would be
 
 
 async def test_every_error_is_problem_json_and_every_possible_status_is_declared(
