@@ -165,14 +165,55 @@ def cmd_keys_create(settings: Settings, channel: str, scopes: list[str], name: s
     return 0
 
 
+def cmd_keys_rotate_master(settings: Settings) -> int:
+    """`loyalty keys rotate-master`: re-wrap every member key and the service secrets from
+    LOYALTY_MASTER_KEY to LOYALTY_NEW_MASTER_KEY (generated, and printed last, when unset)."""
+    import asyncpg
+
+    from service.store.keys import MasterKeyError, new_master_key, parse_master_key
+    from service.store.master_key import rotate_master_key
+    from service.store.migrate import migrate
+
+    new_text = settings.new_master_key or new_master_key()
+
+    async def run(url: str, current: bytes, new: bytes) -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            await migrate(conn)
+            done = await rotate_master_key(conn, current, new)
+            # Printed as soon as it is committed: from now on only the new key opens the keys.
+            print(
+                f"re-wrapped {done.rewrapped} member key(s) ({done.already} already under the new key,"
+                f" {done.shredded} shredded); service secrets"
+                f" {'re-wrapped' if done.secrets_rewrapped else 'already under the new key'}"
+            )
+            if not settings.new_master_key:
+                print(new_text, flush=True)  # the last line is the generated key: keep it safe now
+        finally:
+            await conn.close()
+
+    with servers(settings, reuse_running=True) as resolved:
+        assert resolved.database_url is not None
+        try:
+            if not resolved.master_key:
+                raise MasterKeyError("LOYALTY_MASTER_KEY (the current key) is required")
+            current = parse_master_key(resolved.master_key)
+            asyncio.run(
+                run(resolved.database_url, current, parse_master_key(new_text, "LOYALTY_NEW_MASTER_KEY"))
+            )
+        except MasterKeyError as exc:
+            raise SystemExit(f"loyalty keys rotate-master: {exc}") from None
+    return 0
+
+
 def cmd_projections(settings: Settings, action: str, name: str | None, workers: int | None = None) -> int:
     """`loyalty projections status` / `rebuild NAME` (safe while the service runs)."""
     import asyncpg
 
     from projections.runner import UnknownProjection, projection_status, rebuild
+    from service.services import open_keyring
     from service.store.codec import EventCodec
     from service.store.event_store import EventStore
-    from service.store.keys import Keyring, parse_master_key
     from service.store.migrate import migrate
 
     async def run(resolved: Settings) -> int:
@@ -189,7 +230,8 @@ def cmd_projections(settings: Settings, action: str, name: str | None, workers: 
                 return 0
             if not resolved.master_key:
                 raise SystemExit("LOYALTY_MASTER_KEY is required to rebuild (projections decode events)")
-            keyring = Keyring(parse_master_key(resolved.master_key))
+            async with pool.acquire() as conn:
+                keyring = await open_keyring(resolved, conn)
             store = EventStore(pool, EventCodec(keyring), keyring)
             try:
                 report = await rebuild(
@@ -218,9 +260,9 @@ def cmd_replay(settings: Settings, until: str, schema: str | None) -> int:
     import asyncpg
 
     from projections.replay import replay_until
+    from service.services import open_keyring
     from service.store.codec import EventCodec
     from service.store.event_store import EventStore
-    from service.store.keys import Keyring, parse_master_key
 
     try:
         position, at = (int(until), None) if until.isdigit() else (None, datetime.fromisoformat(until))
@@ -234,9 +276,10 @@ def cmd_replay(settings: Settings, until: str, schema: str | None) -> int:
         assert resolved.database_url is not None
         if not resolved.master_key:
             raise SystemExit("LOYALTY_MASTER_KEY is required to replay (projections decode events)")
-        keyring = Keyring(parse_master_key(resolved.master_key))
         pool = await asyncpg.create_pool(resolved.database_url, min_size=1, max_size=2)
         try:
+            async with pool.acquire() as conn:
+                keyring = await open_keyring(resolved, conn)
             store = EventStore(pool, EventCodec(keyring), keyring)
             try:
                 report = await replay_until(pool, store, schema=target, position=position, at=at)
@@ -262,8 +305,8 @@ def cmd_audit(
     import asyncpg
     import msgspec
 
+    from service.services import open_keyring
     from service.store.audit import ChainVerifier, Checkpoint, SignedCheckpoint, Verification, audit_lines
-    from service.store.keys import Keyring, parse_master_key
 
     held: list[Checkpoint] = []
     if held_file is not None:
@@ -279,13 +322,13 @@ def cmd_audit(
 
     async def verify(resolved: Settings) -> int:
         assert resolved.database_url is not None
-        # Checkpoints are checked against the key the master key derives (none without it).
+        # Checkpoints are checked against the stored key the master key opens (none without it).
         public_key = None
-        if resolved.master_key:
-            key = Keyring(parse_master_key(resolved.master_key)).checkpoint_key
-            public_key = key.public_key().public_bytes_raw()
         conn = await asyncpg.connect(resolved.database_url)
         try:
+            if resolved.master_key:
+                key = (await open_keyring(resolved, conn)).checkpoint_key
+                public_key = key.public_key().public_bytes_raw()
             verifier = await ChainVerifier.resumed(conn, after, public_key=public_key, held=held)
             result = verifier if isinstance(verifier, Verification) else await verifier.run(conn)
         finally:
@@ -359,6 +402,13 @@ def parser(*, with_devtools: bool = True) -> argparse.ArgumentParser:
     create.add_argument("--name")
     create.add_argument("--database-url")
     create.add_argument("--data-dir", type=Path)
+    rotate = keys_sub.add_parser(
+        "rotate-master",
+        help="re-wrap the stored keys from LOYALTY_MASTER_KEY to LOYALTY_NEW_MASTER_KEY"
+        " (generated and printed on the last line when unset); see the operations guide",
+    )
+    rotate.add_argument("--database-url")
+    rotate.add_argument("--data-dir", type=Path)
 
     projections = sub.add_parser("projections", help="read models: status, rebuild")
     projections_sub = projections.add_subparsers(dest="projections_command", required=True)
@@ -435,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_follow(settings)
     if args.command == "migrate":
         return cmd_migrate(settings)
+    if args.command == "keys" and args.keys_command == "rotate-master":
+        return cmd_keys_rotate_master(settings)
     if args.command == "keys":
         from service.store.access import SCOPES
 

@@ -138,6 +138,26 @@ class Settings:
             secret=True,
         ),
     ] = None
+    previous_master_key: Annotated[
+        str | None,
+        Setting(
+            variable="LOYALTY_PREVIOUS_MASTER_KEY",
+            meaning="During a rotation of the master key, the other key: it also unwraps the stored"
+            " keys (new ones are wrapped by LOYALTY_MASTER_KEY); see docs/guides/operations.md",
+            accepts="32 bytes in URL-safe base64",
+            secret=True,
+        ),
+    ] = None
+    new_master_key: Annotated[
+        str | None,
+        Setting(
+            variable="LOYALTY_NEW_MASTER_KEY",
+            meaning="`loyalty keys rotate-master` only: the key to re-wrap with (generated and"
+            " printed when unset)",
+            accepts="32 bytes in URL-safe base64",
+            secret=True,
+        ),
+    ] = None
     default_region: Annotated[
         str,
         Setting(

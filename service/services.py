@@ -23,6 +23,7 @@ from service.store.event_store import EventStore
 from service.store.evictions import ForgottenEvictions
 from service.store.idempotency import IdempotencyRecords
 from service.store.keys import Keyring, MasterKeyError, parse_master_key
+from service.store.master_key import load_keyring
 from service.store.migrate import migrate
 from service.store.repository import Repository
 from service.store.tail import LogTail
@@ -62,6 +63,19 @@ def master_key(settings: Settings) -> bytes:
     return parse_master_key(settings.master_key)
 
 
+def previous_master_key(settings: Settings) -> bytes | None:
+    """LOYALTY_PREVIOUS_MASTER_KEY, set only while the master key is rotated."""
+    if not settings.previous_master_key:
+        return None
+    return parse_master_key(settings.previous_master_key, "LOYALTY_PREVIOUS_MASTER_KEY")
+
+
+async def open_keyring(settings: Settings, conn: Any) -> Keyring:
+    """The keyring of these settings' master key(s), with the service secrets stored in `conn`'s
+    database (created there on its first start)."""
+    return await load_keyring(conn, master_key(settings), previous_master_key(settings))
+
+
 @contextlib.asynccontextmanager
 async def open_services(settings: Settings, *, lead: bool | None = None) -> AsyncIterator[Services]:
     """Connect, migrate, start the appender and the followers of the log; close them on exit.
@@ -73,7 +87,9 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
     lead = settings.leads_followers if lead is None else lead
     if settings.database_url is None:
         raise ValueError("database_url is not set")
-    keyring = Keyring(master_key(settings))
+    # A malformed key fails here, before connecting.
+    master_key(settings)
+    previous_master_key(settings)
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=2,
@@ -83,6 +99,7 @@ async def open_services(settings: Settings, *, lead: bool | None = None) -> Asyn
     try:
         async with pool.acquire() as conn:
             applied = await migrate(conn)
+            keyring = await open_keyring(settings, conn)
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
         store = EventStore(pool, EventCodec(keyring), keyring)
