@@ -111,7 +111,7 @@ class Checkpointer:
                     result = await verifier.run(conn, until=head)
                 if result.ok:
                     self.broken = None
-                    last = await self._take(session, result.position, result.global_hash) or last
+                    last = await self._take(session, result.position, result.global_hash)
                     last_at = time.monotonic()
                     await self._publish_pending(session)
                 else:
@@ -155,8 +155,9 @@ class Checkpointer:
             )
         self.broken = result
 
-    async def _take(self, session: Session, position: int, global_hash: bytes) -> Checkpoint | None:
-        """Sign and store a checkpoint (None when another leader stored one there first)."""
+    async def _take(self, session: Session, position: int, global_hash: bytes) -> Checkpoint:
+        """Sign and store a checkpoint; another leader's there first (of the same log, verified
+        as this one was) is kept, and this one is still where this leader goes on from."""
         signed_at = datetime.now(UTC)
         signature = self._key.sign(checkpoint_message(position, global_hash, signed_at))
         async with session.lock:
@@ -169,10 +170,9 @@ class Checkpointer:
                 self.public_key,
                 signature,
             )
-        if stored is None:
-            return None
-        self.taken += 1
-        log.info("audit checkpoint signed", extra={"position": position})
+        if stored is not None:
+            self.taken += 1
+            log.info("audit checkpoint signed", extra={"position": position})
         return Checkpoint(position, global_hash, signed_at, self.public_key, signature)
 
     async def _publish_pending(self, session: Session) -> None:
