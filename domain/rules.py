@@ -8,6 +8,7 @@ from typing import Annotated
 from uuid import UUID
 
 from msgspec import Meta, Struct, field
+from msgspec.structs import force_setattr
 
 from domain.errors import InvalidRules
 from domain.money import CURRENCY_MINOR_UNITS, MAX_AMOUNT, decimal_places
@@ -84,13 +85,22 @@ DEFAULT_RULES: Rules = Rules()
 
 
 class BreakdownPart(Struct, frozen=True, omit_defaults=True):
-    """One named part of an earn; the parts of a breakdown sum to its points. A `campaign` part
-    names its campaign and the member's variant of it (none without variants)."""
+    """One named part of an earn; the parts of a breakdown sum to its points. A `tier` part names
+    the member's tier; a `campaign` part its campaign and the member's variant of it (none
+    without variants)."""
 
     rule: str
     points: int
     campaign_id: UUID | None = None
     variant: str | None = None
+    tier: str | None = None
+
+    def __post_init__(self) -> None:
+        # Earns recorded before the tier had a field of its own say `tier:<name>` (SPEC §3 names
+        # the rule `tier`): read back as the part they are, without rewriting stored events.
+        if self.rule.startswith("tier:"):
+            force_setattr(self, "tier", self.rule[len("tier:") :])
+            force_setattr(self, "rule", "tier")
 
 
 class EarnQuote(Struct, frozen=True, kw_only=True):
@@ -200,7 +210,7 @@ def quote_purchase(rules: Rules, rules_version: int, tier: str, amount: Decimal)
         parts = [BreakdownPart("base", base)]
         tier_bonus = floor_points(base * (current.multiplier - 1))
         if tier_bonus > 0:
-            parts.append(BreakdownPart(f"tier:{current.name}", tier_bonus))
+            parts.append(BreakdownPart("tier", tier_bonus, tier=current.name))
     return EarnQuote(
         points=sum(p.points for p in parts),
         breakdown=parts,

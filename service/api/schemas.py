@@ -249,13 +249,14 @@ class MemberOut(Out, kw_only=True):
 
 
 class BreakdownOut(Out, kw_only=True, omit_defaults=True):
-    """One part of an earn: `base`, `tier:<name>`, `award` or `campaign` (with its
-    `campaign_id` and the member's `variant`, when the campaign has variants)."""
+    """One part of an earn: `base`, `tier` (with the member's `tier`), `award` or `campaign`
+    (with its `campaign_id` and the member's `variant`, when the campaign has variants)."""
 
     rule: str
     points: int
     campaign_id: UUID | None = None
     variant: str | None = None
+    tier: str | None = None
 
 
 class EarnOut(Out, kw_only=True):

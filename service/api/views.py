@@ -77,7 +77,9 @@ def balance_out(balance: Balance) -> BalanceOut:
 
 def breakdown_out(parts: list[BreakdownPart]) -> list[BreakdownOut]:
     return [
-        BreakdownOut(rule=p.rule, points=p.points, campaign_id=p.campaign_id, variant=p.variant)
+        BreakdownOut(
+            rule=p.rule, points=p.points, campaign_id=p.campaign_id, variant=p.variant, tier=p.tier
+        )
         for p in parts
     ]
 

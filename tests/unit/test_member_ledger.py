@@ -179,7 +179,7 @@ def test_crossing_a_threshold_upgrades_at_once_and_the_next_earn_gets_the_multip
 
     boosted = buy(member, "99.99", order_ref="A-3")
     # base floor(99.99) = 99; silver 1.25: floor(99 x 0.25) = 24.
-    assert boosted.breakdown == [BreakdownPart("base", 99), BreakdownPart("tier:silver", 24)]
+    assert boosted.breakdown == [BreakdownPart("base", 99), BreakdownPart("tier", 24, tier="silver")]
     assert boosted.points == 123
     assert member.balance(now=T0, rules=DEFAULT_RULES).tier == "silver"
 

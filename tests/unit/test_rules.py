@@ -99,8 +99,15 @@ def test_the_minimum_amount_respects_the_currency_decimals() -> None:
 def test_points_round_down_at_each_step() -> None:
     quote = quote_purchase(DEFAULT_RULES, 3, "gold", Decimal("19.99"))
     # base floor(19.99) = 19; gold 1.5: floor(19 x 0.5) = 9.
-    assert quote.breakdown == [BreakdownPart("base", 19), BreakdownPart("tier:gold", 9)]
+    assert quote.breakdown == [BreakdownPart("base", 19), BreakdownPart("tier", 9, tier="gold")]
     assert (quote.points, quote.rules_version, quote.tier) == (28, 3, "gold")
+
+
+def test_a_tier_part_recorded_as_tier_colon_name_reads_back_as_a_tier_part() -> None:
+    # Earns recorded before the tier had its own field: their stored bytes stay as they are.
+    legacy = msgspec.json.decode(b'{"rule": "tier:silver", "points": 24}', type=BreakdownPart)
+    assert legacy == BreakdownPart("tier", 24, tier="silver")
+    assert msgspec.json.encode(legacy) == b'{"rule":"tier","points":24,"tier":"silver"}'
 
 
 def test_a_tier_part_is_listed_only_when_it_adds_points() -> None:
