@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+import time
 
+from service.api.auth import Gate
 from service.app import create_app
 from tests.api.conftest import ADMIN_KEY, Api, serving, settings_for
 
@@ -34,11 +36,16 @@ async def test_a_flood_of_made_up_keys_is_braked_without_a_lookup_each(api: Api)
     known = await api.channel_key("dashboard", ["read"], kind="internal")
     assert (await api.get("/v1/program", key=known)).status_code == 200  # now cached
 
+    started = time.monotonic()
     guesses = await asyncio.gather(*(api.get("/v1/program", key=secrets.token_hex(16)) for _ in range(120)))
+    took = time.monotonic() - started
 
     statuses = [g.status_code for g in guesses]
     assert set(statuses) == {401, 429}, statuses
-    assert statuses.count(401) <= 60  # the burst of failures an address is allowed
+    # The burst of failures an address is allowed, and what its bucket refilled meanwhile (a
+    # loaded machine takes seconds over the 120 requests).
+    allowed = Gate.FAILURE_BURST + Gate.FAILURES_PER_SECOND * took
+    assert statuses.count(401) <= allowed, (statuses.count(401), took)
     assert all(int(g.headers["Retry-After"]) >= 1 for g in guesses if g.status_code == 429)
     # The keys this address is known to hold keep working meanwhile.
     assert (await api.get("/v1/program", key=known)).status_code == 200
