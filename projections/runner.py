@@ -30,7 +30,7 @@ import asyncpg
 
 from service.metrics import DelayHistogram
 from service.store.event_store import EventStore
-from service.store.follower import Backoff, LogWatch, Session, keep_session
+from service.store.follower import Backoff, LogWatch, Session, start_kept_session
 from service.store.log import LogReader
 
 from .projection import LogFold, MemberProjection
@@ -127,23 +127,14 @@ class ProjectionRunner:
         for status in await statuses(self._pool, self.names):
             self._slots[status.name].position = status.position
         # LISTEN before applying (a failure to connect surfaces here) so no early event goes unheard.
-        first = await Session.open(self._dsn)
-        try:
-            await self._attach(first)
-        except BaseException:
-            await first.close()
-            raise
-        self._listener = asyncio.create_task(
-            keep_session(
-                self._dsn,
-                self._attach,
-                name="projections",
-                first=first,
-                keepalive=KEEPALIVE,
-                backoff=Backoff(MIN_BACKOFF, MAX_BACKOFF),
-                on_close=self._session_closed,
-            ),
-            name="projections-listener",
+        self._listener = await start_kept_session(
+            self._dsn,
+            self._attach,
+            name="projections",
+            task_name="projections-listener",
+            keepalive=KEEPALIVE,
+            backoff=Backoff(MIN_BACKOFF, MAX_BACKOFF),
+            on_close=self._session_closed,
         )
         self._applier = asyncio.create_task(self._follow(), name="projections")
 

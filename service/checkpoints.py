@@ -21,7 +21,6 @@ the clock) takes a checkpoint when the log has grown by `every_events` since the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from datetime import UTC, datetime
@@ -31,7 +30,7 @@ import msgspec
 from service.services import Services
 from service.store.audit import Break, ChainVerifier, Checkpoint, Verification, latest_checkpoint
 from service.store.chain import checkpoint_message
-from service.store.follower import Leadership, Session, sleep_unless
+from service.store.follower import Leadership, Session, sleep_unless, stop_gently
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +71,8 @@ class Checkpointer:
         self._task = asyncio.create_task(self._leadership.run(self._lead), name="audit-checkpoints")
 
     async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._stopping.set()
         task, self._task = self._task, None
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
-        except TimeoutError:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_gently(task, self._stopping)
 
     @property
     def leading(self) -> bool:

@@ -54,7 +54,6 @@ version lets one append and the other find nothing due.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import heapq
 import logging
 import time
@@ -72,7 +71,7 @@ from service.handlers import ledger
 from service.handlers.commands import Settle
 from service.handlers.context import CommandContext
 from service.services import Services
-from service.store.follower import Leadership, Session, sleep_unless
+from service.store.follower import Leadership, Session, sleep_unless, stop_gently
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +147,8 @@ class Clock:
 
     async def stop(self) -> None:
         """Stop after the settles in flight (they are commands: let them finish)."""
-        if self._task is None:
-            return
-        self._stopping.set()
         task, self._task = self._task, None
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
-        except TimeoutError:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_gently(task, self._stopping)
 
     def status(self) -> ClockStatus:
         return ClockStatus(

@@ -55,7 +55,15 @@ from nats.js.errors import APIError, NotFoundError
 from service.config import Settings
 from service.metrics import DelayHistogram
 from service.store.event_store import EventStore
-from service.store.follower import NOTIFY_CHANNEL, Leadership, LogWatch, Session, close_quietly, sleep_unless
+from service.store.follower import (
+    NOTIFY_CHANNEL,
+    Leadership,
+    LogWatch,
+    Session,
+    close_quietly,
+    sleep_unless,
+    stop_gently,
+)
 from service.store.log import LogReader
 
 from . import cloudevents
@@ -273,12 +281,7 @@ class Relay:
         self._stopping.set()
         self._watch.wake()
         task, self._task = self._task, None
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=drain_timeout)
-        except TimeoutError:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_gently(task, self._stopping, grace=drain_timeout)
 
     def status(self) -> RelayStatus:
         """Where the relay is; no I/O (a standby refreshes it from the database every second)."""

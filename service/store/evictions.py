@@ -18,7 +18,7 @@ import logging
 from uuid import UUID
 
 from .event_store import EventStore
-from .follower import FORGOTTEN_CHANNEL, Session, keep_session
+from .follower import FORGOTTEN_CHANNEL, Session, start_kept_session
 from .repository import Repository
 
 log = logging.getLogger(__name__)
@@ -35,12 +35,9 @@ class ForgottenEvictions:
         self.evicted = 0
 
     async def start(self) -> None:
-        first = await Session.open(self._dsn)
-        await self._attach(first)
-        kept = keep_session(
-            self._dsn, self._attach, name="forgotten-evictions", first=first, on_close=self._clear
+        self._task = await start_kept_session(
+            self._dsn, self._attach, name="forgotten-evictions", on_close=self._clear
         )
-        self._task = asyncio.create_task(kept, name="forgotten-evictions")
 
     async def stop(self) -> None:
         if self._task is None:

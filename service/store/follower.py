@@ -289,6 +289,46 @@ async def keep_session(
         await asyncio.sleep(backoff.next())
 
 
+async def start_kept_session(
+    dsn: str,
+    use: Callable[[Session], Awaitable[None]],
+    *,
+    name: str,
+    task_name: str | None = None,
+    keepalive: float = 5.0,
+    backoff: Backoff | None = None,
+    on_close: Callable[[], None] | None = None,
+) -> asyncio.Task[None]:
+    """Open and prepare the first session here, so that a failure to connect or to `use` it is
+    raised to the caller (the session closed), then `keep_session` in a task of its own."""
+    first = await Session.open(dsn)
+    try:
+        await use(first)
+    except BaseException:
+        await first.close()
+        raise
+    kept = keep_session(
+        dsn, use, name=name, first=first, keepalive=keepalive, backoff=backoff, on_close=on_close
+    )
+    return asyncio.create_task(kept, name=task_name or name)
+
+
+async def stop_gently(
+    task: asyncio.Task[None] | None, stopping: asyncio.Event, *, grace: float = 5.0
+) -> None:
+    """Set `stopping`, give `task` `grace` seconds to end by itself (finishing what it is in the
+    middle of), then cancel it; return once it has ended."""
+    if task is None:
+        return
+    stopping.set()
+    try:
+        await asyncio.wait_for(asyncio.shield(task), timeout=grace)
+    except TimeoutError:
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 __all__ = [
     "FORGOTTEN_CHANNEL",
     "NOTIFY_CHANNEL",
@@ -301,4 +341,6 @@ __all__ = [
     "close_quietly",
     "keep_session",
     "sleep_unless",
+    "start_kept_session",
+    "stop_gently",
 ]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from .follower import NOTIFY_CHANNEL, Backoff, Session, keep_session
+from .follower import NOTIFY_CHANNEL, Backoff, Session, start_kept_session
 
 POLL_INTERVAL = 1.0
 KEEPALIVE = 5.0
@@ -37,22 +37,8 @@ class LogTail:
         async with self._starting:
             if self._listener is not None:
                 return
-            first = await Session.open(self._dsn)
-            try:
-                await self._attach(first)
-            except BaseException:
-                await first.close()
-                raise
-            self._listener = asyncio.create_task(
-                keep_session(
-                    self._dsn,
-                    self._attach,
-                    name="log-tail",
-                    first=first,
-                    keepalive=KEEPALIVE,
-                    backoff=Backoff(0.1, 5.0),
-                ),
-                name="log-tail",
+            self._listener = await start_kept_session(
+                self._dsn, self._attach, name="log-tail", keepalive=KEEPALIVE, backoff=Backoff(0.1, 5.0)
             )
 
     async def stop(self) -> None:
