@@ -48,6 +48,7 @@ from typing import Any, Protocol
 
 import asyncpg
 import msgspec
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, PubAck, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import APIError, NotFoundError
@@ -396,10 +397,18 @@ class Relay:
                 return  # stopping while NATS is unreachable: the next start publishes the rest
             # Taken before aligning: a reconnection from here on makes the run align again.
             reconnects = _reconnects(self._nats)
-            if self.align_with_stream:
-                position = await self._align(js, session, position)
             start = position
-            position, error = await self._pipeline(js, session, position, reconnects)
+            error: str | None
+            try:
+                if self.align_with_stream:
+                    position = await self._align(js, session, position)
+            except nats.errors.Error as exc:
+                # JetStream not answering yet (e.g. the stream electing a new leader after a node
+                # restarted): retry below, keeping the lead, rather than stepping down for it.
+                error = type(exc).__name__
+            else:
+                start = position
+                position, error = await self._pipeline(js, session, position, reconnects)
             if error is None:
                 return  # stopping; everything read was acknowledged and recorded
             # Retry from the first event not acknowledged, after a pause (longer if stuck).

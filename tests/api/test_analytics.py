@@ -463,8 +463,11 @@ async def test_analytics_equal_a_reference_from_the_raw_events_and_again_after_a
         async with api.services.pool.acquire() as conn:
             announced = await conn.fetchval("SELECT count(*) FROM segment_transitions")
         for name in ("segments", "liability", "channel_days"):
+            head = await api.last_position()
             report = await api.services.projections.rebuild(name)
-            assert report.events == await api.last_position()
+            # Every event up to where the rebuild stopped, and at least the head it started from
+            # (the clock may record an expiry meanwhile; the runner applies that one after).
+            assert report.events == report.position >= head
         await check_figures(api)
         async with api.services.pool.acquire() as conn:
             # A rebuild announces only what differs from what was announced: here nothing.

@@ -115,6 +115,13 @@ LEADS = ["loyalty_relay_active", "loyalty_clock_active", "loyalty_audit_checkpoi
 LEADS += [f'loyalty_projection_leading{{projection="{p}"}}' for p in PROJECTIONS]
 
 
+async def leads_lost(follower: Instance) -> str:
+    """What `follower` no longer leads, and why it stepped down (from its log)."""
+    lost = [name for name in LEADS if await follower.metric(name) != 1]
+    interrupted = [line for line in follower.log.read_text().splitlines() if "interrupted" in line]
+    return f"lost {lost}; {interrupted[-5:]}"
+
+
 async def each_led_once(followers: list[Instance]) -> bool:
     """Every lead (relay, clock, checkpoints, each projection) is held by exactly one follower."""
     return all([sum([await f.metric(name) for f in followers]) == 1 for name in LEADS])
@@ -294,7 +301,7 @@ async def test_a_cluster_losing_a_nats_node_the_leading_follower_and_an_api_inst
             await until(lambda: settled(conn, cluster.url, stream), what="the followers to catch up")
             # The restarted follower stands by: the survivor keeps every lead.
             assert await each_led_once(followers)
-            assert await survivor.leads_everything()
+            assert await survivor.leads_everything(), await leads_lost(survivor)
 
             # Every acknowledged earn is in the log, once; no order earned twice.
             assert len(load.acknowledged) == EARNS
