@@ -36,6 +36,7 @@ from domain.errors import (
 )
 from domain.events import LedgerAggregate
 from domain.identities import Identity
+from domain.ledger_totals import LedgerTotals
 from domain.lots import (
     Lot,
     LotDraw,
@@ -124,6 +125,10 @@ class Member(LedgerAggregate):
     # earns from any channel (the append's expected version).
     campaign_tallies = _NO_TALLIES
 
+    # The running totals of `lots` and `accruals` (domain/ledger_totals.py): derived, never
+    # recorded, so a slot, outside the state a snapshot takes and equality compares.
+    __slots__ = ("_totals",)
+
     def __init__(
         self,
         *,
@@ -144,6 +149,8 @@ class Member(LedgerAggregate):
         self.enrolled_at: datetime = at
         self.first_activity_at: datetime = at
         self.last_activity_at: datetime = at
+        # `lots` and `accruals` are only appended to in place; any other change assigns a new
+        # list (the running totals follow them by identity and length).
         self.lots: list[Lot] = []
         # Lot ids are a counter of their own (not stream versions): a merge brings in lots
         # that need fresh ids which later earns must never reuse.
@@ -682,28 +689,31 @@ class Member(LedgerAggregate):
         member then (see `settle`)."""
         window = timedelta(days=rules.tier_window_days)
         grace = timedelta(days=rules.downgrade_grace_days)
-        instants = [i for lot in self.lots for i in (lot.available_at, lot.expires_at) if i is not None]
-        for accrual in self.accruals:
-            instants += [accrual.occurred_at + window, accrual.occurred_at + window + grace]
+        totals = self._running_totals()
+        lots, accruals = totals.lots, totals.accruals.by_time
         holds = [held.expires_at for held in self.holds.values()]
         # What fell due and is not recorded yet (a later event hid it: the lot expired, the
         # hold ran out, before anything settled them) is due now, at the instant it fell due.
-        overdue = [i for lot in self.lots if (i := lot.expires_at) is not None and i <= after]
-        overdue += [i for i in holds if i <= after]
+        overdue = [i for i in (lots.expiries.first(), *holds) if i is not None and i <= after]
         if overdue:
             return min(overdue)
-        return min((i for i in [*instants, *holds] if i > after), default=None)
+        # The first of each kind of instant after `after` (an accrual's leaves the window at
+        # occurred_at + window: after `after` when occurred_at is after `after - window`).
+        leaves = accruals.first_after(after - window)
+        settles = accruals.first_after(after - window - grace)
+        instants = [
+            lots.unlocks.first_after(after),
+            lots.expiries.first_after(after),
+            None if leaves is None else leaves + window,
+            None if settles is None else settles + window + grace,
+            *(i for i in holds if i > after),
+        ]
+        return min((i for i in instants if i is not None), default=None)
 
     def balance(self, *, now: datetime, rules: Rules) -> Balance:
         """The balance at `now`: locked lots are pending, lots past expiry are expired."""
-        spendable = pending = lapsed = 0
-        for lot in self.lots:
-            if is_expired(lot, now):
-                lapsed += lot.points
-            elif lot.available_at > now:
-                pending += lot.points
-            else:
-                spendable += lot.points
+        totals = self._running_totals()
+        spendable, pending, lapsed = totals.lots.split(now)
         # A hold reserves points only until its time (then it is as good as released, before
         # the service records it) and only while they are there (lots can expire under it).
         held = min(sum(h.points for h in self.holds.values() if h.expires_at > now), spendable)
@@ -715,24 +725,28 @@ class Member(LedgerAggregate):
             lifetime_redeemed=self.lifetime_redeemed,
             # A lot past its expiry is expired even before the expiry event is recorded.
             expired=self.expired + lapsed,
-            qualifying=self.qualifying(now=now, window_days=rules.tier_window_days),
+            qualifying=totals.accruals.after(now - timedelta(days=rules.tier_window_days)),
             tier=self.tier,
             expiring=self.expiring(now=now),
         )
 
     def expiring(self, *, now: datetime) -> Expiring | None:
         """The next lots to expire after `now` (those sharing the soonest expiry), if any."""
-        soonest = min(
-            (lot.expires_at for lot in self.lots if lot.expires_at and lot.expires_at > now), default=None
-        )
+        soonest = self._running_totals().lots.soonest_expiry(now)
         if soonest is None:
             return None
-        return Expiring(points=sum(lot.points for lot in self.lots if lot.expires_at == soonest), at=soonest)
+        at, points = soonest
+        return Expiring(points=points, at=at)
 
     def qualifying(self, *, now: datetime, window_days: int) -> int:
         """Points earned with a business time inside the rolling tier window before `now`."""
-        since = now - timedelta(days=window_days)
-        return sum(a.points for a in self.accruals if a.occurred_at > since)
+        return self._running_totals().accruals.after(now - timedelta(days=window_days))
+
+    def _running_totals(self) -> LedgerTotals:
+        """The running totals, brought up to date with the lots and accruals."""
+        kept: LedgerTotals | None = getattr(self, "_totals", None)  # None: a new or restored member
+        self._totals = totals = LedgerTotals.of(kept, self.lots, self.accruals)
+        return totals
 
     # -- helpers of the commands ---------------------------------------------------------
 
@@ -768,13 +782,10 @@ class Member(LedgerAggregate):
         if target.threshold >= current.threshold:
             return
         since = at - timedelta(days=rules.downgrade_grace_days)
-        checks = [since, *(a.occurred_at for a in self.accruals if since < a.occurred_at <= at)]
+        accruals = self._running_totals().accruals
+        checks = [since, *accruals.by_time.instants_in(since, at)]
         span = timedelta(days=window)
-
-        def qualifying_at(t: datetime) -> int:
-            return sum(a.points for a in self.accruals if t - span < a.occurred_at <= t)
-
-        if all(qualifying_at(t) < current.threshold for t in checks):
+        if all(accruals.within(t - span, t) < current.threshold for t in checks):
             self._tier_changed(
                 from_tier=self.tier,
                 to_tier=target.name,
@@ -1063,6 +1074,7 @@ class Member(LedgerAggregate):
     ) -> None:
         key = str(redemption_id)
         kept = restore([], restored, at=at)
+        self.lots = list(self.lots)  # changed in place below: a new list (see `lots`)
         for lot in kept:
             existing = next((i for i, old in enumerate(self.lots) if old.lot_id == lot.lot_id), None)
             if existing is None:
