@@ -34,7 +34,7 @@ from domain.errors import (
     RedemptionNotFound,
     TransferRefused,
 )
-from domain.events import LedgerAggregate
+from domain.events import LedgerAggregate, recorded_directly
 from domain.identities import Identity
 from domain.ledger_totals import LedgerTotals
 from domain.lots import (
@@ -330,7 +330,7 @@ class Member(LedgerAggregate):
             raise DuplicateOrder(f"order {order_ref!r} already earned", order_ref=order_ref)
         available_at = occurred_at + timedelta(days=rules.earn.pending_days)
         expires_at = _expiry(rules, occurred_at)
-        self._points_earned(
+        self._record_points_earned(
             source="purchase",
             order_ref=order_ref,
             amount=amount,
@@ -368,7 +368,7 @@ class Member(LedgerAggregate):
         quote = EarnQuote(points=points, breakdown=breakdown, rules_version=rules_version, tier=self.tier)
         expires_at = _expiry(rules, at)
         # No pending period: that protects purchases against returns; awards have none.
-        self._points_earned(
+        self._record_points_earned(
             source="award",
             order_ref=None,
             amount=None,
@@ -404,7 +404,7 @@ class Member(LedgerAggregate):
         self._check_active()
         self._check_spend(points, at=at, rules=rules)
         draws = draw_oldest_first(self.lots, points, at)
-        self._points_redeemed(
+        self._record_points_redeemed(
             points=points,
             draws=draws,
             reward_ref=reward_ref,
@@ -786,7 +786,7 @@ class Member(LedgerAggregate):
         checks = [since, *accruals.by_time.instants_in(since, at)]
         span = timedelta(days=window)
         if all(accruals.within(t - span, t) < current.threshold for t in checks):
-            self._tier_changed(
+            self._record_tier_changed(
                 from_tier=self.tier,
                 to_tier=target.name,
                 qualifying=qualifying,
@@ -831,7 +831,7 @@ class Member(LedgerAggregate):
         qualifying = self.qualifying(now=at, window_days=rules.tier_window_days)
         target = tier_for(rules, qualifying)
         if target.threshold > tier_named(rules, self.tier).threshold:
-            self._tier_changed(
+            self._record_tier_changed(
                 from_tier=self.tier,
                 to_tier=target.name,
                 qualifying=qualifying,
@@ -1009,6 +1009,9 @@ class Member(LedgerAggregate):
         if source == "purchase":
             self._touch(when=occurred_at, channel=channel)
 
+    # The hot events are recorded without the library's per-call work (domain/events.py).
+    _record_points_earned = recorded_directly(_points_earned)
+
     @event(events.PointsRedeemed)
     def _points_redeemed(
         self,
@@ -1030,6 +1033,8 @@ class Member(LedgerAggregate):
             }
         self._touch(when=at, channel=channel)
 
+    _record_points_redeemed = recorded_directly(_points_redeemed)
+
     @event(events.TierChanged)
     def _tier_changed(
         self,
@@ -1042,6 +1047,8 @@ class Member(LedgerAggregate):
         reason: str = "upgrade",
     ) -> None:
         self.tier = to_tier
+
+    _record_tier_changed = recorded_directly(_tier_changed)
 
     @event(events.EarnReversed)
     def _earn_reversed(

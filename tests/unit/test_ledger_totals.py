@@ -1,6 +1,6 @@
 """The running totals answer exactly what the plain sums over every lot and accrual answered, at
 any instant (past, future, on the instant a lot unlocks or expires), whatever the member went
-through."""
+through; and the hot events recorded directly are the events the library's `@event` records."""
 
 from __future__ import annotations
 
@@ -317,3 +317,74 @@ def test_a_replay_of_the_recorded_events_is_the_same_member(
     again = replayed(list(member.collect_events()))
     assert again == member
     assert_same_answers(again, rules)
+
+
+# -- the direct record path ------------------------------------------------------------------
+
+
+def twins() -> tuple[Member, Member]:
+    return enrolled_member(), enrolled_member()
+
+
+def test_an_earn_recorded_directly_is_the_event_the_library_records() -> None:
+    fields: dict[str, Any] = {
+        "source": "purchase",
+        "order_ref": "O-1",
+        "amount": Decimal("12.50"),
+        "currency": "CNY",
+        "items": [],
+        "points": 12,
+        "breakdown": [],
+        "rules_version": 1,
+        "tier": "member",
+        "available_at": T0,
+        "expires_at": T0 + timedelta(days=365),
+        "occurred_at": T0,
+        "reason": None,
+        "at": T0 + timedelta(minutes=1),
+        "channel": "pos",
+        "program_version": 3,
+    }
+    direct, library = twins()
+    direct._record_points_earned(**fields)
+    library._points_earned(**fields)
+    assert_recorded_alike(direct, library)
+
+
+def test_a_redemption_and_a_tier_change_recorded_directly_are_the_library_s_events() -> None:
+    direct, library = twins()
+    for member in (direct, library):
+        member.award(
+            points=2_000, reason="welcome", at=T0, channel="ops", rules=DEFAULT_RULES, rules_version=1
+        )
+    redeemed: dict[str, Any] = {
+        "points": 5,
+        "draws": [],
+        "reward_ref": "R-1",
+        "order_ref": None,
+        "at": T0 + timedelta(hours=1),
+        "channel": "app",
+        "redemption_id": UUID(int=7),
+    }
+    changed: dict[str, Any] = {
+        "from_tier": "silver",
+        "to_tier": "member",
+        "qualifying": 10,
+        "at": T0 + timedelta(hours=2),
+        "channel": "clock",
+        "reason": "downgrade",
+    }
+    direct._record_points_redeemed(**redeemed)
+    direct._record_tier_changed(**changed)
+    library._points_redeemed(**redeemed)
+    library._tier_changed(**changed)
+    assert_recorded_alike(direct, library)
+
+
+def assert_recorded_alike(direct: Member, library: Member) -> None:
+    """The same aggregate, the same events (class, every attribute, so the same stored bytes)."""
+    assert direct == library
+    assert direct.version == library.version
+    recorded, expected = direct.collect_events(), library.collect_events()
+    assert [type(e) for e in recorded] == [type(e) for e in expected]
+    assert [vars(e) for e in recorded] == [vars(e) for e in expected]
