@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from datetime import datetime
+from itertools import accumulate
+from operator import itemgetter
 from typing import Generic, TypeVar
 
 from domain.lots import Lot
@@ -31,9 +33,11 @@ class SortedSums:
 
     __slots__ = ("_instants", "_sums")
 
-    def __init__(self) -> None:
-        self._instants: list[datetime] = []
-        self._sums: list[int] = [0]  # _sums[i]: the points of the first i instants
+    def __init__(self, points_at: list[tuple[datetime, int]]) -> None:
+        points_at.sort()  # by instant (ties by points: their order within an instant is moot)
+        self._instants: list[datetime] = [instant for instant, _ in points_at]
+        # _sums[i]: the points of the first i instants
+        self._sums: list[int] = list(accumulate(map(itemgetter(1), points_at), initial=0))
 
     def add(self, instant: datetime, points: int) -> None:
         """Count `points` at `instant` (in order: O(1); out of order: the sums after it move)."""
@@ -76,9 +80,9 @@ class _Following(Generic[T]):
     __slots__ = ("count", "items")
 
     def __init__(self, items: list[T]) -> None:
+        # Counted all at once by the subclass (a sort, not one insertion each).
         self.items = items  # kept referenced, so its identity is never reused by another list
-        self.count = 0
-        self.catch_up()
+        self.count = len(items)
 
     def follows(self, items: list[T]) -> bool:
         """Brought up to date with `items`; False when they are another list, or shrank."""
@@ -101,24 +105,33 @@ class _Following(Generic[T]):
 class LotTotals(_Following[Lot]):
     """A member's lots by the instants that move them between pending, spendable and expired."""
 
-    __slots__ = ("expiries", "settles", "total", "unlocks")
+    __slots__ = ("_unlocks", "expiries", "settles", "total")
 
     def __init__(self, lots: list[Lot]) -> None:
-        self.total = 0
-        self.expiries = SortedSums()  # lots that expire, at their expiry
-        self.unlocks = SortedSums()  # every lot, at its available_at
-        # Every lot at the instant it stops being pending: unlocked, or expired while locked.
-        self.settles = SortedSums()
+        self.total = sum(lot.points for lot in lots)
+        # Lots that expire, at their expiry; every lot at the instant it stops being pending
+        # (it unlocks, or it expires while still locked).
+        self.expiries = SortedSums(
+            [(lot.expires_at, lot.points) for lot in lots if lot.expires_at is not None]
+        )
+        self.settles = SortedSums([(_settles(lot), lot.points) for lot in lots])
+        self._unlocks: SortedSums | None = None  # made when first asked (only the clock's question)
         super().__init__(lots)
+
+    @property
+    def unlocks(self) -> SortedSums:
+        """Every lot at its available_at."""
+        if self._unlocks is None:
+            self._unlocks = SortedSums([(lot.available_at, lot.points) for lot in self.items[: self.count]])
+        return self._unlocks
 
     def _count(self, item: Lot) -> None:
         self.total += item.points
-        self.unlocks.add(item.available_at, item.points)
-        settles = item.available_at
         if item.expires_at is not None:
             self.expiries.add(item.expires_at, item.points)
-            settles = min(settles, item.expires_at)
-        self.settles.add(settles, item.points)
+        self.settles.add(_settles(item), item.points)
+        if self._unlocks is not None:
+            self._unlocks.add(item.available_at, item.points)
 
     def split(self, now: datetime) -> tuple[int, int, int]:
         """(spendable, pending, expired) points at `now`."""
@@ -140,7 +153,7 @@ class AccrualTotals(_Following[Accrual]):
     __slots__ = ("by_time",)
 
     def __init__(self, accruals: list[Accrual]) -> None:
-        self.by_time = SortedSums()
+        self.by_time = SortedSums([(a.occurred_at, a.points) for a in accruals])
         super().__init__(accruals)
 
     def _count(self, item: Accrual) -> None:
@@ -174,3 +187,9 @@ class LedgerTotals:
         if not kept.accruals.follows(accruals):
             kept.accruals = AccrualTotals(accruals)
         return kept
+
+
+def _settles(lot: Lot) -> datetime:
+    """When the lot stops being pending: it unlocks, or it expires while still locked."""
+    expires_at = lot.expires_at
+    return expires_at if expires_at is not None and expires_at < lot.available_at else lot.available_at
