@@ -58,8 +58,9 @@ class Service:
                 [sys.executable, "-m", "service.cli", "serve"], env=self.env, stdout=log, stderr=log
             )
 
-    async def ready(self, within: float = 15.0) -> None:
-        """Wait for /health/ready (embedded mode: initdb and start-up take longer)."""
+    async def ready(self, within: float = 60.0) -> None:
+        """Wait for /health/ready (embedded mode: initdb and start-up take longer). Generous:
+        on a loaded machine two processes starting (service and followers) took over 15 s."""
         deadline = time.monotonic() + within
         async with httpx.AsyncClient() as client:
             while time.monotonic() < deadline:
