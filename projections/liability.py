@@ -22,12 +22,16 @@ from uuid import UUID
 
 import asyncpg
 
+from domain.member import Member
+
 from .projection import MemberProjection, Touched
 
 HORIZONS = (30, 90, 365)  # days ahead: points expiring within each
 _NEVER = datetime.max.replace(tzinfo=UTC)  # stands for 'infinity' (asyncpg maps them both ways)
 _NONE = datetime.min.replace(tzinfo=UTC)  # stands for '-infinity'
 _HOUR = timedelta(hours=1)
+_Key = tuple[str, int]  # (kind, item)
+_Item = tuple[int, datetime | None, datetime | None]  # points, available_at, expires_at
 
 
 def _hour(at: datetime | None, default: datetime) -> datetime:
@@ -55,88 +59,145 @@ class LiabilityProjection(MemberProjection):
         ("expires_at", "timestamptz"),
     )
 
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        # Per member: the version of the items last written and those items. The rows of a
+        # member are a function of its state at a version, so they are what the table holds
+        # while the member's next event follows that version (whoever wrote them, even after a
+        # rollback here): a batch writes only what differs. Otherwise they are read back.
+        self._written: dict[UUID, tuple[int, dict[_Key, _Item]]] = {}
+
     def bind(self, table: str) -> None:
         super().bind(table)
-        names = ", ".join(c for c, _ in self.columns)
-        casts = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(self.columns, start=1))
-        self._insert = f"INSERT INTO {table} ({names}) SELECT * FROM unnest({casts})"
-        # The live table's items and the sums they move in one statement (one round trip).
-        n = len(self.columns)
-        self._insert_with_sums = (
-            f"WITH items AS ({self._insert})"
-            " INSERT INTO liability_sums (kind, available_hour, expires_hour, points)"
-            f" SELECT * FROM unnest(${n + 1}::text[], ${n + 2}::timestamptz[], ${n + 3}::timestamptz[],"
-            f" ${n + 4}::bigint[])"
-            " ON CONFLICT (kind, available_hour, expires_hour)"
-            " DO UPDATE SET points = liability_sums.points + EXCLUDED.points"
+        self._statements: dict[tuple[bool, bool], str] = {}
+        self._written = {}
+
+    def _statement(self, *, gone: bool, sums: bool) -> str:
+        """A batch's one statement (one round trip): the items gone (if any), those new or
+        changed, and (`sums`) the sums they move."""
+        found = self._statements.get((gone, sums))
+        if found is not None:
+            return found
+        table, names = self.table, ", ".join(c for c, _ in self.columns)
+        parts, n = [], 0
+        if gone:
+            parts.append(
+                f"gone AS (DELETE FROM {table} l"
+                " USING unnest($1::uuid[], $2::text[], $3::integer[]) AS g (member_id, kind, item)"
+                " WHERE l.member_id = g.member_id AND l.kind = g.kind AND l.item = g.item)"
+            )
+            n = 3
+        casts = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(self.columns, start=n + 1))
+        statement = (
+            f"INSERT INTO {table} ({names}) SELECT * FROM unnest({casts})"
+            " ON CONFLICT (member_id, kind, item) DO UPDATE SET points = EXCLUDED.points,"
+            " available_at = EXCLUDED.available_at, expires_at = EXCLUDED.expires_at"
         )
+        n += len(self.columns)
+        if sums:
+            parts.append(f"changed AS ({statement})")
+            statement = (
+                "INSERT INTO liability_sums (kind, available_hour, expires_hour, points)"
+                f" SELECT * FROM unnest(${n + 1}::text[], ${n + 2}::timestamptz[], ${n + 3}::timestamptz[],"
+                f" ${n + 4}::bigint[])"
+                " ON CONFLICT (kind, available_hour, expires_hour)"
+                " DO UPDATE SET points = liability_sums.points + EXCLUDED.points"
+            )
+        statement = (f"WITH {', '.join(parts)} " if parts else "") + statement
+        self._statements[(gone, sums)] = statement
+        return statement
+
+    def reset(self) -> None:
+        super().reset()
+        self._written.clear()
 
     async def write(
         self, conn: asyncpg.Connection, touched: Mapping[UUID, Touched], *, after: int = 0
     ) -> None:
         if not touched:
             return
-        rows = [row for t in touched.values() for row in self.items(t)]
-        old = await conn.fetch(
-            f"DELETE FROM {self.table} WHERE member_id = ANY($1::uuid[])"
-            " RETURNING kind, points, available_at, expires_at",
-            list(touched),
-        )
-        columns = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in self.columns]
-        if self.table != self.kind:  # a rebuild's table: its sums are computed at its swap
-            if rows:
-                await conn.execute(self._insert, *columns)
-            return
+        written = self._written
+        olds: dict[UUID, dict[_Key, _Item]] = {}
+        unknown: list[UUID] = []
+        for member_id, t in touched.items():
+            # The table holds the member's items as of its last event at or before `after`.
+            version = next((e.stream_version - 1 for e in t.events if e.position > after), t.member.version)
+            kept = written.get(member_id)
+            if kept is not None and kept[0] == version:
+                olds[member_id] = kept[1]
+            elif version == 0:
+                olds[member_id] = {}
+            else:
+                unknown.append(member_id)
+        if unknown:
+            for member_id in unknown:
+                olds[member_id] = {}
+            for r in await conn.fetch(
+                f"SELECT member_id, kind, item, points, available_at, expires_at FROM {self.table}"
+                " WHERE member_id = ANY($1::uuid[])",
+                unknown,
+            ):
+                olds[r[0]][(r[1], r[2])] = (r[3], r[4], r[5])
+        gone: list[tuple[UUID, str, int]] = []
+        rows: list[tuple[Any, ...]] = []
         sums: dict[tuple[str, datetime, datetime], int] = {}
-        for r in old:
-            if r["kind"] != "hold":
-                key = _sum_key(r["kind"], r["available_at"], r["expires_at"])
-                sums[key] = sums.get(key, 0) - r["points"]
-        for _, kind, _, points, available_at, expires_at in rows:
-            if kind != "hold":
-                key = _sum_key(kind, available_at, expires_at)
-                sums[key] = sums.get(key, 0) + points
-        moved = {k: n for k, n in sums.items() if n}
-        if rows or moved:
-            # In key order: never two transactions waiting on each other's rows in a cycle.
-            keys = sorted(moved)
-            await conn.execute(
-                self._insert_with_sums,
-                *columns,
-                [k[0] for k in keys],
-                [k[1] for k in keys],
-                [k[2] for k in keys],
-                [moved[k] for k in keys],
-            )
+        for member_id, t in touched.items():
+            old, new = olds[member_id], self.member_items(t.member)
+            for key, (points, available_at, expires_at) in old.items():
+                if new.get(key) != (points, available_at, expires_at):
+                    if key not in new:
+                        gone.append((member_id, *key))
+                    if key[0] != "hold":
+                        moved = _sum_key(key[0], available_at, expires_at)
+                        sums[moved] = sums.get(moved, 0) - points
+            for key, item in new.items():
+                if old.get(key) != item:
+                    rows.append((member_id, *key, *item))
+                    if key[0] != "hold":
+                        moved = _sum_key(key[0], item[1], item[2])
+                        sums[moved] = sums.get(moved, 0) + item[0]
+            written.pop(member_id, None)  # to the end: the dict's order is the LRU order
+            written[member_id] = (t.member.version, new)
+        while len(written) > self.cache_size:
+            del written[next(iter(written))]
+        moved_sums = {k: n for k, n in sums.items() if n}
+        if not gone and not rows and not moved_sums:
+            return
+        # In key order: never two transactions waiting on each other's rows in a cycle.
+        gone.sort()
+        rows.sort(key=lambda r: (r[0], r[1], r[2]))
+        args = [list(c) for c in zip(*gone, strict=True)] if gone else []
+        args += [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in self.columns]
+        # A rebuild's table: its sums are computed at its swap.
+        with_sums = bool(moved_sums) and self.table == self.kind
+        if with_sums:
+            keys = sorted(moved_sums)
+            args += [[k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]]
+            args.append([moved_sums[k] for k in keys])
+        await conn.execute(self._statement(gone=bool(gone), sums=with_sums), *args)
 
-    async def before_swap(self, conn: asyncpg.Connection, live_table: str) -> None:
-        """The sums of the rebuilt table replace the live ones'."""
-        await conn.execute("DELETE FROM liability_sums")
-        await conn.execute(
-            "INSERT INTO liability_sums (kind, available_hour, expires_hour, points)"
-            " SELECT kind,"
-            "  CASE WHEN kind = 'lot' THEN date_trunc('hour', available_at, 'UTC') ELSE '-infinity' END,"
-            "  CASE WHEN kind <> 'lot' THEN '-infinity'"
-            "   ELSE coalesce(date_trunc('hour', expires_at, 'UTC'), 'infinity') END,"
-            f"  sum(points) FROM {self.table} WHERE kind <> 'hold' GROUP BY 1, 2, 3"
-        )
-
-    def items(self, t: Touched) -> list[tuple[Any, ...]]:
-        """The member's items as rows."""
-        m = t.member
-        rows: list[tuple[Any, ...]] = [
-            (m.id, "lot", i, lot.points, lot.available_at, lot.expires_at)
-            for i, lot in enumerate(m.lots)
-            if lot.points
-        ]
-        rows += [(m.id, "hold", i, h.points, None, h.expires_at) for i, h in enumerate(m.holds.values())]
+    @staticmethod
+    def member_items(m: Member) -> dict[_Key, _Item]:
+        """The member's items by (kind, item): a lot is numbered by its lot id (a lot keeps
+        its row while other lots come and go), a hold by its place among the open holds."""
+        items: dict[_Key, _Item] = {}
+        lots = 0
+        for lot in m.lots:
+            if lot.points:
+                items["lot", lot.lot_id] = (lot.points, lot.available_at, lot.expires_at)
+                lots += 1
+        if len(items) != lots:  # two lots with one id (never seen): numbered by place rather than fail
+            live = [lot for lot in m.lots if lot.points]
+            items = {("lot", i): (lot.points, lot.available_at, lot.expires_at) for i, lot in enumerate(live)}
+        for i, h in enumerate(m.holds.values()):
+            items[("hold", i)] = (h.points, None, h.expires_at)
         for kind, points in (("debt", m.debt), ("expired", m.expired), ("earned", m.lifetime_earned)):
             if points:
-                rows.append((m.id, kind, 0, points, None, None))
-        return rows
+                items[(kind, 0)] = (points, None, None)
+        return items
 
     def row(self, t: Touched) -> tuple[Any, ...]:
-        raise NotImplementedError("a member has several rows: see items()")
+        raise NotImplementedError("a member has several rows: see member_items()")
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from domain.identities import Identity
 from domain.rules import DEFAULT_RULES
 from projections import rebuild as rebuild_module
 from projections.balances import BalancesProjection, balance_row
+from projections.liability import LiabilityProjection
 from projections.members import MembersProjection, member_view
 from projections.projection import MemberProjection, Touched
 from projections.runner import ProjectionRunner, projection_status, rebuild
@@ -433,6 +434,57 @@ async def test_a_projection_killed_mid_batch_and_restarted_equals_a_rebuild_from
     for member in shoppers:
         row = next(r for r in live if r["member_id"] == uuid.UUID(member))
         assert row["lifetime_earned"] == counter.earned[member]
+
+
+class LiabilityFailsOnce(LiabilityProjection):
+    """Writes a batch's items, then fails before the batch is tracked (once)."""
+
+    failures = 0
+
+    async def write(
+        self, conn: asyncpg.Connection, touched: Mapping[uuid.UUID, Touched], *, after: int = 0
+    ) -> None:
+        await super().write(conn, touched, after=after)
+        if touched and LiabilityFailsOnce.failures == 0:
+            LiabilityFailsOnce.failures += 1
+            raise RuntimeError("crash after writing part of a batch")
+
+
+async def liability_tables(conn: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every item of `liability`, and the sums that are not zero."""
+    items = await conn.fetch("SELECT * FROM liability ORDER BY member_id, kind, item")
+    sums = await conn.fetch(
+        "SELECT * FROM liability_sums WHERE points <> 0 ORDER BY kind, available_hour, expires_hour"
+    )
+    return [dict(r) for r in items], [dict(r) for r in sums]
+
+
+async def test_liability_items_written_as_differences_equal_a_rebuild_after_a_failure_a_restart_and_a_merge(
+    services: Services, counter: Counter, database_url: str
+) -> None:
+    shoppers = [await counter.enrol() for _ in range(6)]
+    await counter.shopping(shoppers, rounds=4)  # earns, and redemptions that empty lots
+    LiabilityFailsOnce.failures = 0
+
+    # A failed batch leaves its items in the projection's memory but not in the table.
+    async with running(services, database_url, [LiabilityFailsOnce(services.store)], batch=15) as runner:
+        assert await runner.wait_for("liability", counter.last_position, timeout=10)
+    assert LiabilityFailsOnce.failures == 1
+    await counter.shopping(shoppers, rounds=2)
+    await counter.merge(shoppers[0], shoppers[1])
+
+    # A new instance has written nothing yet: it reads the members' items back first.
+    async with running(services, database_url, [LiabilityProjection(services.store)], batch=7) as runner:
+        assert await runner.wait_for("liability", counter.last_position, timeout=10)
+        await counter.shopping(shoppers[2:], rounds=3)
+        assert await runner.wait_for("liability", counter.last_position, timeout=10)
+    live_items, live_sums = await liability_tables(services.pool)
+
+    await rebuild(services.pool, services.store, "liability")
+
+    assert await liability_tables(services.pool) == (live_items, live_sums)
+    assert not any(r["member_id"] == uuid.UUID(shoppers[1]) for r in live_items if r["kind"] == "lot")
+    assert sum(r["points"] for r in live_items if r["kind"] == "earned") == sum(counter.earned.values())
 
 
 class Broken(BalancesProjection):
