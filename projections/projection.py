@@ -73,14 +73,18 @@ class Touched:
     recorded_at: datetime
     # The member's events in the batch, in log order (read models that add up events use them).
     events: list[LogEvent] = field(default_factory=list)
+    # balance_values(), worked out once for every projection that writes it.
+    balance: tuple[Any, ...] | None = None
 
 
 def balance_values(t: Touched) -> tuple[Any, ...]:
     """The BALANCE_COLUMNS of a touched member, then its tier, balance_at, next_change_at and
-    the EXPIRING_COLUMNS."""
+    the EXPIRING_COLUMNS (computed once per touched member: several read models write them)."""
+    if t.balance is not None:
+        return t.balance
     b = t.member.balance(now=t.at, rules=t.rules)
     expiring = b.expiring
-    return (
+    t.balance = (
         b.available,
         b.pending,
         b.held,
@@ -94,6 +98,7 @@ def balance_values(t: Touched) -> tuple[Any, ...]:
         None if expiring is None else expiring.points,
         None if expiring is None else expiring.at,
     )
+    return t.balance
 
 
 class LogFold:
