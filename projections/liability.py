@@ -47,7 +47,7 @@ def _sum_key(
 
 
 class LiabilityProjection(MemberProjection):
-    """Per member, its items; each batch replaces the touched members' items."""
+    """Per member, its items; each batch writes those of the touched members that changed."""
 
     kind = "liability"
     columns = (
@@ -59,18 +59,15 @@ class LiabilityProjection(MemberProjection):
         ("expires_at", "timestamptz"),
     )
 
-    def __init__(self, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        # Per member: the version of the items last written and those items. The rows of a
-        # member are a function of its state at a version, so they are what the table holds
-        # while the member's next event follows that version (whoever wrote them, even after a
-        # rollback here): a batch writes only what differs. Otherwise they are read back.
-        self._written: dict[UUID, tuple[int, dict[_Key, _Item]]] = {}
-
     def bind(self, table: str) -> None:
         super().bind(table)
         self._statements: dict[tuple[bool, bool], str] = {}
-        self._written = {}
+        # Per member (LRU): the stream version of the items last written, and those items. A
+        # member's items are a function of its state at a version, so they are what the table
+        # holds while the member's next event follows that version (whoever wrote them; a batch
+        # rolled back after writing leaves this ahead, which that check catches): a batch
+        # writes only what differs. Otherwise they are read back (ADR 22).
+        self._written: dict[UUID, tuple[int, dict[_Key, _Item]]] = {}
 
     def _statement(self, *, gone: bool, sums: bool) -> str:
         """A batch's one statement (one round trip): the items gone (if any), those new or
