@@ -89,17 +89,47 @@ def _run_http(app: Any, settings: Settings, port: int) -> None:
 def cmd_serve(settings: Settings) -> int:
     from service.app import create_app
     from service.followers import FollowerProcess
+    from service.processes import serve_processes, this_request_process
 
+    me = this_request_process(settings)
+    if me is not None:
+        return _serve_request_process(settings, me)
+    if settings.processes > 1 and settings.followers == "inline":
+        raise SystemExit("loyalty serve: LOYALTY_PROCESSES > 1 needs LOYALTY_FOLLOWERS=process or off")
     with servers(settings) as resolved:
         followers = FollowerProcess(resolved) if resolved.followers == "process" else None
         if followers is not None:
             followers.start()
         try:
-            _run_http(create_app(resolved), resolved, resolved.port)
+            if resolved.processes > 1:
+                serve_processes(resolved)
+            else:
+                _run_http(create_app(resolved), resolved, resolved.port)
         finally:
             # Last, so that the relay publishes what the drained requests committed.
             if followers is not None:
                 followers.stop()
+    return 0
+
+
+def _serve_request_process(settings: Settings, me: Any) -> int:
+    """One of the request processes of `serve` (ADR 25): the API on the inherited port, each
+    member's requests routed to the process that owns it."""
+    from service.app import create_app
+    from service.followers import exit_with_parent
+    from service.http_server import HttpLimits, run_http
+    from service.routing import Router
+
+    exit_with_parent()
+    app = Router(create_app(settings), me, keepalive_seconds=settings.http_keepalive_seconds)
+    run_http(
+        app,
+        host=settings.host,
+        port=settings.port,
+        limits=HttpLimits.from_settings(settings),
+        listener=me.listener(),
+        internal_path=me.own_socket_path,
+    )
     return 0
 
 
@@ -382,6 +412,9 @@ def parser(*, with_devtools: bool = True) -> argparse.ArgumentParser:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--data-dir", type=Path)
+    serve.add_argument(
+        "--processes", type=int, help="request processes on the port, each serving its own members (ADR 25)"
+    )
 
     follow = sub.add_parser(
         "follow", help="run the relay and the projections (what `serve` starts beside itself)"
@@ -475,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
             data_dir=getattr(args, "data_dir", None),
+            processes=getattr(args, "processes", None),
         )
     except ValueError as exc:  # a flag out of range: say which, no traceback
         raise SystemExit(f"loyalty: {exc}") from None

@@ -239,6 +239,17 @@ class Settings:
             choices=FOLLOWER_MODES,
         ),
     ] = "process"
+    processes: Annotated[
+        int,
+        Setting(
+            variable="LOYALTY_PROCESSES",
+            meaning="Request processes `serve` runs on the one port, each member's commands served"
+            " by one of them (so each keeps its members' cache: ADR 25); with more than one,"
+            " LOYALTY_FOLLOWERS is process or off",
+            ge=1,
+            le=64,
+        ),
+    ] = 1
     follower_port: Annotated[
         int | None,
         Setting(

@@ -28,37 +28,53 @@ STABLE_SECONDS = 30.0  # a child that lived this long starts the delays over
 STOP_TIMEOUT = 20.0
 
 
-class FollowerProcess:
-    """Runs `loyalty follow` with the resolved settings and restarts it when it dies."""
+class Supervised:
+    """A child process (`python -m service.cli ARGV`) that is restarted when it dies and never
+    outlives its parent: `loyalty follow`, or a request process of `loyalty serve` (ADR 25)."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._env = _child_environment(settings)
+    def __init__(
+        self, argv: list[str], env: dict[str, str], *, name: str, pass_fds: tuple[int, ...] = ()
+    ) -> None:
+        self._argv = argv
+        self._env = env
+        self._name = name
+        self._pass_fds = pass_fds
         self._stopping = threading.Event()
         self._child: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._supervise, name="follower-supervisor", daemon=True)
+        self._thread = threading.Thread(target=self._supervise, name=f"{name}-supervisor", daemon=True)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._child is None else self._child.pid
 
     def start(self) -> None:
         self._spawn()
         self._thread.start()
 
-    def stop(self) -> None:
-        """SIGTERM the child (it drains the relay) and wait for it; SIGKILL if it hangs."""
+    def terminate(self) -> None:
+        """Stop restarting it and SIGTERM the child (it drains), without waiting."""
         self._stopping.set()
+        with self._lock:
+            child = self._child
+        if child is not None and child.poll() is None:
+            child.terminate()
+
+    def stop(self) -> None:
+        """SIGTERM the child (it drains) and wait for it; SIGKILL if it hangs."""
+        self.terminate()
         with self._lock:
             child = self._child
         if child is None:
             return
-        if child.poll() is None:
-            child.terminate()
-            try:
-                child.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                log.warning("follower process did not stop; killing it", extra={"pid": child.pid})
-                child.kill()
-                child.wait()
-            # Its exit code says whether it stopped cleanly (0) or crashed on the way out.
-            log.info("follower process stopped", extra={"pid": child.pid, "exit_code": child.returncode})
+        try:
+            child.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop; killing it", self._name, extra={"pid": child.pid})
+            child.kill()
+            child.wait()
+        # Its exit code says whether it stopped cleanly (0) or crashed on the way out.
+        log.info("%s stopped", self._name, extra={"pid": child.pid, "exit_code": child.returncode})
         self._thread.join(timeout=STOP_TIMEOUT)
 
     def _spawn(self) -> None:
@@ -68,13 +84,14 @@ class FollowerProcess:
             # Its own session: a Ctrl-C on the terminal reaches only `serve`, which stops the
             # child after the requests have drained. The pipe on its stdin is never written;
             # the child exits when it closes, i.e. when `serve` is gone, even killed (-9).
-            self._child = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", "follow"],
+            self._child = subprocess.Popen(  # noqa: S603 - our own interpreter and subcommand
+                [sys.executable, "-m", "service.cli", *self._argv],
                 env={**self._env, PARENT_PIPE_VARIABLE: "1"},
                 stdin=subprocess.PIPE,
                 start_new_session=True,
+                pass_fds=self._pass_fds,
             )
-        log.info("follower process started", extra={"pid": self._child.pid})
+        log.info("%s started", self._name, extra={"pid": self._child.pid})
 
     def _supervise(self) -> None:
         failures = 0
@@ -90,12 +107,17 @@ class FollowerProcess:
                 return
             failures = 1 if time.monotonic() - started >= STABLE_SECONDS else failures + 1
             delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS)) - 1]
-            log.warning(
-                "follower process exited; restarting", extra={"exit_code": code, "restart_in_s": delay}
-            )
+            log.warning("%s exited; restarting", self._name, extra={"exit_code": code, "restart_in_s": delay})
             if self._stopping.wait(delay):
                 return
             self._spawn()
+
+
+class FollowerProcess(Supervised):
+    """Runs `loyalty follow` with the resolved settings and restarts it when it dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(["follow"], _child_environment(settings), name="follower process")
 
 
 def _child_environment(settings: Settings) -> dict[str, str]:

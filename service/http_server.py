@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -212,15 +214,48 @@ class _Server(uvicorn.Server):
             draining.set()
         await super().shutdown(sockets)
 
+    internal_path: str | None = None
+
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
+        if self.internal_path is not None and not self.should_exit:
+            await self._listen_internal(self.internal_path)
         _settle_heap()
 
+    async def _listen_internal(self, path: str) -> None:
+        """The Unix socket sibling request processes forward to (ADR 25), opened once the app
+        has started, so that a sibling serves the member itself until then."""
+        config = self.config
 
-def run_http(app: Any, *, host: str, port: int, limits: HttpLimits) -> None:
+        def protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by a process of the same index that died
+        server = await asyncio.get_running_loop().create_unix_server(protocol, path, backlog=1024)
+        self.servers.append(server)  # closed with the others when the server stops
+
+
+def run_http(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    limits: HttpLimits,
+    listener: socket.socket | None = None,
+    internal_path: str | None = None,
+) -> None:
     """Serve until SIGTERM/SIGINT: stop accepting, finish the requests in flight and run the
-    app's lifespan shutdown (the appender drains its queue)."""
-    _Server(http_config(app, host=host, port=port, limits=limits)).run()
+    app's lifespan shutdown (the appender drains its queue). `listener`: a socket already
+    listening (a request process's, inherited); `internal_path`: also serve on this Unix socket."""
+    server = _Server(http_config(app, host=host, port=port, limits=limits))
+    server.internal_path = internal_path
+    server.run(sockets=None if listener is None else [listener])
+    if internal_path is not None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(internal_path)
 
 
 def _settle_heap() -> None:
