@@ -180,7 +180,7 @@ class Peer:
         try:
             writer.write(request)
             await writer.drain()
-            parser = httptools.HttpResponseParser(answer)
+            parser = answer.parser = httptools.HttpResponseParser(answer)
             while not answer.complete:
                 data = await reader.read(65536)
                 if not data:
@@ -192,7 +192,7 @@ class Peer:
             if not answer.started and isinstance(exc, OSError | httptools.HttpParserError):
                 raise Unanswered(str(exc)) from exc
             raise
-        if parser.should_keep_alive():
+        if answer.keep_alive:
             self._idle.append((reader, writer, asyncio.get_running_loop().time()))
         else:
             writer.close()
@@ -206,8 +206,10 @@ class _Answer:
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._head = False
+        self.parser: httptools.HttpResponseParser | None = None
         self.started = False
         self.complete = False
+        self.keep_alive = False  # asked of the parser at the end: it forgets once it is done
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
@@ -222,6 +224,7 @@ class _Answer:
 
     def on_message_complete(self) -> None:
         self.complete = True
+        self.keep_alive = self.parser is not None and self.parser.should_keep_alive()
 
     async def relay(self, parser: httptools.HttpResponseParser) -> None:
         """Pass on what has arrived: the head once, then the body (one message when it came

@@ -26,6 +26,8 @@ import signal, sys
 from pathlib import Path
 from devtools.embedded import EmbeddedServers
 with EmbeddedServers(Path(sys.argv[1])):
+    # Blocked for sigwait once the servers run (they would inherit the mask).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     print("up", flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
 PY

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -99,12 +100,15 @@ def main() -> None:
         for i in range(count)
     ]
     pids = [c.pid for c in children]
+    # For sigwait below; after the children started, which would inherit the mask.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     print(f"serving on {port} with {count} process(es), mode {os.environ.get('MODE', 'routed')}", flush=True)
     time.sleep(until_window)
     before, started = cpu_seconds(pids), time.monotonic()
     time.sleep(window)
     used, elapsed = cpu_seconds(pids) - before, time.monotonic() - started
     print(json.dumps({"processes": count, "cores": round(used / elapsed, 3), "cpu_s": round(used, 3)}), flush=True)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})  # blocked above: serving on until the generator is done
     for c in children:
         c.terminate()
     for c in children:

@@ -20,7 +20,8 @@ for round in $(seq "$ROUNDS"); do
     for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$PORT/x" && break; sleep 0.1; done
     "$REPO/.venv/bin/loyalty" bench --url "http://127.0.0.1:$PORT" --admin-key x --mix earn=1 -c 64 \
       -T "$DURATION" --warmup 3 --members 1000 --seed "$round" --json >"$OUT/$variant-$round.json"
-    wait "$server"
+    while ! grep -q cores "$OUT/$variant-$round.cpu"; do sleep 0.2; done
+    kill -TERM "$server"; wait "$server"
     python3 - "$OUT/$variant-$round" "$variant" "$DURATION" <<'PY'
 import json, sys
 run, variant = sys.argv[1], sys.argv[2]
