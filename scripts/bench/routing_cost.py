@@ -68,7 +68,8 @@ def child() -> None:
     internal = None
     if os.environ.get("MODE") != "plain":
         app, internal = Router(app, me, keepalive_seconds=5.0), me.own_socket_path
-    run_http(app, host="127.0.0.1", port=0, limits=HttpLimits(), listener=me.listener(), internal_path=internal)
+    limits = HttpLimits()
+    run_http(app, host="127.0.0.1", port=0, limits=limits, listener=me.listener(), internal_path=internal)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -85,13 +86,14 @@ def main() -> None:
 
     from service.processes import REQUEST_PROCESS_VARIABLE
 
-    count, port, until_window, window = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    count, port = int(sys.argv[1]), int(sys.argv[2])
+    until_window, window = float(sys.argv[3]), float(sys.argv[4])
     listener = socket.create_server(("127.0.0.1", port), backlog=2048)
     listener.set_inheritable(True)
     sockets = tempfile.mkdtemp(prefix="routing-cost-")
     env = {**os.environ, "LOYALTY_PROCESSES": str(count), "LOYALTY_LOG_FORMAT": "json"}
     children = [
-        subprocess.Popen(
+        subprocess.Popen(  # noqa: S603 - this interpreter and this file
             [sys.executable, __file__, "child"],
             env={**env, REQUEST_PROCESS_VARIABLE: f"{i} {listener.fileno()} {sockets}"},
             pass_fds=(listener.fileno(),),
@@ -107,7 +109,8 @@ def main() -> None:
     before, started = cpu_seconds(pids), time.monotonic()
     time.sleep(window)
     used, elapsed = cpu_seconds(pids) - before, time.monotonic() - started
-    print(json.dumps({"processes": count, "cores": round(used / elapsed, 3), "cpu_s": round(used, 3)}), flush=True)
+    figures = {"processes": count, "cores": round(used / elapsed, 3), "cpu_s": round(used, 3)}
+    print(json.dumps(figures), flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})  # blocked above: serving on until the generator is done
     for c in children:
         c.terminate()

@@ -71,4 +71,5 @@ for processes, rows in sorted(runs.items()):
     for key in rows[0]:
         xs = [r.get(key) for r in rows if r.get(key) is not None]
         if xs:
-            print(f"   {key:<28} {round(statistics.median(xs), 2):>10}   ({', '.join(str(round(x, 2)) for x in xs)})")
+            runs_text = ", ".join(str(round(x, 2)) for x in xs)
+            print(f"   {key:<28} {round(statistics.median(xs), 2):>10}   ({runs_text})")
