@@ -27,6 +27,8 @@ from service.api.campaigns import CampaignsController
 from service.api.errors import EXCEPTION_HANDLERS
 from service.api.health import HealthController
 from service.api.holds import HoldsController
+from service.api.lean import LEAN
+from service.api.lean import answer as answer_lean
 from service.api.ledger import LedgerController
 from service.api.live import LiveController
 from service.api.members import MembersController
@@ -113,6 +115,11 @@ def _front(metrics: Metrics, gate: Gate | None, *, log_requests: bool) -> Any:
                     scope["user"] = await gate.admit(services, headers.get(b"authorization"), client)
                     if scope["method"] in _BODY_METHODS and _has_body(headers) and not _json_content(headers):
                         raise HTTPException(status_code=415, detail=_NOT_JSON)
+                    # A command endpoint: answered on the lean path, past Litestar's (ADR 24).
+                    lean = scope["route_handler"].opt.get(LEAN) if scope["method"] == "POST" else None
+                    if lean is not None:
+                        status = await answer_lean(scope, receive, send, lean, headers)
+                        return
                 await app(scope, receive, send_wrapper)
             except HTTPException as exc:  # answered by the app's exception handlers
                 status = exc.status_code

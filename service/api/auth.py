@@ -26,6 +26,7 @@ from .schemas import IDEMPOTENCY_KEY
 
 PUBLIC_PREFIXES = ("/health", "/schema", "/metrics", "/asyncapi.json", "/console")
 IDEMPOTENCY_HEADER = "idempotency-key"
+IDEMPOTENCY_HEADER_BYTES = IDEMPOTENCY_HEADER.encode()
 
 
 def is_public(path: str) -> bool:
@@ -97,12 +98,17 @@ def requires(*scopes: str) -> Any:
             return
         principal: Principal = connection.user
         if principal.scopes.isdisjoint(scopes):
-            wanted = " or ".join(repr(s) for s in scopes)
-            raise PermissionDeniedException(f"this API key lacks the {wanted} scope")
+            raise PermissionDeniedException(lacks(*scopes))
 
     guard.__name__ = "requires_" + "_or_".join(scopes)
     guard.scopes = scopes  # type: ignore[attr-defined]  # read by the OpenAPI document
     return guard
+
+
+def lacks(*scopes: str) -> str:
+    """What a 403 says: the key has none of `scopes`."""
+    wanted = " or ".join(repr(s) for s in scopes)
+    return f"this API key lacks the {wanted} scope"
 
 
 def fingerprint(method: str, path: str, body: bytes) -> bytes:
@@ -131,25 +137,43 @@ async def command_context(
     method, path and the decoded body (so a retry that differs only in whitespace or key order
     is the same request), and the same key with any other request is refused.
     """
-    principal = request.user
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if request.method in ("POST", "PUT"):
-        if key is None:
-            raise InvalidInput([("Idempotency-Key", "header is required on every change of state")])
-        if not _valid_idempotency_key(key):
-            raise InvalidInput([("Idempotency-Key", "must be 1-200 printable ASCII characters")])
     body = b""
     if request.route_handler.parsed_data_field:
         # An absent body (a release may have none) is the same request as `{}`.
         data = await request.json()
         body = canonical(data if data is not None else {})
-    request_id = request_id_var.get() or request.headers.get("x-request-id") or uuid.uuid4().hex
+    return context_of(
+        request.user,
+        method=request.method,
+        path=request.url.path,
+        idempotency_key=request.headers.get(IDEMPOTENCY_HEADER),
+        request_id=request_id_var.get() or request.headers.get("x-request-id"),
+        body=body,
+    )
+
+
+def context_of(
+    principal: Principal,
+    *,
+    method: str,
+    path: str,
+    idempotency_key: str | None,
+    request_id: str | None,
+    body: bytes,
+) -> CommandContext:
+    """The CommandContext of a request (`body`: its canonical body, empty when it has none);
+    InvalidInput when a POST or PUT lacks a valid Idempotency-Key."""
+    if method in ("POST", "PUT"):
+        if idempotency_key is None:
+            raise InvalidInput([("Idempotency-Key", "header is required on every change of state")])
+        if not _valid_idempotency_key(idempotency_key):
+            raise InvalidInput([("Idempotency-Key", "must be 1-200 printable ASCII characters")])
     return CommandContext(
         channel=principal.channel,
         api_key_id=str(principal.key_id),
         scopes=principal.scopes,
         now=datetime.now(UTC),
-        request_id=request_id[:100],
-        idempotency_key=key,
-        request_hash=fingerprint(request.method, request.url.path, body),
+        request_id=(request_id or uuid.uuid4().hex)[:100],
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint(method, path, body),
     )

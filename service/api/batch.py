@@ -17,58 +17,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 import msgspec
 from litestar import Controller, post
-from litestar.di import NamedDependency, Provide
 from litestar.exceptions import ClientException
 from litestar.params import JSONBody
 from msgspec import Meta
 
 from domain.errors import DomainError
-from service.handlers import holds, ledger
-from service.handlers.commands import (
-    Award,
-    ReleaseHold,
-    ReverseEarn,
-)
+from service.handlers import ledger
+from service.handlers.commands import Award
 from service.handlers.context import CommandContext
 from service.handlers.errors import InvalidInput
 from service.handlers.results import Earned, Outcome
 from service.handlers.unit_of_work import Command, execute_many
 from service.services import Services
 
-from .auth import command_context, fingerprint, requires
+from .auth import fingerprint, requires
 from .body import canonical, decode_body
 from .errors import RETRY_AFTER_SECONDS, UNAVAILABLE, domain_problem, problem_body
-from .holds import capture_command, hold_command
-from .ledger import adjustment_command, earn_command, redeem_command, reversal_command, transfer_command
-from .schemas import (
-    AdjustmentIn,
-    Body,
-    CaptureIn,
-    EarnIn,
-    HoldIn,
-    IdempotencyKey,
-    Out,
-    RedeemIn,
-    ReleaseIn,
-    ReversalIn,
-    TransferIn,
-)
-from .views import (
-    adjustment_out,
-    earn_out,
-    hold_closed_out,
-    hold_out,
-    redeem_out,
-    reversal_out,
-    transfer_out,
-)
+from .lean import answered_by, answered_here
+from .operations import OPERATIONS, earn_command
+from .responses import Answer, encode
+from .schemas import Body, EarnIn, IdempotencyKey, Out
+from .views import earn_out
 
 MAX_ITEMS = 500
 
@@ -102,76 +78,6 @@ class BatchOut(Out, kw_only=True):
     results: list[BatchItemOut]
 
 
-@dataclass(frozen=True, slots=True)
-class Operation:
-    """How one kind of item runs: its endpoint's path, its body type, the scope a body needs,
-    and the use case that answers it (an Outcome and how to render its result)."""
-
-    path: str  # e.g. "/v1/members/{member_id}/earn": what the item is fingerprinted as
-    body: type[Any]
-    scope: Callable[[Any], str]
-    target: Literal["member", "hold"]
-    run: Callable[[Services, CommandContext, UUID, Any], Awaitable[Ran]]
-
-
-# What running an item gives: its outcome, and how its endpoint renders the result.
-Ran = tuple[Outcome[Any], Callable[[Any, int], Any]]
-_ANY = UUID(int=0)  # a member id where only the shape of a body matters
-
-
-async def _earn(services: Services, ctx: CommandContext, member_id: UUID, body: EarnIn) -> Ran:
-    return await ledger.earn(services, ctx, earn_command(member_id, body)), earn_out
-
-
-async def _redeem(services: Services, ctx: CommandContext, member_id: UUID, body: RedeemIn) -> Ran:
-    return await ledger.redeem(services, ctx, redeem_command(member_id, body)), redeem_out
-
-
-async def _reversal(services: Services, ctx: CommandContext, member_id: UUID, body: ReversalIn) -> Ran:
-    return await ledger.reverse(services, ctx, reversal_command(member_id, body)), reversal_out
-
-
-async def _adjustment(services: Services, ctx: CommandContext, member_id: UUID, body: AdjustmentIn) -> Ran:
-    return await ledger.adjust(services, ctx, adjustment_command(member_id, body)), adjustment_out
-
-
-async def _transfer(services: Services, ctx: CommandContext, member_id: UUID, body: TransferIn) -> Ran:
-    return await ledger.transfer(services, ctx, transfer_command(member_id, body)), transfer_out
-
-
-async def _hold(services: Services, ctx: CommandContext, member_id: UUID, body: HoldIn) -> Ran:
-    return await holds.place(services, ctx, hold_command(member_id, body)), hold_out
-
-
-async def _capture(services: Services, ctx: CommandContext, hold_id: UUID, body: CaptureIn) -> Ran:
-    return await holds.capture(services, ctx, capture_command(hold_id, body)), hold_closed_out
-
-
-async def _release(services: Services, ctx: CommandContext, hold_id: UUID, body: ReleaseIn) -> Ran:
-    return await holds.release(services, ctx, ReleaseHold(hold_id=hold_id)), hold_closed_out
-
-
-def _earn_scope(body: EarnIn) -> str:
-    return "award" if isinstance(earn_command(_ANY, body), Award) else "earn"
-
-
-def _reversal_scope(body: ReversalIn) -> str:
-    return "earn" if isinstance(reversal_command(_ANY, body), ReverseEarn) else "redeem"
-
-
-_MEMBER = "/v1/members/{member_id}/"
-OPERATIONS: dict[str, Operation] = {
-    "earn": Operation(_MEMBER + "earn", EarnIn, _earn_scope, "member", _earn),
-    "redeem": Operation(_MEMBER + "redeem", RedeemIn, lambda _: "redeem", "member", _redeem),
-    "reversal": Operation(_MEMBER + "reversals", ReversalIn, _reversal_scope, "member", _reversal),
-    "adjustment": Operation(_MEMBER + "adjustments", AdjustmentIn, lambda _: "adjust", "member", _adjustment),
-    "transfer": Operation(_MEMBER + "transfers", TransferIn, lambda _: "transfer", "member", _transfer),
-    "hold": Operation(_MEMBER + "holds", HoldIn, lambda _: "redeem", "member", _hold),
-    "capture": Operation("/v1/holds/{hold_id}/capture", CaptureIn, lambda _: "redeem", "hold", _capture),
-    "release": Operation("/v1/holds/{hold_id}/release", ReleaseIn, lambda _: "redeem", "hold", _release),
-}
-
-
 def _keys(item: BatchItemIn) -> list[UUID]:
     """What an item must wait for the earlier items of: its member (or hold), and for a
     transfer the receiver too (read from the body; a body that does not decode waits for none)."""
@@ -186,7 +92,6 @@ class _Receiver(msgspec.Struct):
     to_member_id: UUID
 
 
-_encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
@@ -198,10 +103,31 @@ class _Item:
     done: asyncio.Future[None]
 
 
+async def run_batch(services: Services, ctx: CommandContext, _: dict[str, Any], data: BatchIn) -> Answer:
+    """Items run in order per member; the answer lists each item's result in order."""
+    last: dict[UUID, asyncio.Future[None]] = {}
+    items: list[_Item] = []
+    loop = asyncio.get_running_loop()
+    for index, item in enumerate(data.items):
+        done: asyncio.Future[None] = loop.create_future()
+        keys = _keys(item)
+        items.append(_Item(index, item, [last[k] for k in keys if k in last], done))
+        last.update(dict.fromkeys(keys, done))
+    # The first item of each member that is an earn (the common case, and what a POS catching
+    # up sends) is decided with the others like it in one pass and appended with them; the
+    # rest run one by one, after the items of their member before them.
+    earns = [i for i in items if not i.after and i.item.op == "earn"]
+    results: list[BatchItemOut | None] = [None] * len(items)
+    one_by_one = [i for i in items if i.after or i.item.op != "earn"]
+    await asyncio.gather(
+        _earns(services, ctx, earns, results), *(_run(services, ctx, i, results) for i in one_by_one)
+    )
+    return Answer(200, encode(BatchOut(results=[r for r in results if r is not None])))
+
+
 class BatchController(Controller):
     path = "/v1/batch"
     tags = ["ledger"]
-    dependencies = {"ctx": Provide(command_context)}
 
     @post(
         "/",
@@ -209,42 +135,22 @@ class BatchController(Controller):
         guards=[requires("earn", "award", "redeem", "adjust", "transfer")],
         status_code=200,
         summary="Many commands in one request, each with its own Idempotency-Key and answer",
+        opt=answered_by(run_batch),
     )
-    async def batch(
-        self,
-        data: JSONBody[BatchIn],
-        services: NamedDependency[Services],
-        ctx: NamedDependency[CommandContext],
-    ) -> BatchOut:
+    async def batch(self, data: JSONBody[BatchIn]) -> BatchOut:
         """Items run in order per member; the answer lists each item's result in order."""
-        last: dict[UUID, asyncio.Future[None]] = {}
-        items: list[_Item] = []
-        loop = asyncio.get_running_loop()
-        for index, item in enumerate(data.items):
-            done: asyncio.Future[None] = loop.create_future()
-            keys = _keys(item)
-            items.append(_Item(index, item, [last[k] for k in keys if k in last], done))
-            last.update(dict.fromkeys(keys, done))
-        # The first item of each member that is an earn (the common case, and what a POS catching
-        # up sends) is decided with the others like it in one pass and appended with them; the
-        # rest run one by one, after the items of their member before them.
-        earns = [i for i in items if not i.after and i.item.op == "earn"]
-        results: list[BatchItemOut | None] = [None] * len(items)
-        one_by_one = [i for i in items if i.after or i.item.op != "earn"]
-        await asyncio.gather(
-            _earns(services, ctx, earns, results), *(self._run(services, ctx, i, results) for i in one_by_one)
-        )
-        return BatchOut(results=[r for r in results if r is not None])
+        answered_here()
 
-    async def _run(
-        self, services: Services, ctx: CommandContext, queued: _Item, results: list[BatchItemOut | None]
-    ) -> None:
-        try:
-            for earlier in queued.after:
-                await earlier
-            results[queued.index] = await _item(services, ctx, queued.item)
-        finally:
-            queued.done.set_result(None)
+
+async def _run(
+    services: Services, ctx: CommandContext, queued: _Item, results: list[BatchItemOut | None]
+) -> None:
+    try:
+        for earlier in queued.after:
+            await earlier
+        results[queued.index] = await _item(services, ctx, queued.item)
+    finally:
+        queued.done.set_result(None)
 
 
 async def _earns(
@@ -278,7 +184,7 @@ def _earn_item(services: Services, ctx: CommandContext, item: BatchItemIn) -> Co
     when it does not fit (the same checks, in the same order, as `_item`)."""
     if item.member_id is None:
         raise InvalidInput([("member_id", "required for earn")])
-    body = decode_body(_encode(item.body if item.body is not None else {}), EarnIn)
+    body = decode_body(encode(item.body if item.body is not None else {}), EarnIn)
     cmd = earn_command(item.member_id, body)
     scope = "award" if isinstance(cmd, Award) else "earn"
     if scope not in ctx.scopes:
@@ -296,15 +202,16 @@ async def _item(services: Services, ctx: CommandContext, item: BatchItemIn) -> B
         if target is None:
             name = "member_id" if operation.target == "member" else "hold_id"
             raise InvalidInput([(name, f"required for {item.op}")])
-        body = decode_body(_encode(item.body if item.body is not None else {}), operation.body)
-        scope = operation.scope(body)
+        body = decode_body(encode(item.body if item.body is not None else {}), operation.body)
+        cmd = operation.command(target, body)
+        scope = operation.scope(cmd)
         if scope not in ctx.scopes:
             return _forbidden(scope)
         own = _own(ctx, item, operation.path.format(member_id=target, hold_id=target), body)
-        outcome, render = await operation.run(services, own, target, body)
+        outcome = await operation.run(services, own, cmd)
     except Exception as exc:  # answered per item, or raised again by _refused
         return _refused(exc)
-    return _answer(outcome, render)
+    return _answer(outcome, operation.render)
 
 
 def _own(ctx: CommandContext, item: BatchItemIn, path: str, body: Any) -> CommandContext:

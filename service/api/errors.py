@@ -212,4 +212,13 @@ EXCEPTION_HANDLERS: dict[type[Exception] | int, Any] = {
     Exception: unexpected,
 }
 
-__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "problem"]
+
+def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """The answer to `exc` by EXCEPTION_HANDLERS, chosen as Litestar chooses (the nearest class
+    in its MRO): for requests answered outside Litestar's exception middleware (lean.py)."""
+    handler = next(EXCEPTION_HANDLERS[c] for c in type(exc).__mro__ if c in EXCEPTION_HANDLERS)
+    response: Response[Any] = handler(request, exc)
+    return response
+
+
+__all__ = ["EXCEPTION_HANDLERS", "PROBLEM_JSON", "error_response", "problem"]
