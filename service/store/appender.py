@@ -34,6 +34,9 @@ MAX_BATCH = 500
 # Batch transactions in flight: one holding the lock and committing, the next already waiting
 # for the lock in PostgreSQL, which grants it at that commit without a turn of our event loop.
 IN_FLIGHT = 2
+# Streams whose last version and hash the appender remembers from its own writes (past that the
+# memory restarts; a stream not remembered is read under the lock, as before).
+MAX_KNOWN_STREAMS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,21 @@ class _Pending:
     future: asyncio.Future[Outcome]
 
 
+@dataclass(slots=True)
+class _Heads:
+    """What this appender's last commit left at the head of the log: its position and global
+    hash, and the last version and stream hash of each stream it wrote. The global hash at the
+    head commits to the whole log (chain.py), so while the head read under the lock is still
+    this one, nobody else has appended since, and these streams need not be read again."""
+
+    position: int = 0
+    global_hash: bytes = chain.GENESIS
+    streams: dict[UUID, tuple[int, bytes]] = field(default_factory=dict)
+
+    def holds(self, position: int, global_hash: bytes) -> bool:
+        return bool(self.streams) and position == self.position and global_hash == self.global_hash
+
+
 class Appender:
     """The single writer of this process; `append()` is safe to call from any task."""
 
@@ -187,6 +205,7 @@ class Appender:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._commits: set[asyncio.Task[None]] = set()
+        self._heads = _Heads()
         self.batches = 0
         self.appended = 0
 
@@ -267,7 +286,7 @@ class Appender:
         async with self._pool.acquire() as conn:
             await conn.execute(f"BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK})")
             try:
-                plan = await _Plan.build(conn, [p.request for p in batch])
+                plan = await _Plan.build(conn, [p.request for p in batch], self._heads)
                 accepted: list[tuple[_Pending, Committed]] = []
                 rejected: list[tuple[_Pending, BaseException | Replayed]] = []
                 for pending in batch:
@@ -278,6 +297,10 @@ class Appender:
                         rejected.append((pending, result))
                 if accepted:
                     await plan.write(conn, [p.request for p, _ in accepted])
+                    # Before COMMIT: the next batch may be granted the lock (and read the head)
+                    # before this task hears that its COMMIT is done. Should this commit fail,
+                    # the head read next will not match, and these are dropped.
+                    self._heads = plan.heads_after(self._heads)
                 await conn.execute("COMMIT")
             except BaseException:
                 # Also on cancellation; a connection that cannot even roll back is closed.
@@ -317,23 +340,28 @@ class _Plan:
         # and the transaction's now(), which is every new event's recorded_at.
         self.head_hash = chain.GENESIS
         self.stream_hashes: dict[UUID, bytes] = {}
+        self.written: set[UUID] = set()  # streams the batch appends to
         self.now: datetime | None = None
-        self.idempotency: dict[tuple[str, str], tuple[bytes, int, bytes]] = {}
+        self.idempotency: dict[tuple[str, str], tuple[bytes, int, bytes, int]] = {}
+        self.expired_keys: set[tuple[str, str]] = set()
         self.orders: dict[str, tuple[UUID, str | None]] = {}
         self.identities: dict[tuple[str, bytes], UUID] = {}
         self.responses: dict[int, tuple[IdempotencyRecord, int]] = {}
         self.positions: dict[int, list[int]] = {}
 
     @classmethod
-    async def build(cls, conn: asyncpg.Connection, requests: list[AppendRequest]) -> _Plan:
-        """Read, in one query, all the batch is checked against (under the append lock)."""
+    async def build(cls, conn: asyncpg.Connection, requests: list[AppendRequest], heads: _Heads) -> _Plan:
+        """Read, in one query, all the batch is checked against (under the append lock); the
+        streams `heads` remembers are left out of it, and read in a second query only when the
+        head of the log is no longer the one `heads` left."""
         streams = list({s for r in requests for s in (*r.expected, *(e.stream_id for e in r.events))})
+        known = {s: heads.streams[s] for s in streams if s in heads.streams}
         keys = [(r.idempotency.channel, r.idempotency.key) for r in requests if r.idempotency]
         orders = [o for r in requests for o, _ in r.order_claims]
         claims = [c for r in requests for c in r.identity_claims]
         row = await conn.fetchrow(
             _READ_PLAN,
-            streams,
+            [s for s in streams if s not in known],
             [c for c, _ in keys],
             [k for _, k in keys],
             orders,
@@ -346,18 +374,29 @@ class _Plan:
         plan.now = row["now"]
         plan.versions = dict(zip(row["stream_ids"] or (), row["versions"] or (), strict=True))
         plan.stream_hashes = dict(zip(row["stream_ids"] or (), row["stream_hashes"] or (), strict=True))
-        plan.idempotency = {
-            (channel, key): (request_hash, status, response, position)
-            for channel, key, request_hash, status, response, position in zip(
-                row["idem_channels"] or (),
-                row["idem_keys"] or (),
-                row["idem_hashes"] or (),
-                row["idem_statuses"] or (),
-                row["idem_responses"] or (),
-                row["idem_positions"] or (),
-                strict=True,
-            )
-        }
+        if heads.holds(row["head"], plan.head_hash):
+            for stream_id, (version, stream_hash) in known.items():
+                plan.versions[stream_id], plan.stream_hashes[stream_id] = version, stream_hash
+        else:  # another writer (instance) appended since, or our last commit failed
+            heads.streams.clear()
+            if known:
+                for r in await conn.fetch(_READ_STREAMS, list(known)):
+                    plan.versions[r["stream_id"]] = r["stream_version"]
+                    plan.stream_hashes[r["stream_id"]] = r["hash"]
+        for channel, key, request_hash, status, response, position, live in zip(
+            row["idem_channels"] or (),
+            row["idem_keys"] or (),
+            row["idem_hashes"] or (),
+            row["idem_statuses"] or (),
+            row["idem_responses"] or (),
+            row["idem_positions"] or (),
+            row["idem_live"] or (),
+            strict=True,
+        ):
+            if live:
+                plan.idempotency[(channel, key)] = (request_hash, status, response, position)
+            else:  # past its 24 hours, not yet pruned: a new answer replaces it
+                plan.expired_keys.add((channel, key))
         plan.orders = {
             ref: (owner, channel)
             for ref, owner, channel in zip(
@@ -434,7 +473,16 @@ class _Plan:
             previous = chain.global_hash(previous, position, event_hash)
             hashes.append(event_hash)
             global_hashes.append(previous)
+        self.head_hash = previous
+        self.written.update(row[2] for row in rows)
         return hashes, global_hashes
+
+    def heads_after(self, heads: _Heads) -> _Heads:
+        """`heads` once this plan's writes commit: the new head, and the streams it wrote added."""
+        streams = heads.streams if len(heads.streams) < MAX_KNOWN_STREAMS else {}
+        for stream_id in self.written:
+            streams[stream_id] = (self.versions[stream_id], self.stream_hashes[stream_id])
+        return _Heads(self.next_position - 1, self.head_hash, streams)
 
     async def write(self, conn: asyncpg.Connection, requests: list[AppendRequest]) -> None:
         """Write the accepted requests: events, idempotency records, order and hold claims, member
@@ -462,6 +510,12 @@ class _Plan:
         traceparents = [r.metadata.traceparent for r in requests for _ in r.events]
         last = rows[-1][0] if rows else 0
         idem_rows = [self.responses[id(r)] for r in requests if id(r) in self.responses]
+        # Only the appender writes these records, under the lock: a key the plan did not find is
+        # inserted plainly; one found past its retention is replaced (apart: it is rare, and the
+        # pruning, which does not take the lock, may delete it meanwhile).
+        renewed = [(i, pos) for i, pos in idem_rows if (i.channel, i.key) in self.expired_keys]
+        if renewed:
+            idem_rows = [(i, pos) for i, pos in idem_rows if (i.channel, i.key) not in self.expired_keys]
         orders = [(o, m, r.metadata.channel) for r in requests for o, m in r.order_claims]
         keys = [k for r in requests for k in r.member_keys]
         # A hold is indexed at its request's last event (its points_held).
@@ -491,6 +545,16 @@ class _Plan:
             global_hashes,
             traceparents,
         )
+        if renewed:
+            await conn.execute(
+                _RENEW_KEYS,
+                [i.channel for i, _ in renewed],
+                [i.key for i, _ in renewed],
+                [i.request_hash for i, _ in renewed],
+                [i.status for i, _ in renewed],
+                [i.response for i, _ in renewed],
+                [pos for _, pos in renewed],
+            )
         releases = [c for r in requests for c in r.identity_releases]
         if releases:
             await conn.execute(
@@ -540,14 +604,16 @@ class _Plan:
                 raise CheckpointNotAdvanced(name, position)
 
 
-# Everything a batch is checked against, as one row of arrays (NULL where nothing matched).
+# Everything a batch is checked against, as one row of arrays (NULL where nothing matched): the
+# head of the log (its position and global hash, one index probe) and each stream's last version
+# and hash ($1: the streams the appender does not already know, see _Heads).
 _READ_PLAN = """
 SELECT
-  (SELECT coalesce(max(position), 0) FROM events) AS head,
-  (SELECT global_hash FROM events ORDER BY position DESC LIMIT 1) AS head_hash,
+  coalesce(h.position, 0) AS head, h.global_hash AS head_hash,
   now() AS now,
   v.stream_ids, v.versions, v.stream_hashes,
   i.idem_channels, i.idem_keys, i.idem_hashes, i.idem_statuses, i.idem_responses, i.idem_positions,
+  i.idem_live,
   o.order_refs, o.order_owners, o.order_channels,
   c.identity_kinds, c.identity_hashes, c.identity_owners
 FROM
@@ -558,10 +624,10 @@ FROM
                           ORDER BY stream_version DESC LIMIT 1) AS l) AS v,
   (SELECT array_agg(channel) AS idem_channels, array_agg(key) AS idem_keys,
           array_agg(request_hash) AS idem_hashes, array_agg(status) AS idem_statuses,
-          array_agg(response) AS idem_responses, array_agg(position) AS idem_positions
+          array_agg(response) AS idem_responses, array_agg(position) AS idem_positions,
+          array_agg(created_at > now() - interval '24 hours') AS idem_live
      FROM idempotency_keys
-    WHERE (channel, key) IN (SELECT * FROM unnest($2::text[], $3::text[]))
-      AND created_at > now() - interval '24 hours') AS i,
+    WHERE (channel, key) IN (SELECT * FROM unnest($2::text[], $3::text[]))) AS i,
   (SELECT array_agg(order_ref) AS order_refs, array_agg(member_id) AS order_owners,
           array_agg(channel) AS order_channels
      FROM order_refs WHERE order_ref = ANY($4::text[])) AS o,
@@ -569,6 +635,15 @@ FROM
           array_agg(member_id) AS identity_owners
      FROM identities
     WHERE (kind, value_hash) IN (SELECT * FROM unnest($5::text[], $6::bytea[]))) AS c
+  LEFT JOIN LATERAL (SELECT position, global_hash FROM events ORDER BY position DESC LIMIT 1) AS h ON true
+"""
+
+# The last version and hash of these streams, when the ones the appender knew are stale.
+_READ_STREAMS = """
+SELECT s.id AS stream_id, l.stream_version, l.hash
+  FROM unnest($1::uuid[]) AS s(id)
+  CROSS JOIN LATERAL (SELECT stream_version, hash FROM events WHERE stream_id = s.id
+                       ORDER BY stream_version DESC LIMIT 1) AS l
 """
 
 # The common writes of a batch, in one statement (data-modifying CTEs all run, referenced or
@@ -587,10 +662,7 @@ WITH
   new_keys AS (
     INSERT INTO idempotency_keys (channel, key, request_hash, status, response, position)
     SELECT * FROM unnest($13::text[], $14::text[], $15::bytea[], $16::smallint[], $17::bytea[],
-                         $18::bigint[])
-    ON CONFLICT (channel, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,
-      status = EXCLUDED.status, response = EXCLUDED.response, position = EXCLUDED.position,
-      created_at = now()),
+                         $18::bigint[])),
   new_orders AS (
     INSERT INTO order_refs (order_ref, member_id, position, channel)
     SELECT o, m, $21, c FROM unnest($19::text[], $20::uuid[], $26::text[]) AS t(o, m, c)),
@@ -601,4 +673,13 @@ WITH
     INSERT INTO holds (hold_id, member_id, expires_at, position)
     SELECT * FROM unnest($27::uuid[], $28::uuid[], $29::timestamptz[], $30::bigint[]))
 SELECT pg_notify($24, $25) WHERE $21 > 0
+"""
+
+# Idempotency records replacing ones past their retention that the pruning has not deleted yet.
+_RENEW_KEYS = """
+INSERT INTO idempotency_keys (channel, key, request_hash, status, response, position)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::smallint[], $5::bytea[], $6::bigint[])
+ON CONFLICT (channel, key) DO UPDATE SET request_hash = EXCLUDED.request_hash,
+  status = EXCLUDED.status, response = EXCLUDED.response, position = EXCLUDED.position,
+  created_at = now()
 """

@@ -24,6 +24,7 @@ from service.store.appender import (
     Replayed,
     StreamConflict,
 )
+from service.store.audit import ChainVerifier
 from service.store.migrate import migrate
 
 
@@ -260,3 +261,112 @@ async def test_a_batch_waiting_for_the_lock_sees_what_the_batch_before_it_commit
     async with pools[0].acquire() as conn:
         positions = [r["position"] for r in await conn.fetch("SELECT position FROM events ORDER BY position")]
     assert positions == list(range(1, len(positions) + 1))
+
+
+async def _verified(pool: asyncpg.Pool) -> int:
+    """The hash chains of the whole log verify; returns how many events were checked."""
+    async with pool.acquire() as conn:
+        verifier = await ChainVerifier.resumed(conn, 0)
+        assert isinstance(verifier, ChainVerifier)
+        result = await verifier.run(conn)
+    assert result.ok, result.broken
+    return result.events_checked
+
+
+async def test_a_stream_another_instance_appended_to_is_read_again(
+    pools: list[asyncpg.Pool], appenders: list[Appender]
+) -> None:
+    # The first instance remembers the version and hash it left the stream at; the second moves
+    # the stream on; the first must check against (and chain after) what the second wrote.
+    first, second = appenders
+    stream = uuid.uuid4()
+    await first.append(AppendRequest(events=[event(stream, 1)], expected={stream: 0}))
+    await second.append(AppendRequest(events=[event(stream, 2)], expected={stream: 1}))
+
+    stale = await asyncio.gather(
+        first.append(AppendRequest(events=[event(stream, 2)], expected={stream: 1})),
+        return_exceptions=True,
+    )
+    moved = await first.append(AppendRequest(events=[event(stream, 3)], expected={stream: 2}))
+    other = uuid.uuid4()  # and a stream only the first knows, while the second appends elsewhere
+    await first.append(AppendRequest(events=[event(other, 1)], expected={other: 0}))
+    await second.append(AppendRequest(events=[event(uuid.uuid4(), 1)], expected={}))
+    again = await first.append(AppendRequest(events=[event(other, 2)], expected={other: 1}))
+
+    assert isinstance(stale[0], StreamConflict)
+    assert stale[0].actual == 2
+    assert isinstance(moved, Committed)
+    assert isinstance(again, Committed)
+    assert await _verified(pools[0]) == 6
+
+
+async def test_a_batch_whose_commit_fails_leaves_nothing_remembered(pools: list[asyncpg.Pool]) -> None:
+    # A check deferred to COMMIT fails the whole batch after its writes (the appender has already
+    # noted the streams it wrote): the retries one by one, and what follows, must see the
+    # streams as the database holds them, not as the failed batch would have left them.
+    async with pools[0].acquire() as conn:
+        await conn.execute(
+            "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'poison at commit'; END $$;"
+            " CREATE CONSTRAINT TRIGGER poison AFTER INSERT ON events DEFERRABLE INITIALLY DEFERRED"
+            " FOR EACH ROW WHEN (NEW.event_type = 'poison') EXECUTE FUNCTION refuse_poison()"
+        )
+    appender = Appender(pools[0])
+    await appender.start()
+    try:
+        streams = [uuid.uuid4() for _ in range(6)]
+        for stream in streams:  # every stream known to the appender
+            await appender.append(AppendRequest(events=[event(stream, 1)], expected={stream: 0}))
+        requests = [AppendRequest(events=[event(s, 2)], expected={s: 1}) for s in streams]
+        poison = NewEvent(
+            stream_id=streams[2], stream_version=2, event_type="poison", topic="tests:Thing",
+            data=b"{}", occurred_at=datetime.now(UTC),
+        )  # fmt: skip
+        requests[2] = AppendRequest(events=[poison], expected={streams[2]: 1})
+        results = await appender.append_many(requests)
+        after = await appender.append(AppendRequest(events=[event(streams[2], 2)], expected={streams[2]: 1}))
+        last = await appender.append(AppendRequest(events=[event(streams[0], 3)], expected={streams[0]: 2}))
+    finally:
+        await appender.stop()
+
+    assert isinstance(results[2], asyncpg.RaiseError)
+    assert sum(isinstance(r, Committed) for r in results) == 5
+    assert isinstance(after, Committed)
+    assert isinstance(last, Committed)
+    assert await _verified(pools[0]) == 6 + 5 + 2
+
+
+async def test_a_key_past_its_24_hours_takes_a_new_answer(
+    pools: list[asyncpg.Pool], appenders: list[Appender]
+) -> None:
+    # Not yet pruned, the old record is still there: a new command with its key is not a replay
+    # of it, and its answer replaces it (in a batch beside a key never seen, written plainly).
+    def request(key: str, body_hash: bytes) -> AppendRequest:
+        stream_id = uuid.uuid4()
+        return AppendRequest(
+            events=[event(stream_id, 1)],
+            expected={stream_id: 0},
+            idempotency=IdempotencyRecord("pos", key, body_hash, 201, b"answer-" + body_hash),
+        )
+
+    old = await appenders[0].append(request("old-key", b"A"))
+    async with pools[0].acquire() as conn:
+        await conn.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours'")
+    renewed, fresh, replayed = await appenders[0].append_many(
+        [request("old-key", b"B"), request("new-key", b"C"), request("old-key", b"B")]
+    )
+    again = await appenders[1].append(request("old-key", b"B"))
+
+    assert isinstance(old, Committed)
+    assert isinstance(renewed, Committed)
+    assert isinstance(fresh, Committed)
+    assert isinstance(replayed, Replayed)
+    assert (replayed.response, replayed.position) == (b"answer-B", renewed.last_position)
+    assert isinstance(again, Replayed)
+    assert (again.response, again.position) == (b"answer-B", renewed.last_position)
+    async with pools[0].acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT key, response, created_at > now() - interval '1 hour' AS new FROM idempotency_keys"
+            " ORDER BY key"
+        )
+    assert [tuple(r) for r in rows] == [("new-key", b"answer-C", True), ("old-key", b"answer-B", True)]
