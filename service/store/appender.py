@@ -523,12 +523,7 @@ class _Plan:
         await conn.execute(
             _WRITE_BATCH,
             *events,
-            [i.channel for i, _ in idem_rows],
-            [i.key for i, _ in idem_rows],
-            [i.request_hash for i, _ in idem_rows],
-            [i.status for i, _ in idem_rows],
-            [i.response for i, _ in idem_rows],
-            [pos for _, pos in idem_rows],
+            *_idempotency_columns(idem_rows),
             [o for o, _, _ in orders],
             [m for _, m, _ in orders],
             last,
@@ -546,15 +541,7 @@ class _Plan:
             traceparents,
         )
         if renewed:
-            await conn.execute(
-                _RENEW_KEYS,
-                [i.channel for i, _ in renewed],
-                [i.key for i, _ in renewed],
-                [i.request_hash for i, _ in renewed],
-                [i.status for i, _ in renewed],
-                [i.response for i, _ in renewed],
-                [pos for _, pos in renewed],
-            )
+            await conn.execute(_RENEW_KEYS, *_idempotency_columns(renewed))
         releases = [c for r in requests for c in r.identity_releases]
         if releases:
             await conn.execute(
@@ -602,6 +589,18 @@ class _Plan:
             )
             if moved is None:
                 raise CheckpointNotAdvanced(name, position)
+
+
+def _idempotency_columns(rows: list[tuple[IdempotencyRecord, int]]) -> tuple[list[Any], ...]:
+    """Idempotency records and their positions as the six arrays both inserts take."""
+    return (
+        [i.channel for i, _ in rows],
+        [i.key for i, _ in rows],
+        [i.request_hash for i, _ in rows],
+        [i.status for i, _ in rows],
+        [i.response for i, _ in rows],
+        [pos for _, pos in rows],
+    )
 
 
 # Everything a batch is checked against, as one row of arrays (NULL where nothing matched): the
