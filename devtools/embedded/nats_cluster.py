@@ -75,12 +75,17 @@ class NatsCluster:
         return node.server_name
 
     def start(self) -> None:
-        """Start every node and wait until JetStream is up on each (a meta leader elected)."""
-        for index, server in enumerate(self.nodes):
-            server.data_dir.mkdir(exist_ok=True)
-            server.spawn(self._password, self.ports[index], exact=True)
-        for index in range(len(self.nodes)):
-            self._wait(index)
+        """Start every node and wait until JetStream is up on each (a meta leader elected);
+        on failure stop the nodes started (`__exit__` does not run when `__enter__` raised)."""
+        try:
+            for index, server in enumerate(self.nodes):
+                server.data_dir.mkdir(exist_ok=True)
+                server.spawn(self._password, self.ports[index], exact=True)
+            for index in range(len(self.nodes)):
+                self._wait(index)
+        except BaseException:
+            self.stop()
+            raise
 
     def kill(self, index: int) -> None:
         """SIGKILL one node: no goodbye to its peers or clients, as when a machine dies."""
