@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import msgspec
 import pytest
 import pytest_asyncio
 
 from service.store import chain
 from service.store.appender import Appender, AppendRequest, Metadata, NewEvent
-from service.store.audit import ChainVerifier, Verification
+from service.store.audit import PAGE, ChainVerifier, Verification, audit_lines
 from service.store.migrate import migrate
 from tests.integration.test_migrations import migrate_up_to
 
@@ -74,11 +75,11 @@ async def log(pool: asyncpg.Pool) -> asyncpg.Pool:
     return pool
 
 
-async def verify(pool: asyncpg.Pool, after: int = 0) -> Verification:
+async def verify(pool: asyncpg.Pool, after: int = 0, page: int = PAGE) -> Verification:
     async with pool.acquire() as conn:
         verifier = await ChainVerifier.resumed(conn, after)
         assert isinstance(verifier, ChainVerifier)
-        return await verifier.run(conn)
+        return await verifier.run(conn, page=page)
 
 
 async def test_migration_0010_computes_the_hashes_the_appender_computes(database_url: str) -> None:
@@ -179,6 +180,23 @@ async def test_deleting_an_event_is_named(log: asyncpg.Pool) -> None:
     broken = (await verify(log)).broken
     assert broken is not None
     assert (broken.position, broken.reason) == (6, "position_gap")
+
+
+async def test_a_hole_wider_than_a_page_is_named_and_exported_around(log: asyncpg.Pool) -> None:
+    # Pages are read as position ranges; a hole wider than a page must not end the log early.
+    assert (await verify(log, page=3)).ok
+    await log.execute("DELETE FROM events WHERE position BETWEEN 4 AND 8")
+
+    broken = (await verify(log, page=3)).broken
+    assert broken is not None
+    assert (broken.position, broken.reason) == (4, "position_gap")
+    assert "the next is 9" in broken.detail
+
+    exported = b"".join([chunk async for chunk in audit_lines(log, after=0, page=3)])
+    positions = [msgspec.json.decode(line)["position"] for line in exported.splitlines()]
+    assert positions == [1, 2, 3, 9, 10, 11, 12]
+    limited = b"".join([chunk async for chunk in audit_lines(log, after=2, limit=3, page=2)])
+    assert [msgspec.json.decode(line)["position"] for line in limited.splitlines()] == [3, 9, 10]
 
 
 async def test_deleting_an_event_and_closing_the_gap_is_named(log: asyncpg.Pool) -> None:
