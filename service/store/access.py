@@ -108,17 +108,39 @@ class Access:
         self._pool = pool
         self._cache: dict[bytes, tuple[float, Principal | None]] = {}
         self._lookups = asyncio.Semaphore(_LOOKUPS)
+        self._lookups_under_way: dict[bytes, asyncio.Future[Principal | None]] = {}
 
     async def authenticate(self, key: str, *, look_up: bool = True) -> Principal | None:
         """The principal of a valid, unrevoked key; None otherwise. Without `look_up`, only the
-        cache answers, and a key it does not hold raises LookupRefused."""
+        cache and a lookup of the same key already under way answer, and otherwise LookupRefused.
+
+        Concurrent callers with one key share one lookup: when a key's cache entry lapses under
+        load, the tills using it would otherwise each query, and each count against their
+        address's brake on guessed keys (64 connections of one till server got 429s).
+        """
         digest = _hash(key)
-        now = time.monotonic()
         hit = self._cache.get(digest)
-        if hit is not None and now - hit[0] < (_CACHE_SECONDS if hit[1] else _UNKNOWN_CACHE_SECONDS):
-            return hit[1]
-        if not look_up:
-            raise LookupRefused()
+        if hit is not None:
+            trusted_for = _CACHE_SECONDS if hit[1] else _UNKNOWN_CACHE_SECONDS
+            if time.monotonic() - hit[0] < trusted_for:
+                return hit[1]
+        lookup = self._lookups_under_way.get(digest)
+        if lookup is None:
+            if not look_up:
+                raise LookupRefused()
+            lookup = asyncio.ensure_future(self._look_up(digest))
+            self._lookups_under_way[digest] = lookup
+            lookup.add_done_callback(lambda done: self._lookup_done(digest, done))
+        # Shielded: a caller that goes away (its client hung up) does not cancel the others' lookup.
+        return await asyncio.shield(lookup)
+
+    def _lookup_done(self, digest: bytes, lookup: asyncio.Future[Principal | None]) -> None:
+        self._lookups_under_way.pop(digest, None)
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved: when every caller went away, no "never retrieved" warning
+
+    async def _look_up(self, digest: bytes) -> Principal | None:
+        started = time.monotonic()  # a revoked key is trusted at most _CACHE_SECONDS after its lookup began
         async with self._lookups, self._pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT key_id, channel, scopes FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
@@ -129,7 +151,7 @@ class Access:
         )
         if len(self._cache) > 10_000:
             self._cache.clear()
-        self._cache[digest] = (now, principal)
+        self._cache[digest] = (started, principal)
         return principal
 
     async def once(

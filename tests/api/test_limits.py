@@ -7,9 +7,12 @@ import dataclasses
 import secrets
 import time
 
+import asyncpg
+
 from service.api.auth import Gate
 from service.app import create_app
 from tests.api.conftest import ADMIN_KEY, Api, serving, settings_for
+from tests.waiting import until
 
 
 async def test_a_key_over_its_rate_limit_gets_429_with_retry_after(database_url: str, nats_url: str) -> None:
@@ -58,3 +61,40 @@ async def test_the_rate_limit_can_be_switched_off(database_url: str, nats_url: s
         api = Api(client, app)
         answers = await asyncio.gather(*(api.get("/v1/program", key=ADMIN_KEY) for _ in range(50)))
         assert {a.status_code for a in answers} == {200}
+
+
+async def test_many_requests_with_one_key_not_cached_share_one_lookup(api: Api, database_url: str) -> None:
+    # 64 tills start at once with a key the service has not cached (at start-up, or each time
+    # the cache entry lapses): one lookup serves them all, and none is taken for a guesser.
+    till = await api.channel_key("pos-eu", ["read"], kind="pos")
+    locker = await asyncpg.connect(database_url)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE")  # lookups wait
+            requests = [asyncio.create_task(api.get("/v1/program", key=till)) for _ in range(64)]
+            await until(lambda: _lookups_waiting(locker), what="a key lookup waiting on the lock")
+            # Every request is in the service (uvicorn runs each in a task of this loop) and has
+            # taken its first step, to the gate, before the lookup may finish.
+            await until(
+                lambda: _requests_in_service() + sum(r.done() for r in requests) == 64,
+                what="all 64 requests in the service or answered",
+            )
+            for _ in range(3):
+                await asyncio.sleep(0)
+        answers = await asyncio.gather(*requests)
+        assert [a.status_code for a in answers] == [200] * 64, [
+            a.text for a in answers if a.status_code != 200
+        ]
+    finally:
+        await locker.close()
+
+
+def _requests_in_service() -> int:
+    return sum(1 for task in asyncio.all_tasks() if "run_asgi" in repr(task.get_coro()))
+
+
+async def _lookups_waiting(conn: asyncpg.Connection) -> bool:
+    waiting = await conn.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE relation = 'api_keys'::regclass AND NOT granted"
+    )
+    return bool(waiting)
