@@ -34,7 +34,9 @@ def tree_cpu():
         except OSError:
             continue
         f = stat[stat.rindex(")") + 2:].split()
-        parents[int(pid)] = int(f[1]); cpu[int(pid)] = (int(f[11]) + int(f[12])) / tick
+        # utime + stime, and cutime + cstime: what its children that ended used (PostgreSQL's
+        # backends come and go under an embedded server; without it the sum could go down).
+        parents[int(pid)] = int(f[1]); cpu[int(pid)] = sum(map(int, f[11:15])) / tick
     def under(p):
         while p > 1:
             if p == serve: return True
