@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -121,6 +123,34 @@ def test_compose_runs_two_api_instances_one_follower_and_a_three_node_nats_clust
 def test_the_kustomization_lists_every_manifest_of_the_base() -> None:
     on_disk = {p.name for p in BASE.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(manifests()) == on_disk
+
+
+KUSTOMIZATION_SCHEMA = json.loads((Path(__file__).parent / "kustomization.schema.json").read_text())
+
+
+def test_the_kustomization_is_valid_and_its_image_override_reaches_every_container() -> None:
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    jsonschema.validate(kustomization, KUSTOMIZATION_SCHEMA)
+    # kustomize's `images` applies only to containers whose image has that name: a rename on one
+    # side would leave the Deployments on an untagged image, silently.
+    overridden = {image["name"] for image in kustomization["images"]}
+    used = {
+        c["image"]
+        for docs in manifests().values()
+        for r in docs
+        if r["kind"] in ("Deployment", "Job")
+        for c in r["spec"]["template"]["spec"]["containers"]
+    }
+    assert used == overridden
+
+
+def test_a_kustomization_with_a_mistake_is_refused() -> None:
+    kustomization = yaml.safe_load((BASE / "kustomization.yaml").read_text())
+    typo = {**kustomization, "resource": kustomization["resources"]}
+    misplaced = {**kustomization, "images": [{"name": "loyalty-ledger", "tag": "1.0"}]}
+    for broken in (typo, misplaced):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, KUSTOMIZATION_SCHEMA)
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
