@@ -605,7 +605,10 @@ def _idempotency_columns(rows: list[tuple[IdempotencyRecord, int]]) -> tuple[lis
 
 # Everything a batch is checked against, as one row of arrays (NULL where nothing matched): the
 # head of the log (its position and global hash, one index probe) and each stream's last version
-# and hash ($1: the streams the appender does not already know, see _Heads).
+# and hash ($1: the streams the appender does not already know, see _Heads). Every look-up is a
+# probe per key (LATERAL, the keys made distinct as `IN` did): the statement is prepared once
+# per connection, and a plan made while a fresh database's tables were small scanned them
+# whole, run after run, as they grew.
 _READ_PLAN = """
 SELECT
   coalesce(h.position, 0) AS head, h.global_hash AS head_hash,
@@ -621,19 +624,22 @@ FROM
      FROM unnest($1::uuid[]) AS s(id)
      CROSS JOIN LATERAL (SELECT stream_version, hash FROM events WHERE stream_id = s.id
                           ORDER BY stream_version DESC LIMIT 1) AS l) AS v,
-  (SELECT array_agg(channel) AS idem_channels, array_agg(key) AS idem_keys,
-          array_agg(request_hash) AS idem_hashes, array_agg(status) AS idem_statuses,
-          array_agg(response) AS idem_responses, array_agg(position) AS idem_positions,
-          array_agg(created_at > now() - interval '24 hours') AS idem_live
-     FROM idempotency_keys
-    WHERE (channel, key) IN (SELECT * FROM unnest($2::text[], $3::text[]))) AS i,
-  (SELECT array_agg(order_ref) AS order_refs, array_agg(member_id) AS order_owners,
-          array_agg(channel) AS order_channels
-     FROM order_refs WHERE order_ref = ANY($4::text[])) AS o,
-  (SELECT array_agg(kind) AS identity_kinds, array_agg(value_hash) AS identity_hashes,
-          array_agg(member_id) AS identity_owners
-     FROM identities
-    WHERE (kind, value_hash) IN (SELECT * FROM unnest($5::text[], $6::bytea[]))) AS c
+  (SELECT array_agg(k.channel) AS idem_channels, array_agg(k.key) AS idem_keys,
+          array_agg(k.request_hash) AS idem_hashes, array_agg(k.status) AS idem_statuses,
+          array_agg(k.response) AS idem_responses, array_agg(k.position) AS idem_positions,
+          array_agg(k.created_at > now() - interval '24 hours') AS idem_live
+     FROM (SELECT DISTINCT * FROM unnest($2::text[], $3::text[])) AS w(channel, key)
+     CROSS JOIN LATERAL (SELECT * FROM idempotency_keys
+                          WHERE channel = w.channel AND key = w.key LIMIT 1) AS k) AS i,
+  (SELECT array_agg(r.order_ref) AS order_refs, array_agg(r.member_id) AS order_owners,
+          array_agg(r.channel) AS order_channels
+     FROM (SELECT DISTINCT * FROM unnest($4::text[])) AS w(order_ref)
+     CROSS JOIN LATERAL (SELECT * FROM order_refs WHERE order_ref = w.order_ref LIMIT 1) AS r) AS o,
+  (SELECT array_agg(d.kind) AS identity_kinds, array_agg(d.value_hash) AS identity_hashes,
+          array_agg(d.member_id) AS identity_owners
+     FROM (SELECT DISTINCT * FROM unnest($5::text[], $6::bytea[])) AS w(kind, value_hash)
+     CROSS JOIN LATERAL (SELECT * FROM identities
+                          WHERE kind = w.kind AND value_hash = w.value_hash LIMIT 1) AS d) AS c
   LEFT JOIN LATERAL (SELECT position, global_hash FROM events ORDER BY position DESC LIMIT 1) AS h ON true
 """
 

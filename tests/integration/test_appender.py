@@ -12,6 +12,7 @@ import asyncpg
 import pytest_asyncio
 
 from service.store.appender import (
+    _READ_PLAN,
     Appender,
     AppendRequest,
     Committed,
@@ -370,3 +371,19 @@ async def test_a_key_past_its_24_hours_takes_a_new_answer(
             " ORDER BY key"
         )
     assert [tuple(r) for r in rows] == [("new-key", b"answer-C", True), ("old-key", b"answer-B", True)]
+
+
+async def test_the_checks_probe_by_key_whatever_plan_a_fresh_database_gets(pools: list[asyncpg.Pool]) -> None:
+    # The checks are one prepared statement per connection; PostgreSQL may keep a generic plan
+    # made while the tables were empty. Even that plan must look each key up, never scan a table
+    # that will grow (a hash join over idempotency_keys did, run after run).
+    async with pools[0].acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE checks(uuid[], text[], text[], text[], text[], bytea[]) AS {_READ_PLAN}")
+        plan = "\n".join(
+            r[0] for r in await conn.fetch("EXPLAIN EXECUTE checks('{}', '{}', '{}', '{}', '{}', '{}')")
+        )
+        await conn.execute("DEALLOCATE checks")
+    assert "Seq Scan" not in plan, plan
+    for index in ("idempotency_keys_pkey", "order_refs_pkey", "identities_pkey"):
+        assert f"Index Scan using {index}" in plan, plan
