@@ -129,13 +129,23 @@ def test_ending_a_campaign_twice_or_an_unknown_one_is_refused() -> None:
 # -- variants ----------------------------------------------------------------------------------
 
 
-def test_variants_split_ten_thousand_members_in_proportion_to_their_weights() -> None:
+# Fixed campaign ids, so the split is checked the same way on every run (a random id would miss
+# the 0.1 % bound in one run in a thousand): a few unrelated ids, since the hash is keyed by it.
+SPLIT_CAMPAIGN_IDS = [
+    UUID("00000000-0000-4000-8000-000000000000"),
+    UUID("3f2b6c1e-9a4d-4e0b-8c57-1d2e3f4a5b6c"),
+    UUID("a7e1d9c4-5b2f-4f86-9e3a-0c4d8b7f6e21"),
+    UUID("ffffffff-ffff-4fff-bfff-ffffffffffff"),
+]
+
+
+@pytest.mark.parametrize("campaign_id", SPLIT_CAMPAIGN_IDS, ids=lambda c: str(c)[:8])
+def test_variants_split_ten_thousand_members_in_proportion_to_their_weights(campaign_id: UUID) -> None:
     variants = [
         CampaignVariant(name="control", weight=50, bonus_points=0),
         CampaignVariant(name="double", weight=30, multiplier=Decimal(2)),
         CampaignVariant(name="bonus", weight=20, bonus_points=100),
     ]
-    campaign_id = uuid4()
     members = [UUID(int=random.Random(7).getrandbits(128) ^ i) for i in range(10_000)]
     counts = dict.fromkeys((v.name for v in variants), 0)
     for member_id in members:
@@ -146,11 +156,26 @@ def test_variants_split_ten_thousand_members_in_proportion_to_their_weights() ->
     chi_square = sum((counts[n] - expected[n]) ** 2 / expected[n] for n in counts)
     # 2 degrees of freedom: P(chi-square > 13.82) = 0.001 for a fair split.
     assert chi_square < 13.82, (counts, chi_square)
-    # A member's variant never changes: the same two ids, the same variant, every time.
+    # A member's variant never changes: the same two ids, the same variant, every time (from a
+    # fresh copy of the ids and of the variants, as another instance or a replay would have).
     for member_id in members[:500]:
         assert variant_of(campaign_id, member_id, variants) == variant_of(
-            campaign_id, member_id, list(variants)
+            UUID(str(campaign_id)), UUID(bytes=member_id.bytes), list(variants)
         )
+
+
+def test_the_split_depends_on_the_campaign_id() -> None:
+    """The hash is keyed by the campaign: two campaigns do not put the same members in the same
+    arms (else every test with the same weights would reach the same people)."""
+    variants = [
+        CampaignVariant(name="a", weight=1, bonus_points=1),
+        CampaignVariant(name="b", weight=1, bonus_points=2),
+    ]
+    members = [UUID(int=random.Random(7).getrandbits(128) ^ i) for i in range(1_000)]
+    first, second = ([variant_of(cid, m, variants) for m in members] for cid in SPLIT_CAMPAIGN_IDS[:2])
+    agree = sum(a == b for a, b in zip(first, second, strict=True))
+    # Independent fair coins agree on 500 ± 16 (one sd) of 1,000; 400..600 is beyond 6 sd.
+    assert 400 < agree < 600, agree
 
 
 def test_the_variant_is_recorded_on_the_earn_and_replays_the_same() -> None:
