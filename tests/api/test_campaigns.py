@@ -4,7 +4,9 @@ writing nothing, a window opening later, ending, and the campaign events on NATS
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import nats
@@ -208,4 +210,170 @@ async def test_a_quote_for_a_merged_member_is_409_as_its_earn_would_be(api: Api)
     assert quote.json()["type"].endswith("/member_merged")
     assert await api.last_position() == before
     offers = await api.get(f"/v1/members/{source}/campaigns", key=ADMIN_KEY)
+    assert offers.json()["campaigns"] == []
+
+
+async def test_the_campaign_list_filters_by_instant_and_channel_and_one_reads_as_created(pos: Pos) -> None:
+    api = pos.api
+    ops = await api.channel_key("hq", ["rules", "read"], kind="internal")
+    await api.channel_key("app-1", ["read"], kind="app")
+    await api.channel_key("web-1", ["read"], kind="web")
+    # Whole seconds, so the instants at the windows' edges below are exact.
+    now = datetime.now(UTC).replace(microsecond=0)
+    hour, day = timedelta(hours=1), timedelta(days=1)
+
+    def spanning(starts: timedelta, ends: timedelta) -> dict[str, str]:
+        return {"starts_at": (now + starts).isoformat(), "ends_at": (now + ends).isoformat()}
+
+    bodies = {
+        # Every channel (an empty list), live now for a week.
+        "everywhere": {"name": "Everywhere", **spanning(-hour, 7 * day), "multiplier": "2"},
+        # The app only, live now for two days.
+        "app": {"name": "App", **spanning(-hour, 2 * day), "channels": ["app-1"], "bonus_points": 20},
+        # The POS and the web shop, opening in three days.
+        "later": {
+            "name": "Later",
+            **spanning(3 * day, 10 * day),
+            "channels": ["pos-sh-01", "web-1"],
+            "tiers": ["silver"],
+            "min_amount": "50.00",
+            "cap_per_member": 500,
+            "variants": [{"name": "a", "weight": 3, "bonus_points": 5}, {"name": "b", "weight": 1}],
+            "bonus_points": 10,
+        },
+        # The POS, live now for a week, but ended early below.
+        "ended": {"name": "Ended", **spanning(-hour, 7 * day), "channels": ["pos-sh-01"], "bonus_points": 5},
+        # Every channel, a window that closes in a moment (then `finished`).
+        "brief": {"name": "Brief", **spanning(-hour, timedelta(seconds=2)), "bonus_points": 1},
+    }
+    created: dict[str, dict[str, Any]] = {}
+    for name, body in bodies.items():
+        response = await api.post("/v1/campaigns", body, key=ops)
+        assert response.status_code == 201, response.text
+        created[name] = response.json()
+    ids = {name: c["campaign_id"] for name, c in created.items()}
+    ended = await api.post(f"/v1/campaigns/{ids['ended']}/end", None, key=ops)
+    assert ended.status_code == 200, ended.text
+    created["ended"] = ended.json()
+    finished = now + timedelta(seconds=2)
+    await until(lambda: datetime.now(UTC) >= finished, within=5, what="the brief campaign's window to close")
+
+    # One by one, each reads back as it was created (or ended), with its status now (the brief
+    # one was live when created).
+    for name, body in bodies.items():
+        one = await api.get(f"/v1/campaigns/{ids[name]}", key=pos.key)
+        assert one.status_code == 200, one.text
+        assert without(one.json(), "position", "status") == without(created[name], "position", "status")
+        assert same_campaign(one.json()["campaign"], body), name
+    statuses = {
+        n: (await api.get(f"/v1/campaigns/{i}", key=pos.key)).json()["status"] for n, i in ids.items()
+    }
+    assert statuses == {
+        "everywhere": "live",
+        "app": "live",
+        "later": "scheduled",
+        "ended": "ended",
+        "brief": "finished",
+    }
+    unknown = await api.get(f"/v1/campaigns/{uuid.uuid4()}", key=pos.key)
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"].startswith("application/problem+json")
+    assert unknown.json()["type"].endswith("/campaign_not_found")
+
+    async def listed(**params: str) -> list[str]:
+        response = await api.get("/v1/campaigns", key=pos.key, params=params)
+        assert response.status_code == 200, response.text
+        by_id = {i: n for n, i in ids.items()}
+        return [by_id[c["campaign_id"]] for c in response.json()["campaigns"]]
+
+    def at(offset: timedelta) -> str:
+        return (now + offset).isoformat()
+
+    # No filter: every campaign, ended and finished ones too, in start order.
+    assert await listed() == ["everywhere", "app", "later", "ended", "brief"]
+    # active_at: those a purchase at that instant would get; an ended one never, a finished one
+    # at instants inside its window.
+    assert await listed(active_at=at(timedelta(0))) == ["everywhere", "app", "brief"]
+    assert await listed(active_at=at(timedelta(seconds=3))) == ["everywhere", "app"]
+    assert await listed(active_at=at(-hour - timedelta(seconds=1))) == []
+    assert await listed(active_at=at(-hour)) == ["everywhere", "app", "brief"]  # starts_at: in
+    assert await listed(active_at=at(2 * day - timedelta(seconds=1))) == ["everywhere", "app"]
+    assert await listed(active_at=at(2 * day)) == ["everywhere"]  # ends_at: out
+    assert await listed(active_at=at(3 * day)) == ["everywhere", "later"]
+    assert await listed(active_at=at(8 * day)) == ["later"]
+    assert await listed(active_at=at(10 * day)) == []
+    # Another offset, the same instant.
+    assert await listed(active_at=(now + 3 * day).astimezone(timezone(timedelta(hours=8))).isoformat()) == [
+        "everywhere",
+        "later",
+    ]
+    # channel: those that apply to it; an empty channel list applies to every channel.
+    assert await listed(channel="pos-sh-01") == ["everywhere", "later", "ended", "brief"]
+    assert await listed(channel="app-1") == ["everywhere", "app", "brief"]
+    assert await listed(channel="web-1") == ["everywhere", "later", "brief"]
+    # Both: the one condition and the other.
+    assert await listed(channel="app-1", active_at=at(timedelta(0))) == ["everywhere", "app", "brief"]
+    assert await listed(channel="pos-sh-01", active_at=at(timedelta(0))) == ["everywhere", "brief"]
+    assert await listed(channel="pos-sh-01", active_at=at(4 * day)) == ["everywhere", "later"]
+    assert await listed(channel="app-1", active_at=at(4 * day)) == ["everywhere"]
+    # An instant with no offset is ambiguous: refused, naming the parameter.
+    naive = await api.get(
+        "/v1/campaigns", key=pos.key, params={"active_at": now.replace(tzinfo=None).isoformat()}
+    )
+    assert naive.status_code in (400, 422), naive.text
+    assert "active_at" in naive.text
+
+
+def without(body: dict[str, Any], *fields: str) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if k not in fields}
+
+
+def same_campaign(read: dict[str, Any], sent: dict[str, Any]) -> bool:
+    """Whether the campaign document read back says what was sent (instants compared as
+    instants, decimals as numbers), with the defaults for what was left out."""
+    defaults: dict[str, Any] = {"channels": [], "tiers": [], "categories": [], "skus": [], "variants": []}
+    expected = {**defaults, **sent}
+    for field, value in expected.items():
+        got = read.get(field)
+        if field in ("starts_at", "ends_at"):
+            if datetime.fromisoformat(got) != datetime.fromisoformat(value):
+                return False
+        elif field in ("multiplier", "min_amount"):
+            if Decimal(got) != Decimal(value):
+                return False
+        elif field == "variants":
+            if [{k: v for k, v in r.items() if v is not None} for r in got] != value:
+                return False
+        elif got != value:
+            return False
+    return {k for k, v in read.items() if v not in (None, [])} <= set(expected)
+
+
+async def test_a_quote_for_a_forgotten_member_is_409_as_its_earn_would_be(api: Api) -> None:
+    desk = await api.channel_key("privacy-desk", ["privacy", "read", "earn", "members"], kind="internal")
+    started = await api.post(
+        "/v1/campaigns", {"name": "Every day", **window(), "bonus_points": 5}, key=ADMIN_KEY
+    )
+    assert started.status_code == 201, started.text
+    member_id = await api.enrol(desk)
+    purchase = {"order_ref": "F-1", "amount": "10.00", "currency": "CNY"}
+    # Quoted while the member is active: the campaign's bonus, and nothing written.
+    before = await api.last_position()
+    quoted = await api.post("/v1/quotes/earn", {**purchase, "member_id": member_id}, key=desk)
+    assert quoted.status_code == 200, quoted.text
+    assert [p["rule"] for p in quoted.json()["breakdown"]] == ["base", "campaign"]
+    assert await api.last_position() == before
+    assert len((await api.get(f"/v1/members/{member_id}/campaigns", key=desk)).json()["campaigns"]) == 1
+
+    forgotten = await api.post(f"/v1/members/{member_id}/forget", None, key=desk)
+    assert forgotten.status_code == 201, forgotten.text
+    before = await api.last_position()
+    quote = await api.post("/v1/quotes/earn", {**purchase, "member_id": member_id}, key=desk)
+    earn = await api.post(f"/v1/members/{member_id}/earn", purchase, key=desk)
+    assert (quote.status_code, earn.status_code) == (409, 409), (quote.text, earn.text)
+    assert quote.headers["content-type"].startswith("application/problem+json")
+    assert quote.json()["type"] == earn.json()["type"]
+    assert quote.json()["type"].endswith("/member_forgotten")
+    assert await api.last_position() == before
+    offers = await api.get(f"/v1/members/{member_id}/campaigns", key=desk)
     assert offers.json()["campaigns"] == []
