@@ -225,7 +225,7 @@ async def test_the_campaign_list_filters_by_instant_and_channel_and_one_reads_as
     def spanning(starts: timedelta, ends: timedelta) -> dict[str, str]:
         return {"starts_at": (now + starts).isoformat(), "ends_at": (now + ends).isoformat()}
 
-    bodies = {
+    bodies: dict[str, dict[str, Any]] = {
         # Every channel (an empty list), live now for a week.
         "everywhere": {"name": "Everywhere", **spanning(-hour, 7 * day), "multiplier": "2"},
         # The app only, live now for two days.
@@ -334,7 +334,7 @@ def same_campaign(read: dict[str, Any], sent: dict[str, Any]) -> bool:
     defaults: dict[str, Any] = {"channels": [], "tiers": [], "categories": [], "skus": [], "variants": []}
     expected = {**defaults, **sent}
     for field, value in expected.items():
-        got = read.get(field)
+        got: Any = read.get(field)
         if field in ("starts_at", "ends_at"):
             if datetime.fromisoformat(got) != datetime.fromisoformat(value):
                 return False

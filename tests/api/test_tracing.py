@@ -264,7 +264,7 @@ async def test_an_earn_with_no_traceparent_starts_a_trace_that_the_subscriber_co
     # The event carries that trace and the append span; the subscriber's span is its child.
     # (Flags: sampled, and the SDK may add W3C Trace Context level 2's "random trace id", 0x02,
     # to a trace it starts itself.)
-    assert event.traceparent is not None
+    assert isinstance(event.traceparent, str)
     version, carried_trace, carried_span, flags = event.traceparent.split("-")
     assert (version, carried_trace, carried_span) == ("00", server.trace_id, append.span_id)
     assert int(flags, 16) & 0x01, "sampled"
