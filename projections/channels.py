@@ -6,6 +6,11 @@ that advances it. A purchase counts on its business day (`occurred_at`, so a POS
 offline counts on the day it sold), everything else on the day it was recorded. Points expired
 count under the channel that recorded the expiry (the service's own, `system`). A redemption
 undone takes its points back from the channel that undid it; a captured hold is a redemption.
+
+Each batch also moves the per-day totals (`channel_totals`, with the members active that day)
+and the members' returns through each channel (`channel_returns`), in the same statement: a
+range's sums read a row per day and channel, and its active members are counted exactly from a
+few thousand kept counts (channel_reach.py, ADR 26), never from a row per member.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from uuid import UUID
 
 import asyncpg
 
+from . import channel_reach as reach
 from .projection import MemberProjection, Touched
 
 # The additive columns, in the order of `_Day`'s fields.
@@ -102,16 +108,27 @@ class ChannelsProjection(MemberProjection):
             f"INSERT INTO {table} ({names}) SELECT * FROM unnest({casts})"
             f" ON CONFLICT (day, channel, member_id) DO UPDATE SET {adds}"
         )
-        # The live table's rows and the day's totals in one statement (one round trip a batch).
+        # The live table's rows, the day's totals and the returns (channel_reach.py) in one
+        # statement: one round trip a batch.
         totals = ", ".join(f"{c} = channel_totals.{c} + EXCLUDED.{c}" for c in _SUMS)
         self._add_with_totals = (
             f"WITH r ({names}) AS (SELECT * FROM unnest({casts})),"
             f" added AS (INSERT INTO {table} ({names}) SELECT * FROM r"
-            f" ON CONFLICT (day, channel, member_id) DO UPDATE SET {adds})"
-            f" INSERT INTO channel_totals (day, channel, {', '.join(_SUMS)})"
-            f" SELECT day, channel, {', '.join(f'sum({c})' for c in _SUMS)}"
-            " FROM r GROUP BY 1, 2 ORDER BY 1, 2"
-            f" ON CONFLICT (day, channel) DO UPDATE SET {totals}"
+            f" ON CONFLICT (day, channel, member_id) DO UPDATE SET {adds}"
+            " RETURNING day, channel, member_id, purchases + redemptions AS activity),"
+            # Active for the first time: the counts only grow, so its activity is all the batch's.
+            " fresh AS (SELECT r.day, r.channel, r.member_id"
+            " FROM r JOIN added USING (day, channel, member_id)"
+            " WHERE r.purchases + r.redemptions > 0 AND added.activity = r.purchases + r.redemptions),"
+            f" totals AS (INSERT INTO channel_totals (day, channel, {', '.join(_SUMS)}, active_members)"
+            f" SELECT day, channel, {', '.join(_SUMS)}, coalesce(n.members, 0) FROM"
+            f" (SELECT day, channel, {', '.join(f'sum({c}) AS {c}' for c in _SUMS)}"
+            " FROM r GROUP BY 1, 2) AS s"
+            " LEFT JOIN (SELECT day, channel, count(*) AS members FROM fresh GROUP BY 1, 2) AS n"
+            " USING (day, channel) ORDER BY 1, 2"
+            f" ON CONFLICT (day, channel) DO UPDATE SET {totals},"
+            " active_members = channel_totals.active_members + EXCLUDED.active_members),"
+            f"{reach.returns_ctes(table)} {reach.UPSERT_RETURNS}"
         )
 
     async def write(
@@ -126,17 +143,20 @@ class ChannelsProjection(MemberProjection):
             return
         # In key order: parallel rebuild workers never wait on each other's rows in a cycle.
         rows = [(*key, *(getattr(d, s) for s in _SUMS)) for key, d in sorted(days.items())]
-        # A rebuild's table: its totals are computed at its swap.
+        # A rebuild's table: its totals and returns are computed at its swap.
         statement = self._add_with_totals if self.table == self.kind else self._add
         await conn.execute(statement, *(list(column) for column in zip(*rows, strict=True)))
 
     async def before_swap(self, conn: asyncpg.Connection, live_table: str) -> None:
-        """The totals of the rebuilt table replace the live ones'."""
+        """The totals and returns of the rebuilt table replace the live ones'."""
         await conn.execute("DELETE FROM channel_totals")
         await conn.execute(
-            f"INSERT INTO channel_totals (day, channel, {', '.join(_SUMS)})"
-            f" SELECT day, channel, {', '.join(f'sum({c})' for c in _SUMS)} FROM {self.table} GROUP BY 1, 2"
+            f"INSERT INTO channel_totals (day, channel, {', '.join(_SUMS)}, active_members)"
+            f" SELECT day, channel, {', '.join(f'sum({c})' for c in _SUMS)},"
+            f" count(*) FILTER (WHERE {reach.ACTIVE}) FROM {self.table} GROUP BY 1, 2"
         )
+        for statement in reach.recompute(self.table):
+            await conn.execute(statement)
 
     def row(self, t: Touched) -> tuple[Any, ...]:
         raise NotImplementedError("rows are added to per event: see write()")
@@ -159,8 +179,14 @@ class ChannelFigures:
     points_reversed: int
 
 
-async def channel_figures(conn: Any, since: date | None, until: date | None) -> list[ChannelFigures]:
-    """Per channel, the figures of the days from `since` to `until` (both included; None: open)."""
+async def channel_figures(
+    conn: asyncpg.Connection, since: date | None, until: date | None
+) -> list[ChannelFigures]:
+    """Per channel, the figures of the days from `since` to `until` (both included; None: open).
+
+    Read in one snapshot (a read-only repeatable-read transaction on `conn`): the active members
+    are member-days less returns (channel_reach.py), two reads that must see the same batches.
+    """
     # Only the bounds given: `$1 IS NULL OR day >= $1` would keep the planner off the indexes.
     bounds = [
         (f"day {op} ${i}", v)
@@ -168,24 +194,23 @@ async def channel_figures(conn: Any, since: date | None, until: date | None) -> 
     ]
     within = " AND ".join(["true", *(c for c, _ in bounds)])
     args = [v for _, v in bounds]
-    rows = await conn.fetch(
-        f"SELECT channel, {', '.join(f'sum({c}) AS {c}' for c in _SUMS)}"
-        f" FROM channel_totals WHERE {within} GROUP BY channel ORDER BY channel",
-        *args,
-    )
-    active = {
-        r["channel"]: int(r["members"])
-        for r in await conn.fetch(
-            # DISTINCT in a subquery is hashed; count(DISTINCT ...) sorts (4x slower here).
-            "SELECT channel, count(*) AS members FROM (SELECT DISTINCT channel, member_id FROM channel_days"
-            f" WHERE (purchases > 0 OR redemptions > 0) AND {within}) AS active GROUP BY channel",
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        rows = await conn.fetch(
+            f"SELECT channel, {', '.join(f'sum({c}) AS {c}' for c in (*_SUMS, 'active_members'))},"
+            f" min(day) AS first, max(day) AS last FROM channel_totals WHERE {within}"
+            " GROUP BY channel ORDER BY channel",
             *args,
         )
-    }
+        if not rows:
+            return []
+        # The days recorded within the range hold all its active days (an open end: the first
+        # or last day recorded through any channel).
+        first, last = min(r["first"] for r in rows), max(r["last"] for r in rows)
+        returns = await reach.returns_within(conn, first, last)
     return [
         ChannelFigures(
             channel=r["channel"],
-            active_members=active.get(r["channel"], 0),
+            active_members=int(r["active_members"]) - returns.get(r["channel"], 0),
             enrolments=int(r["enrolments"]),
             purchases=int(r["purchases"]),
             revenue=r["revenue"],

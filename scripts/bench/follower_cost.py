@@ -52,6 +52,7 @@ TABLES = (
     "liability_sums",
     "channel_days",
     "channel_totals",
+    "channel_returns",
     "campaign_members",
 )
 # Columns left out of the checksum: random, numbered or stamped at write time (not functions of the

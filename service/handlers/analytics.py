@@ -71,7 +71,8 @@ async def channels(
         raise InvalidInput([("from", "must not be after `to`")])
     await caught_up(services, ("channel_days",), min_position)
     rules = (await services.repository.program()).rules
-    figures = await channel_figures(services.pool, since, until)
+    async with services.pool.acquire() as conn:
+        figures = await channel_figures(conn, since, until)
     return ChannelReport(since, until, rules.currency, rules.redemption.point_value, figures)
 
 

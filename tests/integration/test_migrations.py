@@ -1,14 +1,17 @@
-"""Migrations on a database that already holds data: 0005 folds the two progress tables into one."""
+"""Migrations on a database that already holds data: 0005 folds the two progress tables into one,
+0015 counts the returns of the channel rows already there."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
 import pytest
 import pytest_asyncio
 
+from projections.channels import channel_figures
 from service.store.migrate import _migrations, migrate
 
 
@@ -84,3 +87,50 @@ async def test_0005_refuses_a_name_followed_in_both_old_tables(at_0004: asyncpg.
     assert await table_exists(conn, "projection_positions")
     assert not await table_exists(conn, "checkpoints")
     assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == 4
+
+
+async def test_0015_counts_the_returns_of_the_channel_days_already_there(database_url: str) -> None:
+    # Given channel rows written before 0015 (their totals too), some without activity.
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        await migrate_up_to(conn, 14)
+        member_a, member_b = uuid.uuid4(), uuid.uuid4()
+        rows = [
+            (date(2026, 1, 30), "pos", member_a, 1, 0),
+            (date(2026, 2, 2), "pos", member_a, 0, 1),
+            (date(2026, 2, 3), "pos", member_a, 0, 0),  # an enrolment or an award only
+            (date(2026, 3, 9), "pos", member_a, 2, 0),
+            (date(2026, 2, 2), "pos", member_b, 1, 0),
+            (date(2026, 2, 2), "app", member_a, 1, 0),
+        ]
+        await conn.executemany(
+            "INSERT INTO channel_days (day, channel, member_id, purchases, redemptions)"
+            " VALUES ($1, $2, $3, $4, $5)",
+            rows,
+        )
+        await conn.execute(
+            "INSERT INTO channel_totals (day, channel, purchases, redemptions)"
+            " SELECT day, channel, sum(purchases), sum(redemptions) FROM channel_days GROUP BY 1, 2"
+        )
+
+        # When 0015 runs.
+        assert await migrate(conn) == ["0015_channel_returns.sql"]
+
+        # Then the active members of any range are those of the rows.
+        def distinct(first: date, last: date) -> dict[str, int]:
+            found: dict[str, set[uuid.UUID]] = {}
+            for day, channel, member, purchases, redemptions in rows:
+                if first <= day <= last and purchases + redemptions > 0:
+                    found.setdefault(channel, set()).add(member)
+            return {c: len(m) for c, m in found.items()}
+
+        days = [date(2026, 1, 28) + timedelta(days=i) for i in range(45)]
+        for first in days:
+            for last in days[days.index(first) :: 4]:
+                figures = await channel_figures(conn, first, last)
+                assert {f.channel: f.active_members for f in figures if f.active_members} == distinct(
+                    first, last
+                ), (first, last)
+        assert await conn.fetchval("SELECT count(*) FROM channel_returns WHERE grain = 'dd'") == 2
+    finally:
+        await conn.close()
