@@ -13,16 +13,11 @@ from typing import Any
 import asyncpg
 import httpx
 
-from devtools.embedded import postgres_bin
 from tests.conftest import with_database
+from tests.postgres_tools import pg
 from tests.service_process import ADMIN_KEY, Service
 
 AUTH = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-
-def pg(tool: str, *args: str) -> None:
-    """A PostgreSQL client tool of the embedded server's own version."""
-    subprocess.run([str(postgres_bin() / tool), *args], check=True)
 
 
 def audit_verify(env: dict[str, str], database_url: str) -> tuple[int, dict[str, Any]]:
