@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import itertools
 import json
 import os
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +71,7 @@ def lines(body: str) -> list[dict[str, Any]]:
 
 
 async def test_the_log_verifies_and_reads_with_its_hashes_as_the_export_writes_it(
-    audited: AuditedProgram,
+    audited: AuditedProgram, tmp_path: Path
 ) -> None:
     api, auditor = audited.api, audited.auditor
     head = await api.last_position()
@@ -114,11 +116,18 @@ async def test_the_log_verifies_and_reads_with_its_hashes_as_the_export_writes_i
     page = await api.get("/v1/audit/events", key=auditor, params={"after": 3, "limit": 4})
     assert lines(page.text) == events[3:7]
 
-    # And `loyalty audit export` writes the very same lines.
+    # And `loyalty audit export` writes the very same lines, to stdout or to a file, from the
+    # start or resumed after a position.
     exported = await _export(audited.database_url, "--after", "0")
     assert exported == read.content
     tail = await _export(audited.database_url, "--after", "5")
+    assert tail == b"".join(read.content.splitlines(keepends=True)[5:])
     assert lines(tail.decode()) == events[5:]
+    whole, resumed = tmp_path / "audit.jsonl", tmp_path / "audit-after-5.jsonl"
+    assert await _export(audited.database_url, "--output", str(whole)) == b""  # nothing on stdout
+    assert await _export(audited.database_url, "--after", "5", "--output", str(resumed)) == b""
+    assert whole.read_bytes() == read.content
+    assert resumed.read_bytes() == tail
 
 
 def _content(line: dict[str, Any], payload: bytes) -> bytes:
@@ -259,6 +268,49 @@ async def test_a_checkpoint_held_by_an_auditor_exposes_a_rewrite_behind_it(
     report = json.loads(out)
     assert report["ok"] is False
     assert report["break"]["reason"] == "checkpoint"
+
+
+async def test_a_checkpoint_is_taken_m_seconds_on_when_few_events_came(
+    database_url: str, nats_url: str
+) -> None:
+    # The count trigger out of reach: only the time can take these checkpoints.
+    seconds = 1.0
+    settings = dataclasses.replace(
+        settings_for(database_url, nats_url),
+        audit_checkpoint_events=1_000_000,
+        audit_checkpoint_seconds=seconds,
+    )
+    started = datetime.now(UTC)
+    app = create_app(settings, log_requests=False)
+    async with serving(app) as client:
+        api = Api(client, app)
+        pos = await api.channel_key("pos-1", ["earn", "members"])
+        auditor = await api.channel_key("audit-firm", ["audit"], kind="partner")
+        taken = []
+        for _ in range(2):  # an event, a checkpoint; one more event, the next checkpoint
+            await api.enrol(pos)
+            head = await api.last_position()
+            assert head < settings.audit_checkpoint_events
+            await until(
+                lambda head=head: api.services.pool.fetchval(
+                    "SELECT position FROM audit_checkpoints WHERE position >= $1", head
+                ),
+                within=10 * seconds,
+                what=f"a checkpoint at {head} by time alone",
+            )
+            taken = await api.services.pool.fetch("SELECT * FROM audit_checkpoints ORDER BY position")
+            assert taken[-1]["position"] == head
+        assert len(taken) >= 2
+        listed = (await api.get("/v1/audit/checkpoints", key=auditor)).json()["checkpoints"]
+
+    # Each came at least M seconds after the one before it (the first after the service started),
+    # with only a handful of events each; each is one of those listed, signed by the service.
+    signed = [started, *(row["signed_at"] for row in taken)]
+    assert all(b - a >= timedelta(seconds=seconds) for a, b in itertools.pairwise(signed)), signed
+    assert [c["position"] for c in listed] == [row["position"] for row in taken]
+    public = Ed25519PublicKey.from_public_bytes(taken[-1]["public_key"])
+    for checkpoint in listed:
+        public.verify(base64.b64decode(checkpoint["signature"]), checkpoint["message"].encode())
 
 
 async def _rewrite(database_url: str, *, position: int) -> None:

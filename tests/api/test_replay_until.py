@@ -93,11 +93,21 @@ async def test_replay_until_three_instants_equals_what_the_api_answered_then(
         )
     assert (row["status"], row["identities"]) == ("active", "[]")
 
-    # The command line does the same, naming its schema; a position works as well as an instant.
+    # The command line does the same, naming its schema: at each instant (ISO 8601, as an auditor
+    # types it), what the API answered then; a position works as well as an instant.
     settings = services.settings
     monkeypatch.setenv("LOYALTY_DATABASE_URL", settings.database_url)
     monkeypatch.setenv("LOYALTY_NATS_URL", settings.nats_url)
     monkeypatch.setenv("LOYALTY_MASTER_KEY", settings.master_key)
+    for i, (at, answered) in enumerate(shots):
+        schema = f"replay_cli_at_{i}"
+        assert (
+            await asyncio.to_thread(cli.main, ["replay", "--until", at.isoformat(), "--schema", schema]) == 0
+        )
+        rows = await replayed(api, schema)
+        assert {m: rows[m] for m in members} == {m: plain(b) for m, b in answered.items()}, (
+            f"CLI, instant {i}"
+        )
     position = (await api.post(f"/v1/members/{members[0]}/redeem", {"points": 1}, key=pos)).json()["position"]
     assert (
         await asyncio.to_thread(cli.main, ["replay", "--until", str(position - 1), "--schema", "replay_cli"])
