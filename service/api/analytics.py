@@ -2,7 +2,8 @@
 
 The response Structs and the shaping of each are here with their routes: they are read only
 by these endpoints. Money is a decimal string in the program's currency, rounded to its minor
-unit; rates are decimal strings with four places (null when there is nothing to divide by).
+unit half to even; rates are decimal strings with four places, rounded half to even (null when
+there is nothing to divide by).
 """
 
 from __future__ import annotations
@@ -76,7 +77,8 @@ class ChannelFiguresOut(Out, kw_only=True):
 
 
 class ChannelsOut(Out, kw_only=True):
-    """Per channel over the days `from`..`to` (UTC, both included; null: unbounded)."""
+    """Per channel over the days `from`..`to` (UTC, both included; null: unbounded). Money is
+    rounded to the currency's minor unit and rates to four places, both half to even."""
 
     from_: date | None = msgspec.field(default=None, name="from")  # a Python keyword
     to: date | None = None
@@ -105,7 +107,8 @@ class BreakageOut(Out, kw_only=True):
 
 
 class LiabilityOut(Out, kw_only=True):
-    """Outstanding points now (available + pending + held) and their value at the point value."""
+    """Outstanding points now (available + pending + held) and their value at the point value
+    (rounded to the currency's minor unit, half to even)."""
 
     at: datetime
     currency: str
