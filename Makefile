@@ -78,7 +78,8 @@ test: $(VENV)/.installed browser
 	$(BIN)/python -m pytest $(ARGS)
 
 # The console's browser test drives Debian's Chromium (ADR 17): installed here when missing and
-# this is root with apt-get (as in CI); otherwise said, and that test is skipped outside CI.
+# this is root with apt-get (as in CI); otherwise said, and that test is skipped unless required
+# (LOYALTY_REQUIRE_BROWSER=1, as .ci/run sets it: then it fails).
 browser:
 	@if [ -x /usr/bin/chromium ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
