@@ -606,9 +606,10 @@ def _idempotency_columns(rows: list[tuple[IdempotencyRecord, int]]) -> tuple[lis
 # Everything a batch is checked against, as one row of arrays (NULL where nothing matched): the
 # head of the log (its position and global hash, one index probe) and each stream's last version
 # and hash ($1: the streams the appender does not already know, see _Heads). Every look-up is a
-# probe per key (LATERAL, the keys made distinct as `IN` did): the statement is prepared once
-# per connection, and a plan made while a fresh database's tables were small scanned them
-# whole, run after run, as they grew.
+# probe per key: LATERAL with LIMIT 1 (a primary key has one row a key anyway), which the planner
+# cannot flatten into a join, over the keys made distinct as `IN` did. The statement is prepared
+# once per connection, and a generic plan made while a fresh database's tables were empty
+# hash-joined them with a scan of the whole table, run after run, as they grew.
 _READ_PLAN = """
 SELECT
   coalesce(h.position, 0) AS head, h.global_hash AS head_hash,
