@@ -10,7 +10,6 @@ aggregate computes it (the projection sums per-lot items in SQL, a different pat
 
 from __future__ import annotations
 
-import json
 import random
 import secrets
 import uuid
@@ -23,7 +22,6 @@ from typing import Any
 import pytest
 
 from domain.identities import Identity
-from domain.program import PROGRAM_ID
 from projections.channels import ChannelsProjection
 from projections.segments import SEGMENTS
 from projections.tracking import apply_tracked
@@ -31,7 +29,8 @@ from service.bus import segments as segment_feed
 from service.handlers import members
 from service.handlers.commands import Enrol
 from service.handlers.context import CommandContext
-from tests.api.conftest import ADMIN_KEY, Api
+from tests.api.conftest import Api
+from tests.api.raw_log import figures, raw_events
 from tests.integration.test_segments import relayed_everything
 from tests.waiting import until as waiting_until
 
@@ -46,22 +45,6 @@ EXPIRED = 375  # a purchase this old has a lot already past its 12 months: the c
 
 
 # -- the reference: the raw events table, walked once ----------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    """The library's stored JSON with its typed values (`{"_type_", "_data_"}`) unwrapped."""
-    if isinstance(value, dict):
-        if set(value) == {"_type_", "_data_"}:
-            kind, data = value["_type_"], value["_data_"]
-            if kind == "datetime_iso":
-                return datetime.fromisoformat(data)
-            if kind == "decimal_str":
-                return Decimal(data)
-            return _plain(data)
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 @dataclass
@@ -90,19 +73,6 @@ class RefChannel:
     points_expired: int = 0
     points_reversed: int = 0
     active: set[str] = field(default_factory=set)
-
-
-async def raw_events(api: Api) -> list[dict[str, Any]]:
-    async with api.services.pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT stream_id, event_type, convert_from(data, 'UTF8') AS data FROM events"
-            " WHERE stream_id <> $1 ORDER BY position",
-            PROGRAM_ID,
-        )
-    return [
-        {"stream": str(r["stream_id"]), "type": r["event_type"], **_plain(json.loads(r["data"]))}
-        for r in rows
-    ]
 
 
 # The member's own doings (a transfer only for its sender); awards, adjustments, expiries are not.
@@ -352,13 +322,6 @@ async def run_workload(api: Api, rng: random.Random, steps: int) -> None:
 
 
 # -- the figures -----------------------------------------------------------------------------
-
-
-async def figures(api: Api, path: str, **params: Any) -> Any:
-    position = await api.last_position()
-    response = await api.get(path, key=ADMIN_KEY, params={"min_position": position, **params})
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 async def segment_members(api: Api, name: str) -> set[str]:

@@ -14,7 +14,6 @@ back from the aggregate the projection folds.
 
 from __future__ import annotations
 
-import json
 import random
 import secrets
 import uuid
@@ -26,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from domain.program import PROGRAM_ID
 from tests.api.conftest import ADMIN_KEY, Api
+from tests.api.raw_log import figures, raw_events
 from tests.waiting import until
 
 pytestmark = pytest.mark.asyncio
@@ -56,35 +55,6 @@ def rate(part: Decimal | int, whole: Decimal | int) -> str | None:
 
 
 # -- the reference: the raw events table ------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    """The stored JSON with its typed values (`{"_type_", "_data_"}`) unwrapped."""
-    if isinstance(value, dict):
-        if set(value) == {"_type_", "_data_"}:
-            kind, data = value["_type_"], value["_data_"]
-            if kind == "datetime_iso":
-                return datetime.fromisoformat(data)
-            if kind == "decimal_str":
-                return Decimal(data)
-            return _plain(data)
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-async def raw_events(api: Api) -> list[dict[str, Any]]:
-    async with api.services.pool.acquire() as conn:
-        rows = await conn.fetch(
-            "SELECT stream_id, event_type, convert_from(data, 'UTF8') AS data FROM events"
-            " WHERE stream_id <> $1 ORDER BY position",
-            PROGRAM_ID,
-        )
-    return [
-        {"stream": str(r["stream_id"]), "type": r["event_type"], **_plain(json.loads(r["data"]))}
-        for r in rows
-    ]
 
 
 @dataclass
@@ -289,17 +259,10 @@ async def expiry_recorded(api: Api) -> bool:
         return bool(await conn.fetchval("SELECT count(*) FROM events WHERE event_type = 'points_expired'"))
 
 
-async def read(api: Api, path: str, **params: Any) -> Any:
-    position = await api.last_position()
-    response = await api.get(path, key=ADMIN_KEY, params={"min_position": position, **params})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
 async def compare(api: Api) -> None:
     events = await raw_events(api)
 
-    liability = await read(api, "/v1/analytics/liability")
+    liability = await figures(api, "/v1/analytics/liability")
     at = datetime.fromisoformat(liability["at"])
     want = reference_liability(events, at)
     assert (liability["currency"], Decimal(liability["point_value"])) == ("CNY", POINT_VALUE)
@@ -321,25 +284,25 @@ async def compare(api: Api) -> None:
     nulls = set()
     for since, until_day in windows:
         params = {k: v.isoformat() for k, v in (("from", since), ("to", until_day)) if v is not None}
-        report = await read(api, "/v1/analytics/channels", **params)
+        report = await figures(api, "/v1/analytics/channels", **params)
         assert (report["currency"], Decimal(report["point_value"])) == ("CNY", POINT_VALUE)
         got = {c["channel"]: c for c in report["channels"]}
         expected = reference_channels(events, since, until_day)
         assert set(got) == set(expected), (since, until_day)
         for name, c in expected.items():
             cost = c.points_earned * POINT_VALUE
-            figures = {
+            answered = {
                 k: got[name][k]
                 for k in ("revenue", "refunded", "redemption_rate", "points_cost", "cost_ratio")
             }
-            assert figures == {
+            assert answered == {
                 "revenue": money(c.revenue),
                 "refunded": money(c.refunded),
                 "redemption_rate": rate(c.points_redeemed, c.points_earned),
                 "points_cost": money(cost),
                 "cost_ratio": rate(cost, c.revenue),
             }, (name, since, until_day)
-            nulls |= {k for k in ("redemption_rate", "cost_ratio") if figures[k] is None}
+            nulls |= {k for k in ("redemption_rate", "cost_ratio") if answered[k] is None}
     assert nulls == {"redemption_rate", "cost_ratio"}  # the enrolling and awarding channels
 
 
