@@ -31,6 +31,8 @@ import time
 import uuid
 
 from devtools.bench.campaigns import end_campaigns, start_campaigns
+from devtools.bench.cpu import CpuWatch
+from devtools.bench.cpu import render as render_cpu
 from devtools.bench.driver import Plan, event_loop_runner, run_load
 from devtools.bench.followers import FollowerWatch
 from devtools.bench.followers import render as render_followers
@@ -117,6 +119,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="live campaigns every earn of the run matches (multiplier, bonus, A/B variants, minimum,"
         " cap; started with the admin key on the bench's channel, ended after the run) (%(default)s)",
     )
+    p.add_argument(
+        "--cpu-split",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="also report the cores each part of the system used over the measured window, the"
+        " service being PID (its `loyalty follow` child apart); PG_PID and NATS_PID name the"
+        " benchmark's own postmaster and nats-server on a shared machine (same machine only)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
 
 
@@ -169,6 +180,16 @@ def run(args: argparse.Namespace) -> int:
         duration=args.duration,
     )
     followers.start()
+    cpu = None
+    if args.cpu_split is not None:
+        cpu = CpuWatch(
+            args.cpu_split,
+            start_in=0.1 + args.warmup,
+            duration=args.duration,
+            pg_pid=int(os.environ.get("PG_PID") or 0),
+            nats_pid=int(os.environ.get("NATS_PID") or 0),
+        )
+        cpu.start()
     try:
         result = run_load(plan, args.processes)
     finally:
@@ -195,9 +216,19 @@ def run(args: argparse.Namespace) -> int:
     }
     summary = summarise(config, result)
     summary["followers"] = followers.report()
+    if cpu is not None:
+        summary["cpu_split"] = cpu.report()
     if args.json:
         print(json.dumps(summary))
     else:
-        print("\n".join([render_text(summary), "", *render_followers(summary["followers"])]))
+        lines = [render_text(summary), "", *render_followers(summary["followers"])]
+        if cpu is not None:
+            rate = summary.get("commands_per_second", summary["throughput"])
+            split = summary["cpu_split"]
+            lines.append("")
+            lines += (
+                render_cpu(split["cores"], rate) if "cores" in split else [f"cpu split: {split['error']}"]
+            )
+        print("\n".join(lines))
     sys.stdout.flush()
     return 1 if summary["errors"] else 0

@@ -7,10 +7,9 @@
 # create databases) and LOYALTY_BENCH_NATS_URL. Options via env: ROUNDS (3), DURATION (30),
 # WARMUP (5), CONCURRENCY (64), MEMBERS (1000), BATCH (1; 0 leaves the batch runs out, 2 runs
 # them on the before-code too), ES (1: the eventsourcing Application each round, with ES_PYTHON
-# a venv holding eventsourcing[postgres]==9.5.6; 0 leaves it out), SETUP (10: about the seconds the generator takes to enrol the
-# members; each run's CPU split is taken over DURATION - 6 s from WARMUP + SETUP + 1 s, inside the
-# measured window while SETUP is right within 4 s; PG_PID and NATS_PID, the servers' pids, keep
-# other servers on a shared machine out of it), OUT (results folder), BASELINES.
+# a venv holding eventsourcing[postgres]==9.5.6; 0 leaves it out), PG_PID and NATS_PID (the
+# servers' pids: other servers on a shared machine stay out of each run's CPU split, which the
+# generator takes over its measured window), OUT (results folder), BASELINES.
 # Run it detached (setsid nohup ... &) for a long sitting.
 # The load generator is this work tree's `loyalty bench` for both, so only the service differs.
 set -euo pipefail
@@ -57,17 +56,14 @@ serve() {  # serve COMMIT DATABASE -> pid
 stop() { kill -TERM "$(cat "$OUT/pid")"; while kill -0 "$(cat "$OUT/pid")" 2>/dev/null; do sleep 0.2; done; }
 bench() {  # bench NAME MIX [extra args]
   local name=$1 mix=$2; shift 2
-  # The cores each process used over the measured window (after the warm-up; the members are
-  # enrolled before it), beside the run.
-  LOYALTY_DATA_DIR="$OUT" PG_PID="${PG_PID:-}" NATS_PID="${NATS_PID:-}" "$here/cpu_split.sh" "$((WARMUP + ${SETUP:-10} + 1))" "$((DURATION - 6))" "$(cat "$OUT/pid")" \
-    >"$OUT/$name.cpu" 2>&1 &
-  local split=$!
-  LOYALTY_ADMIN_KEY=bench-admin-key-change-me "$REPO/.venv/bin/loyalty" bench --url "http://127.0.0.1:$PORT" \
+  # The cores each process used over the measured window, sampled by the generator itself when
+  # the window opens and closes (--cpu-split), beside the run.
+  PG_PID="${PG_PID:-}" NATS_PID="${NATS_PID:-}" LOYALTY_ADMIN_KEY=bench-admin-key-change-me \
+    "$REPO/.venv/bin/loyalty" bench --url "http://127.0.0.1:$PORT" --cpu-split "$(cat "$OUT/pid")" \
     --mix "$mix" -c "$CONCURRENCY" -T "$DURATION" --warmup "$WARMUP" --members "$MEMBERS" --json "$@" >"$OUT/$name.json" \
     || true  # it exits 1 when any request erred: said below, and the sitting goes on
-  wait "$split" || true
-  python3 - "$OUT/$name.json" "$name" "$OUT/$name.cpu" <<'PY'
-import json, re, sys
+  python3 - "$OUT/$name.json" "$name" <<'PY'
+import json, sys
 d = json.load(open(sys.argv[1]))
 lat = d["latency_ms"]
 rate = d.get('commands_per_second', d['throughput'])
@@ -75,11 +71,13 @@ print(f"  {sys.argv[2]}: {d['throughput']} req/s, {rate} commands/s,"
       f" p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, errors {d['errors']}")
 for h in d.get("followers", {}).get("histograms", []):
     print(f"    {h['what']}: p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms")
-# cores, and CPU microseconds per command (the split's window is within the measured one)
-for line in open(sys.argv[3]):
-    m = re.match(r"\s+(.+?)\s+(-?[0-9.]+) cores", line)
-    if m and rate:
-        print(f"    {m.group(1):<28}{float(m.group(2)):5.2f} cores {float(m.group(2)) / rate * 1e6:7.0f} us/command")
+# cores, and CPU microseconds per command, over the measured window
+split = d.get("cpu_split", {})
+for name, cores in split.get("cores", {}).items():
+    if rate:
+        print(f"    {name:<28}{cores:5.2f} cores {cores / rate * 1e6:7.0f} us/command")
+if "error" in split:
+    print(f"    cpu split: {split['error']}")
 PY
   [ "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["errors"])' "$OUT/$name.json")" = 0 ] \
     || echo "  ($name had errors: see $OUT/$name.json)"

@@ -2,11 +2,11 @@
 # The scaling curve of `loyalty serve --processes N` (ADR 25): single earns at CONCURRENCY
 # connections with N = each of PROCESSES, ROUNDS rounds (the Ns alternating within a round), each
 # run on a fresh database of one embedded PostgreSQL and NATS started here, with the cores of
-# each kind of process beside it (cpu_split.sh: request processes, follower, PostgreSQL, NATS) and
+# each kind of process beside it (`loyalty bench --cpu-split`: request processes, follower, PostgreSQL, NATS) and
 # how many requests the request processes forwarded to a sibling.
 #   OUT=/tmp/curve scripts/bench/processes_curve.sh
 # Options via env: PROCESSES ("1 2 4"), ROUNDS (3), DURATION (20), WARMUP (5), CONCURRENCY (64),
-# MEMBERS (1000), SETUP (10, as in before_after.sh), PORT (8150; the follower's is PORT + 1),
+# MEMBERS (1000), PORT (8150; the follower's is PORT + 1),
 # SERVICE_TREE (service code of another tree), OUT (results folder).
 # Prints one line per run; python3 scripts/bench/summarise_curve.py OUT prints the medians.
 set -euo pipefail
@@ -74,13 +74,12 @@ for round in $(seq "$ROUNDS"); do
   for n in $PROCESSES; do
     name="p${n}-r${round}"
     serve "$n" "curve_${n}_${round}"
-    LOYALTY_DATA_DIR="$OUT" "$here/cpu_split.sh" "$((WARMUP + ${SETUP:-10} + 1))" "$((DURATION - 6))" "$(cat "$OUT/pid")" \
-      >"$OUT/$name.cpu" 2>&1 &
-    split=$!
     LOYALTY_ADMIN_KEY=bench-admin-key-change-me "$REPO/.venv/bin/loyalty" bench --url "http://127.0.0.1:$PORT" \
       --mix earn=1 -c "$CONCURRENCY" -T "$DURATION" --warmup "$WARMUP" --members "$MEMBERS" --seed "$round" \
-      --json >"$OUT/$name.json"
-    wait "$split" || true
+      --cpu-split "$(cat "$OUT/pid")" --json >"$OUT/$name.json"
+    # The split over the measured window, as cpu_split.sh prints it (summarise_curve.py reads it).
+    (cd "$REPO" && "$REPO/.venv/bin/python" -c 'import json, sys; from devtools.bench.cpu import render
+print("\n".join(render(json.load(open(sys.argv[1]))["cpu_split"].get("cores", {}))))' "$OUT/$name.json") >"$OUT/$name.cpu"
     curl -fs "http://127.0.0.1:$PORT/metrics" >"$OUT/$name.metrics" || true
     stop
     python3 "$here/summarise_curve.py" "$OUT" "$name"
