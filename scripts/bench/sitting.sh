@@ -25,12 +25,16 @@ mkdir -p "$OUT"
 bench() {  # bench NAME MIX
   local name=$1 mix=$2 r=$3
   "$here/quiet.sh" 120
-  "$here/cpu_split.sh" "$WARMUP" "$DURATION" >"$OUT/${TAG}$name-$r.cpu.txt" &
-  local cpu=$!
+  # The cores of each part over the measured window, sampled by the generator (--cpu-split).
   echo "+ loyalty bench --url $URL --mix $mix -c $CONCURRENCY -T $DURATION --warmup $WARMUP --members $MEMBERS --seed $r --json"
   "$REPO/.venv/bin/loyalty" bench --url "$URL" --mix "$mix" -c "$CONCURRENCY" -T "$DURATION" --warmup "$WARMUP" \
-    --members "$MEMBERS" --seed "$r" --json >"$OUT/${TAG}$name-$r.json" || true
-  wait "$cpu" || true
+    --members "$MEMBERS" --seed "$r" --cpu-split "$(cat "$LOYALTY_DATA_DIR/bench-serve.pid")" \
+    --json >"$OUT/${TAG}$name-$r.json" || true
+  (cd "$REPO" && "$REPO/.venv/bin/python" - "$OUT/${TAG}$name-$r.json" <<'PY') >"$OUT/${TAG}$name-$r.cpu.txt" || true
+import json, sys
+from devtools.bench.cpu import render
+print("\n".join(render(json.load(open(sys.argv[1])).get("cpu_split", {}).get("cores", {}))))
+PY
   python3 - "$OUT/${TAG}$name-$r.json" <<'PY' || true
 import json, sys
 d = json.load(open(sys.argv[1]))
