@@ -210,8 +210,9 @@ class LiabilityTotals:
     earned: int  # lifetime earned (net of refunds), for the breakage rate
 
 
-async def liability_totals(conn: Any, at: datetime) -> LiabilityTotals:
-    """The totals at `at` (connection or pool).
+async def liability_totals(conn: asyncpg.Connection, at: datetime) -> LiabilityTotals:
+    """The totals at `at`, read in one snapshot (a read-only repeatable-read transaction on
+    `conn`): a projection batch committing between its three reads cannot mix two states.
 
     available = spendable - held - debt per member, summed; a hold counts only until its
     expiry and only up to what its member can spend (as the balance does), which is worked
@@ -227,58 +228,59 @@ async def liability_totals(conn: Any, at: datetime) -> LiabilityTotals:
         f" AS within_{d}"
         for i, d in enumerate(HORIZONS, start=3)
     )
-    summed = await conn.fetchrow(
-        "SELECT"
-        " coalesce(sum(points) FILTER (WHERE kind = 'lot' AND available_hour < $1 AND expires_hour > $1), 0)"
-        " AS spendable,"
-        " coalesce(sum(points) FILTER (WHERE kind = 'lot' AND available_hour > $1 AND expires_hour > $1), 0)"
-        " AS pending,"
-        " coalesce(sum(points) FILTER (WHERE kind = 'lot' AND expires_hour < $1), 0) AS lapsed,"
-        " coalesce(sum(points) FILTER (WHERE kind = 'debt'), 0) AS debt,"
-        " coalesce(sum(points) FILTER (WHERE kind = 'expired'), 0) AS expired,"
-        " coalesce(sum(points) FILTER (WHERE kind = 'earned'), 0) AS earned,"
-        f" {within}"
-        " FROM liability_sums"
-        " WHERE kind <> 'lot' OR (available_hour <> $1 AND NOT expires_hour = ANY($2::timestamptz[]))",
-        now_hour,
-        boundary,
-        *ends,
-    )
-    live = "(expires_at IS NULL OR expires_at > $1)"
-    horizons = ", ".join(
-        f"coalesce(sum(points) FILTER (WHERE {live} AND expires_at <= $1 + interval '{d} days'), 0)"
-        f" AS within_{d}"
-        for d in HORIZONS
-    )
-    near = await conn.fetchrow(
-        "SELECT"
-        f" coalesce(sum(points) FILTER (WHERE {live} AND available_at <= $1), 0) AS spendable,"
-        f" coalesce(sum(points) FILTER (WHERE {live} AND available_at > $1), 0) AS pending,"
-        " coalesce(sum(points) FILTER (WHERE expires_at <= $1), 0) AS lapsed,"
-        f" {horizons}"
-        " FROM liability WHERE kind = 'lot' AND ("
-        "  (available_at >= $2 AND available_at < $2 + interval '1 hour')"
-        "  OR (expires_at >= $2 AND expires_at < $2 + interval '1 hour')"
-        + "".join(
-            f" OR (expires_at >= ${i} AND expires_at < ${i} + interval '1 hour')"
-            for i in range(3, 3 + len(ends))
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        summed = await conn.fetchrow(
+            "SELECT"
+            " coalesce(sum(points) FILTER (WHERE kind = 'lot' AND available_hour < $1"
+            " AND expires_hour > $1), 0) AS spendable,"
+            " coalesce(sum(points) FILTER (WHERE kind = 'lot' AND available_hour > $1"
+            " AND expires_hour > $1), 0) AS pending,"
+            " coalesce(sum(points) FILTER (WHERE kind = 'lot' AND expires_hour < $1), 0) AS lapsed,"
+            " coalesce(sum(points) FILTER (WHERE kind = 'debt'), 0) AS debt,"
+            " coalesce(sum(points) FILTER (WHERE kind = 'expired'), 0) AS expired,"
+            " coalesce(sum(points) FILTER (WHERE kind = 'earned'), 0) AS earned,"
+            f" {within}"
+            " FROM liability_sums"
+            " WHERE kind <> 'lot' OR (available_hour <> $1 AND NOT expires_hour = ANY($2::timestamptz[]))",
+            now_hour,
+            boundary,
+            *ends,
         )
-        + ")",
-        at,
-        now_hour,
-        *ends,
-    )
-    close = dict(near)
-    row = {k: int(v) + int(close.get(k, 0)) for k, v in dict(summed).items()}
-    held = await conn.fetchval(
-        "SELECT coalesce(sum(least(h.points, s.points)), 0) FROM"
-        " (SELECT member_id, sum(points) AS points FROM liability"
-        "  WHERE kind = 'hold' AND expires_at > $1 GROUP BY member_id) h"
-        " CROSS JOIN LATERAL (SELECT coalesce(sum(points), 0) AS points FROM liability l"
-        "  WHERE l.member_id = h.member_id AND l.kind = 'lot' AND l.available_at <= $1"
-        "  AND (l.expires_at IS NULL OR l.expires_at > $1)) s",
-        at,
-    )
+        live = "(expires_at IS NULL OR expires_at > $1)"
+        horizons = ", ".join(
+            f"coalesce(sum(points) FILTER (WHERE {live} AND expires_at <= $1 + interval '{d} days'), 0)"
+            f" AS within_{d}"
+            for d in HORIZONS
+        )
+        near = await conn.fetchrow(
+            "SELECT"
+            f" coalesce(sum(points) FILTER (WHERE {live} AND available_at <= $1), 0) AS spendable,"
+            f" coalesce(sum(points) FILTER (WHERE {live} AND available_at > $1), 0) AS pending,"
+            " coalesce(sum(points) FILTER (WHERE expires_at <= $1), 0) AS lapsed,"
+            f" {horizons}"
+            " FROM liability WHERE kind = 'lot' AND ("
+            "  (available_at >= $2 AND available_at < $2 + interval '1 hour')"
+            "  OR (expires_at >= $2 AND expires_at < $2 + interval '1 hour')"
+            + "".join(
+                f" OR (expires_at >= ${i} AND expires_at < ${i} + interval '1 hour')"
+                for i in range(3, 3 + len(ends))
+            )
+            + ")",
+            at,
+            now_hour,
+            *ends,
+        )
+        close = dict(near)
+        row = {k: int(v) + int(close.get(k, 0)) for k, v in dict(summed).items()}
+        held = await conn.fetchval(
+            "SELECT coalesce(sum(least(h.points, s.points)), 0) FROM"
+            " (SELECT member_id, sum(points) AS points FROM liability"
+            "  WHERE kind = 'hold' AND expires_at > $1 GROUP BY member_id) h"
+            " CROSS JOIN LATERAL (SELECT coalesce(sum(points), 0) AS points FROM liability l"
+            "  WHERE l.member_id = h.member_id AND l.kind = 'lot' AND l.available_at <= $1"
+            "  AND (l.expires_at IS NULL OR l.expires_at > $1)) s",
+            at,
+        )
     return LiabilityTotals(
         at=at,
         available=int(row["spendable"]) - int(held) - int(row["debt"]),

@@ -87,7 +87,8 @@ async def liability(services: Services, *, min_position: int | None = None) -> L
     """Outstanding points now, and their value at the rules' point value."""
     await caught_up(services, ("liability",), min_position)
     rules = (await services.repository.program()).rules
-    totals = await liability_totals(services.pool, datetime.now(UTC))
+    async with services.pool.acquire() as conn:
+        totals = await liability_totals(conn, datetime.now(UTC))
     return LiabilityReport(rules.currency, rules.redemption.point_value, totals)
 
 
