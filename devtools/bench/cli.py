@@ -31,13 +31,14 @@ import time
 import uuid
 
 from devtools.bench.campaigns import end_campaigns, start_campaigns
-from devtools.bench.cpu import CpuWatch
+from devtools.bench.cpu import CpuSplit
 from devtools.bench.cpu import render as render_cpu
 from devtools.bench.driver import Plan, event_loop_runner, run_load
-from devtools.bench.followers import FollowerWatch
+from devtools.bench.followers import FollowerDelays
 from devtools.bench.followers import render as render_followers
 from devtools.bench.prepare import parse_url, setup
 from devtools.bench.report import render_text, summarise
+from devtools.bench.window import WindowWatch
 from devtools.bench.workload import DEFAULT_BATCH_SIZE, DEFAULT_MIX, KINDS, parse_mix
 
 
@@ -174,22 +175,20 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         batch_size=args.batch_size,
     )
-    followers = FollowerWatch(
-        (args.followers_url or f"http://{target.host}:{target.port + 1}").rstrip("/") + "/metrics",
-        start_in=0.1 + args.warmup,
-        duration=args.duration,
+    followers = FollowerDelays(
+        (args.followers_url or f"http://{target.host}:{target.port + 1}").rstrip("/") + "/metrics"
     )
-    followers.start()
     cpu = None
     if args.cpu_split is not None:
-        cpu = CpuWatch(
-            args.cpu_split,
-            start_in=0.1 + args.warmup,
-            duration=args.duration,
-            pg_pid=int(os.environ.get("PG_PID") or 0),
-            nats_pid=int(os.environ.get("NATS_PID") or 0),
-        )
-        cpu.start()
+        pids = {
+            "pg_pid": int(os.environ.get("PG_PID") or 0),
+            "nats_pid": int(os.environ.get("NATS_PID") or 0),
+        }
+        cpu = CpuSplit(args.cpu_split, **pids)
+    window = WindowWatch(
+        [followers, *([cpu] if cpu else [])], start_in=0.1 + args.warmup, duration=args.duration
+    )
+    window.start()
     try:
         result = run_load(plan, args.processes)
     finally:
@@ -215,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
         "campaigns": len(campaign_ids),
     }
     summary = summarise(config, result)
+    window.join()
     summary["followers"] = followers.report()
     if cpu is not None:
         summary["cpu_split"] = cpu.report()

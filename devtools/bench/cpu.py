@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,38 +108,28 @@ def render(cores: dict[str, float], rate: float | None = None) -> list[str]:
 
 
 @dataclass
-class CpuWatch:
-    """Samples /proc at the start and the end of the measured window (in a thread)."""
+class CpuSplit:
+    """Samples /proc when the measured window opens and when it closes (a WindowWatch probe)."""
 
     server: int
-    start_in: float
-    duration: float
     pg_pid: int = 0
     nats_pid: int = 0
+    before: Sample | None = None
     cores: dict[str, float] = field(default_factory=dict)
     error: str | None = None
-    _thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="bench-cpu-watch", daemon=True)
-        self._thread.start()
+    def opened(self) -> None:
+        self.before = sample()
 
-    def _run(self) -> None:
-        t0 = time.monotonic()
-        try:
-            time.sleep(self.start_in)
-            before, opened = sample(), time.monotonic()
-            time.sleep(max(0.0, t0 + self.start_in + self.duration - time.monotonic()))
-            after = sample()
-            pids = {"server": self.server, "pg_pid": self.pg_pid, "nats_pid": self.nats_pid}
-            self.cores = split(before, after, time.monotonic() - opened, **pids)
-        except Exception as exc:  # reported, not fatal
-            self.error = f"{type(exc).__name__}: {exc}"
+    def closed(self, seconds: float) -> None:
+        assert self.before is not None
+        pids = {"server": self.server, "pg_pid": self.pg_pid, "nats_pid": self.nats_pid}
+        self.cores = split(self.before, sample(), seconds, **pids)
 
     def report(self) -> dict[str, Any]:
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        return {"error": self.error} if self.error or not self.cores else {"cores": self.cores}
+        return (
+            {"error": self.error or "not sampled"} if self.error or not self.cores else {"cores": self.cores}
+        )
 
 
 def main(argv: list[str]) -> None:

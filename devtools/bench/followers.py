@@ -8,8 +8,6 @@ of the two histograms, interpolated within a bucket as Prometheus' `histogram_qu
 from __future__ import annotations
 
 import math
-import threading
-import time
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -62,34 +60,21 @@ def quantile(before: Buckets, after: Buckets, q: float) -> float:
 
 
 @dataclass
-class FollowerWatch:
-    """Scrapes `url` at the start and the end of the measured window (in a thread)."""
+class FollowerDelays:
+    """Scrapes `url` when the measured window opens and when it closes (a WindowWatch probe)."""
 
     url: str
-    start_in: float
-    duration: float
     before: dict[tuple[str, str], Buckets] = field(default_factory=dict)
     after: dict[tuple[str, str], Buckets] = field(default_factory=dict)
     error: str | None = None
-    _thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="bench-follower-watch", daemon=True)
-        self._thread.start()
+    def opened(self) -> None:
+        self.before = scrape(self.url)
 
-    def _run(self) -> None:
-        t0 = time.monotonic()
-        try:
-            time.sleep(self.start_in)
-            self.before = scrape(self.url)
-            time.sleep(max(0.0, t0 + self.start_in + self.duration - time.monotonic()))
-            self.after = scrape(self.url)
-        except Exception as exc:  # reported, not fatal: the load figures stand on their own
-            self.error = f"{type(exc).__name__}: {exc}"
+    def closed(self, seconds: float) -> None:
+        self.after = scrape(self.url)
 
     def report(self) -> dict[str, Any]:
-        if self._thread is not None:
-            self._thread.join(timeout=30)
         if self.error or not self.after:
             return {"url": self.url, "error": self.error or "not scraped"}
         rows = []
