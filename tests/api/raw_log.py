@@ -4,6 +4,7 @@ service's (no projection, no aggregate), and the analytics as the API answers th
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -47,3 +48,19 @@ async def figures(api: Api, path: str, **params: Any) -> Any:
     response = await api.get(path, key=ADMIN_KEY, params={"min_position": position, **params})
     assert response.status_code == 200, response.text
     return response.json()
+
+
+async def on_a_still_log(api: Api, compare: Callable[[Api], Awaitable[None]], attempts: int = 20) -> None:
+    """Run `compare` until it ran on a log that did not move meanwhile (the clock may record an
+    expiry while the figures are read): a failure counts only then."""
+    for _ in range(attempts):
+        head = await api.last_position()
+        try:
+            await compare(api)
+        except AssertionError:
+            if await api.last_position() != head:
+                continue
+            raise
+        if await api.last_position() == head:
+            return
+    raise AssertionError("the log kept moving")

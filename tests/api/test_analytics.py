@@ -30,7 +30,7 @@ from service.handlers import members
 from service.handlers.commands import Enrol
 from service.handlers.context import CommandContext
 from tests.api.conftest import Api
-from tests.api.raw_log import figures, raw_events
+from tests.api.raw_log import figures, on_a_still_log, raw_events
 from tests.integration.test_segments import relayed_everything
 from tests.waiting import until as waiting_until
 
@@ -338,17 +338,7 @@ async def segment_members(api: Api, name: str) -> set[str]:
 
 async def check_figures(api: Api) -> None:
     """Compare, on a log that did not move meanwhile (the clock may still be recording expiries)."""
-    for _ in range(20):
-        head = await api.last_position()
-        try:
-            await compare_figures(api)
-        except AssertionError:
-            if await api.last_position() != head:
-                continue
-            raise
-        if await api.last_position() == head:
-            return
-    raise AssertionError("the log kept moving")
+    await on_a_still_log(api, compare_figures)
 
 
 def channel_ranges(today: date) -> list[tuple[date | None, date | None]]:

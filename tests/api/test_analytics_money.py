@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.api.conftest import ADMIN_KEY, Api
-from tests.api.raw_log import figures, raw_events
+from tests.api.raw_log import figures, on_a_still_log, raw_events
 from tests.waiting import until
 
 pytestmark = pytest.mark.asyncio
@@ -311,17 +311,6 @@ async def test_channel_roi_and_liability_money_equal_a_reference_from_the_raw_ev
     try:
         await run_workload(api, random.Random(seed))
         await until(lambda: expiry_recorded(api), what="the clock recording the lapsed lot's expiry")
-        # On a log that did not move meanwhile (the clock may record something while reading).
-        for _ in range(10):
-            head = await api.last_position()
-            try:
-                await compare(api)
-            except AssertionError:
-                if await api.last_position() != head:
-                    continue
-                raise
-            if await api.last_position() == head:
-                return
-        raise AssertionError("the log kept moving")
+        await on_a_still_log(api, compare, attempts=10)
     except AssertionError as failure:
         raise AssertionError(f"{failure} (workload seed {seed})") from failure
