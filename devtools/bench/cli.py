@@ -178,13 +178,7 @@ def run(args: argparse.Namespace) -> int:
     followers = FollowerDelays(
         (args.followers_url or f"http://{target.host}:{target.port + 1}").rstrip("/") + "/metrics"
     )
-    cpu = None
-    if args.cpu_split is not None:
-        pids = {
-            "pg_pid": int(os.environ.get("PG_PID") or 0),
-            "nats_pid": int(os.environ.get("NATS_PID") or 0),
-        }
-        cpu = CpuSplit(args.cpu_split, **pids)
+    cpu = None if args.cpu_split is None else CpuSplit.of(args.cpu_split)
     window = WindowWatch(
         [followers, *([cpu] if cpu else [])], start_in=0.1 + args.warmup, duration=args.duration
     )

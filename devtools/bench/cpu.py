@@ -118,6 +118,11 @@ class CpuSplit:
     cores: dict[str, float] = field(default_factory=dict)
     error: str | None = None
 
+    @classmethod
+    def of(cls, server: int) -> CpuSplit:
+        """For the service `server`, with PG_PID and NATS_PID from the environment."""
+        return cls(server, int(os.environ.get("PG_PID") or 0), int(os.environ.get("NATS_PID") or 0))
+
     def opened(self) -> None:
         self.before = sample()
 
@@ -134,12 +139,13 @@ class CpuSplit:
 
 def main(argv: list[str]) -> None:
     delay, seconds, server = float(argv[0]), float(argv[1]), int(argv[2])
+    probe = CpuSplit.of(server)
     time.sleep(delay)
-    before, opened = sample(), time.monotonic()
+    probe.opened()
+    opened = time.monotonic()
     time.sleep(seconds)
-    after = sample()
-    pids = {"pg_pid": int(os.environ.get("PG_PID") or 0), "nats_pid": int(os.environ.get("NATS_PID") or 0)}
-    print("\n".join(render(split(before, after, time.monotonic() - opened, server=server, **pids))))
+    probe.closed(time.monotonic() - opened)
+    print("\n".join(render(probe.cores)))
 
 
 if __name__ == "__main__":
