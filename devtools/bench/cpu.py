@@ -30,6 +30,7 @@ class Process:
     cmdline: str
     ppid: int
     cpu: float  # seconds, user + system
+    started: int = 0  # clock ticks after boot: a pid reused by another process starts later
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ def sample() -> Sample:
         fields = stat[stat.rindex(")") + 2 :].split()
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         cpu = (int(fields[11]) + int(fields[12])) / TICK
-        processes[int(pid)] = Process(comm, cmdline, int(fields[1]), cpu)
+        processes[int(pid)] = Process(comm, cmdline, int(fields[1]), cpu, int(fields[19]))
     with open("/proc/stat") as f:
         values = list(map(int, f.readline().split()[1:]))
     return Sample(processes, sum(values), values[3] + values[4])
@@ -86,7 +87,8 @@ def split(before: Sample, after: Sample, seconds: float, **pids: int) -> dict[st
     used: dict[str, float] = {}
     for pid, process in after.processes.items():
         earlier = before.processes.get(pid)
-        start = earlier.cpu if earlier is not None and earlier.comm == process.comm else 0.0
+        # Not by name: a kernel worker's name changes with its work item.
+        start = earlier.cpu if earlier is not None and earlier.started == process.started else 0.0
         name = group(pid, after.processes, **pids)
         used[name] = used.get(name, 0.0) + (process.cpu - start) / seconds
     ticks = after.ticks - before.ticks

@@ -51,3 +51,12 @@ def test_the_cores_are_what_each_part_used_between_the_samples() -> None:
     assert cores["postgresql"] == pytest.approx(0.2)
     assert cores["machine busy"] == pytest.approx((1 - 400 / 2_000) * os.cpu_count())
     assert cores["unattributed"] == pytest.approx(cores["machine busy"] - 1.4)
+
+
+def test_a_process_counts_from_its_earlier_sample_unless_its_pid_was_reused() -> None:
+    renamed = {1: Process("kworker/0:1-events", "", 0, 50.0, started=7)}  # named by its work item
+    reused = {1: Process("python", "", 0, 0.5, started=900)}  # another process, the same pid
+    before = Sample({1: Process("kworker/0:1-mm_percpu_wq", "", 0, 49.0, started=7)}, ticks=0, idle=0)
+
+    assert split(before, Sample(renamed, ticks=0, idle=0), 10.0, server=SERVER)["other"] == pytest.approx(0.1)
+    assert split(before, Sample(reused, ticks=0, idle=0), 10.0, server=SERVER)["other"] == pytest.approx(0.05)
